@@ -66,6 +66,8 @@ export interface StateMapHeader extends StateMapIdentity {
 }
 
 export const DEFAULT_REGION_SIZE = 32 * 1024;
+/** Upper bound on regions (64 TiB at 32 KiB regions): keeps every in-memory cell array allocatable. */
+export const MAX_REGIONS = 2 ** 31;
 
 export function regionCountFor(deviceSize: number, regionSize: number): number {
   return Math.ceil(deviceSize / regionSize);
@@ -91,6 +93,9 @@ export function validateIdentity(id: StateMapIdentity): void {
   if (!Number.isSafeInteger(id.deviceSize) || id.deviceSize <= 0) throw bad(`device size ${id.deviceSize} must be a positive whole number of bytes`);
   if (!Number.isInteger(id.regionSize) || id.regionSize < 512 || id.regionSize > 2 ** 30 || (id.regionSize & (id.regionSize - 1)) !== 0) {
     throw bad(`region size ${id.regionSize} must be a power of two between 512 B and 1 GiB`);
+  }
+  if (regionCountFor(id.deviceSize, id.regionSize) > MAX_REGIONS) {
+    throw bad(`a ${id.deviceSize}-byte device needs more than ${MAX_REGIONS} regions of ${id.regionSize} B; use a larger region size`);
   }
 }
 
@@ -136,7 +141,7 @@ export function decodeHeader(b: Buffer): StateMapHeader | string {
   const deviceSize = b.readBigUInt64LE(32);
   const regionCount = b.readBigUInt64LE(48);
   const cellsOffset = b.readBigUInt64LE(56);
-  if (deviceSize > BigInt(Number.MAX_SAFE_INTEGER) || regionCount > 2n ** 40n || cellsOffset !== BigInt(CELLS_OFFSET)) {
+  if (deviceSize > BigInt(Number.MAX_SAFE_INTEGER) || regionCount > BigInt(MAX_REGIONS) || cellsOffset !== BigInt(CELLS_OFFSET)) {
     return 'header fields out of range';
   }
   const h: StateMapHeader = {

@@ -361,6 +361,33 @@ export class StateMap {
     await this.durable();
   }
 
+  /**
+   * Replaces every cell, durably (loading a dump back, `gmd_update_state`). In-flight levels
+   * become stale. Refused while writes are in flight.
+   */
+  async loadCells(cells: Uint8Array): Promise<void> {
+    this.checkUsable();
+    if (cells.length !== this.regionCount) {
+      throw new StateMapError('STATEMAP_ERR_MISMATCH', `cannot load ${cells.length} cells into state map ${this.path} of ${this.regionCount} regions`);
+    }
+    if (this.inflight.size > 0) {
+      throw new StateMapError('STATEMAP_ERR_BUSY', `state map ${this.path}: ${this.inflight.size} regions have writes in flight; stop the GMD first`);
+    }
+    for (let r = 0; r < cells.length; r++) {
+      const v = cells[r]!;
+      if (v > CELL_INFLIGHT_MAX && v !== CELL_STALE) {
+        throw new StateMapError('STATEMAP_ERR_INVALID', `cannot load: region ${r} has undefined cell value 0x${v.toString(16)}`);
+      }
+    }
+    this.hot.clear();
+    for (let r = 0; r < cells.length; r++) {
+      const v = cells[r] === CELL_CLEAN ? CELL_CLEAN : CELL_STALE;
+      this.mem[r] = v;
+      if (this.nib(r) !== v) this.setNib(r, v);
+    }
+    await this.durable();
+  }
+
   /** Snapshot of the in-memory cells, one byte per region. */
   cells(): Uint8Array {
     return this.mem.slice();
