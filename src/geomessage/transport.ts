@@ -222,8 +222,18 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
     this.rtoMax = opts.rtoMaxMs ?? 2000;
   }
 
-  /** Binds the sockets, greets every peer, starts keepalives. */
+  /** Binds the sockets, greets every peer, starts keepalives. On failure nothing stays bound. */
   async open(): Promise<void> {
+    try {
+      await this.openInner();
+    } catch (err) {
+      for (const n of this.nets) n.socket.close();
+      this.nets.length = 0;
+      throw err;
+    }
+  }
+
+  private async openInner(): Promise<void> {
     const o = this.opts;
     const names = new Set<string>();
     for (const ep of o.endpoints) {
@@ -252,7 +262,6 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
         socket.once('error', reject);
         socket.bind(ep.port, ep.address, () => { socket.off('error', reject); resolve(); });
       }).catch((err: unknown) => {
-        for (const n of this.nets) n.socket.close();
         socket.close();
         throw new GeoMessageError('GEOMSG_ERR_CONFIG', `cannot bind ${ep.address}:${ep.port} for network ${ep.network}: ${(err as Error).message}`, { cause: err });
       });
