@@ -116,6 +116,7 @@ interface Link {
   rtt: RttEstimator;
   up: boolean;
   lastHeard: number;
+  lastProbe: number;
   consecutiveTimeouts: number;
 }
 
@@ -275,7 +276,7 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
         const ep = ps.endpoints.find((e) => e.network === net.spec.network);
         if (!ep) return null;
         const l: Link = { net, address: ep.address, port: ep.port, rtt: new RttEstimator(this.rtoMin, this.rtoMax, 200),
-          up: false, lastHeard: -Infinity, consecutiveTimeouts: 0 };
+          up: false, lastHeard: -Infinity, lastProbe: -Infinity, consecutiveTimeouts: 0 };
         if (ep.mtu && ep.mtu < net.mtu) net.mtu = Math.min(net.mtu, ep.mtu);
         return l;
       });
@@ -458,9 +459,13 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
   }
 
   private pingAll(peer: Peer): void {
+    for (const l of peer.links) if (l) this.ping(peer, l);
+  }
+
+  private ping(peer: Peer, link: Link): void {
     const ts = Buffer.allocUnsafe(8);
     ts.writeDoubleBE(nowMs(), 0);
-    for (const l of peer.links) if (l) this.sendControl(peer, l, T_PING, ts, false);
+    this.sendControl(peer, link, T_PING, ts, false);
   }
 
   private armRto(peer: Peer): void {
@@ -726,6 +731,8 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
       case T_PING: {
         c.other++;
         this.sendControl(peer, link, T_PONG, Buffer.from(p.payload), false);
+        // Not yet proven both ways on this network: probe now rather than at the next keepalive.
+        if (!link.up && now - link.lastProbe > 20) { link.lastProbe = now; this.ping(peer, link); }
         break;
       }
       case T_PONG: {
@@ -777,6 +784,7 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
     const link = peer.links[newest.link]!;
     link.rtt.sample(now - newest.sentAt);
     link.consecutiveTimeouts = 0;
+    if (!link.up) this.linkUp(peer, link); // an acknowledged packet proves the round trip
     if (newestPseq > peer.largestAcked) peer.largestAcked = newestPseq;
     if (peer.cwnd < this.window) peer.cwnd = Math.min(this.window, peer.cwnd + 1);
     // Fast retransmit: packets far enough below the newest acknowledged one are lost.
