@@ -118,6 +118,8 @@ interface Link {
   lastHeard: number;
   lastProbe: number;
   consecutiveTimeouts: number;
+  minRtt: number;
+  minRttAt: number;
 }
 
 interface HeldOrdered { msg: IncomingMessage; flags: number; msgId: number }
@@ -143,6 +145,7 @@ class Peer {
   cwnd: number;
   rtoTimer: NodeJS.Timeout | null = null;
   rtoDue = 0;
+  nextWindowAdjust = 0;
   // receiving
   replay = new ReplayWindow();
   ranges = new ReceivedRanges();
@@ -276,7 +279,7 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
         const ep = ps.endpoints.find((e) => e.network === net.spec.network);
         if (!ep) return null;
         const l: Link = { net, address: ep.address, port: ep.port, rtt: new RttEstimator(this.rtoMin, this.rtoMax, 200),
-          up: false, lastHeard: -Infinity, lastProbe: -Infinity, consecutiveTimeouts: 0 };
+          up: false, lastHeard: -Infinity, lastProbe: -Infinity, consecutiveTimeouts: 0, minRtt: Infinity, minRttAt: 0 };
         if (ep.mtu && ep.mtu < net.mtu) net.mtu = Math.min(net.mtu, ep.mtu);
         return l;
       });
@@ -497,15 +500,20 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
       peer.retxQ.push(f);
     }
     for (const link of hitLinks) {
-      link.rtt.onTimeout();
       link.consecutiveTimeouts++;
-      // A link that keeps timing out and has not been heard from for longer than its RTO is failing:
-      // move traffic now instead of waiting for the keepalive verdict.
-      if (link.up && link.consecutiveTimeouts >= 2 && now - link.lastHeard > link.rtt.rto && this.otherUpLink(peer, link)) {
+      // A link that keeps timing out and has not been heard from for longer than its (un-backed-off)
+      // RTO is failing: move traffic now instead of waiting for the keepalive verdict.
+      const silentFor = now - link.lastHeard;
+      const quiet = Math.min(this.networkTimeoutMs, Math.max(50, 3 * (link.rtt.srtt + 4 * link.rtt.rttvar)));
+      if (link.up && link.consecutiveTimeouts >= 2 && silentFor > quiet && this.otherUpLink(peer, link)) {
         this.linkDown(peer, link, now);
       }
+      link.rtt.onTimeout();
     }
-    if (hitLinks.size) peer.cwnd = Math.max(32, peer.cwnd >> 1);
+    if (hitLinks.size) {
+      peer.cwnd = Math.max(32, peer.cwnd >> 1);
+      this.log.debug({ peer: peer.name, links: [...hitLinks].map((l) => [l.net.spec.network, l.consecutiveTimeouts, Math.round(now - l.lastHeard), l.rtt.rto]), retx: peer.retxQ.length, inflight: peer.inflight.size }, 'rto');
+    }
     // No network known up: probe the next one on every timeout.
     const cur = peer.chosen >= 0 ? peer.links[peer.chosen] : null;
     if (hitLinks.size && cur && !cur.up && !peer.links.some((l) => l && l.up)) {
@@ -551,6 +559,7 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
     if (pick !== peer.chosen && pick >= 0) {
       const prev = peer.chosen;
       peer.chosen = pick;
+      this.log.debug({ peer: peer.name, from: prev, to: pick, srtt: peer.links.map((l) => l?.rtt.srtt) }, 'network choice');
       if (prev >= 0) this.rerouteFrom(peer, prev);
     }
   }
@@ -577,8 +586,9 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
     if (peer.chosen === idx) {
       peer.chosen = -1;
       this.rechoose(peer);
-      if (peer.chosen !== idx) this.rerouteFrom(peer, idx);
     }
+    // Whatever is still in flight on the failed network is resent on the chosen one now.
+    if (peer.chosen !== idx) this.rerouteFrom(peer, idx);
     this.pump(peer);
   }
 
@@ -786,7 +796,7 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
     link.consecutiveTimeouts = 0;
     if (!link.up) this.linkUp(peer, link); // an acknowledged packet proves the round trip
     if (newestPseq > peer.largestAcked) peer.largestAcked = newestPseq;
-    if (peer.cwnd < this.window) peer.cwnd = Math.min(this.window, peer.cwnd + 1);
+    this.adjustWindow(peer, link, now - newest.sentAt, now);
     // Fast retransmit: packets far enough below the newest acknowledged one are lost.
     const limit = peer.largestAcked - REORDER_THRESHOLD;
     for (const [pseq, f] of peer.inflight) {
@@ -795,6 +805,21 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
       if (f.msg.done || f.msg.acked[f.frag]) continue;
       peer.retxQ.push(f);
     }
+  }
+
+  /**
+   * Delay-based window (LEDBAT-like, simplified): once per RTT, shrink by 15% when the smoothed RTT
+   * exceeds the path's minimum by more than max(5 ms, minimum RTT) — our own queue is building in a
+   * socket buffer or a slow link — otherwise grow by 1/8. Random loss does not shrink it (a WAN
+   * with 1% loss keeps its rate); retransmission timeouts halve it (onRto).
+   */
+  private adjustWindow(peer: Peer, link: Link, sample: number, now: number): void {
+    if (sample < link.minRtt || now - link.minRttAt > 10_000) { link.minRtt = sample; link.minRttAt = now; }
+    if (now < peer.nextWindowAdjust) return;
+    peer.nextWindowAdjust = now + Math.max(1, link.rtt.srtt);
+    const queueing = link.rtt.srtt - link.minRtt;
+    if (queueing > Math.max(5, link.minRtt)) peer.cwnd = Math.max(16, Math.floor(peer.cwnd * 0.85));
+    else peer.cwnd = Math.min(this.window, peer.cwnd + Math.max(1, peer.cwnd >> 3));
   }
 
   private fragAcked(peer: Peer, f: Inflight): void {
