@@ -405,12 +405,18 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
     this.armRto(peer);
   }
 
+  /** One header object reused for every packet (sealPacket serialises it at once): no garbage per packet. */
+  private readonly scratch: PacketHeader = {
+    type: 0, flags: 0, srcMachine: 0, dstMachine: 0, srcEpoch: 0, dstEpoch: 0, pseq: 0, msgId: 0, corrId: 0, orderSeq: 0,
+    totalLen: 0, msgFloor: 0, service: 0, fragIndex: 0, fragCount: 0, fragLen: 0,
+  };
+
   private header(peer: Peer, type: number, flags: number): PacketHeader {
-    return {
-      type, flags, srcMachine: this.myId, dstMachine: peer.id, srcEpoch: this.epoch, dstEpoch: peer.epoch,
-      pseq: this.nextPseq++, msgId: 0, corrId: 0, orderSeq: 0, totalLen: 0,
-      msgFloor: 0, service: 0, fragIndex: 0, fragCount: 0, fragLen: 0,
-    };
+    const h = this.scratch;
+    h.type = type; h.flags = flags; h.srcMachine = this.myId; h.dstMachine = peer.id; h.srcEpoch = this.epoch; h.dstEpoch = peer.epoch;
+    h.pseq = this.nextPseq++; h.msgId = 0; h.corrId = 0; h.orderSeq = 0; h.totalLen = 0;
+    h.msgFloor = 0; h.service = 0; h.fragIndex = 0; h.fragCount = 0; h.fragLen = 0;
+    return h;
   }
 
   private msgFloor(peer: Peer): number {
@@ -471,11 +477,13 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
     this.sendControl(peer, link, T_PING, ts, false);
   }
 
+  /**
+   * Keeps one timer per peer, due no later than the oldest in-flight packet's RTO. The timer is not
+   * cancelled when everything is acknowledged (a request/response would otherwise create and clear a
+   * timer per message); a firing with nothing expired just re-arms.
+   */
   private armRto(peer: Peer): void {
-    if (peer.inflight.size === 0) {
-      if (peer.rtoTimer) { clearTimeout(peer.rtoTimer); peer.rtoTimer = null; }
-      return;
-    }
+    if (peer.inflight.size === 0) return;
     let first: Inflight | undefined;
     for (const f of peer.inflight.values()) { first = f; break; }
     const due = first!.sentAt + peer.links[first!.link]!.rtt.rto;
