@@ -202,6 +202,8 @@ async function main(): Promise<void> {
   const rows: [string, string, string][] = [];
   const f = (x: number, d = 1) => x.toFixed(d);
 
+  const only = process.env.BENCH_ONLY;
+  if (only === 'wan') return wanOnly(results, rows);
   const raw1400 = await rawBlast(1400);
   const raw8900 = await rawBlast(8900);
   results.raw = { b1400: raw1400, b8900: raw8900 };
@@ -226,6 +228,11 @@ async function main(): Promise<void> {
   rows.push(['dgram ping-pong 64 B', `${f(dl.meanUs)} µs`, `p50 ${f(dl.p50Us)} p99 ${f(dl.p99Us)}`]);
   rows.push(['GeoMessage request/response 64 B', `${f(gl.meanUs)} µs`, `p50 ${f(gl.p50Us)} p99 ${f(gl.p99Us)}; ${f(gl.meanUs / dl.meanUs, 2)}× dgram`]);
 
+  await wanOnly(results, rows);
+}
+
+async function wanOnly(results: Record<string, unknown>, rows: [string, string, string][]): Promise<void> {
+  const f = (x: number, d = 1) => x.toFixed(d);
   const wanSecs = Number(process.env.BENCH_WAN_SECS ?? 5);
   const clean = await gmPair(1500, { delayMs: 10 });
   const rc = await bulk(clean.a, wanSecs, 64);

@@ -519,7 +519,9 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
       link.rtt.onTimeout();
     }
     if (hitLinks.size) {
-      peer.cwnd = Math.max(32, peer.cwnd >> 1);
+      // A single expiry is usually one random loss; repeated expiries without any ack mean the path
+      // is congested or failing: then halve the window.
+      if ([...hitLinks].some((l) => l.consecutiveTimeouts >= 2)) peer.cwnd = Math.max(32, peer.cwnd >> 1);
       this.log.debug({ peer: peer.name, links: [...hitLinks].map((l) => [l.net.spec.network, l.consecutiveTimeouts, Math.round(now - l.lastHeard), l.rtt.rto]), retx: peer.retxQ.length, inflight: peer.inflight.size }, 'rto');
     }
     // No network known up: probe the next one on every timeout.
