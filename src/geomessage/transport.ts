@@ -133,6 +133,8 @@ class Peer {
   lastHeard: number;
   chosen = -1;
   // sending
+  /** Packet numbers are per peer, so the peer sees gaps only where packets were lost. */
+  nextPseq = 1;
   nextMsgId = 1;
   nextOrderSeq = 1;
   readonly sendQ: OutMsg[] = [];
@@ -201,7 +203,6 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
   private readonly peers = new Map<string, Peer>();
   private readonly peersById = new Map<number, Peer>();
   private readonly handlers = new Map<number, Handler>();
-  private nextPseq = 1;
   private tick: NodeJS.Timeout | null = null;
   private closed = false;
   private readonly started = nowMs();
@@ -414,7 +415,7 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
   private header(peer: Peer, type: number, flags: number): PacketHeader {
     const h = this.scratch;
     h.type = type; h.flags = flags; h.srcMachine = this.myId; h.dstMachine = peer.id; h.srcEpoch = this.epoch; h.dstEpoch = peer.epoch;
-    h.pseq = this.nextPseq++; h.msgId = 0; h.corrId = 0; h.orderSeq = 0; h.totalLen = 0;
+    h.pseq = peer.nextPseq++; h.msgId = 0; h.corrId = 0; h.orderSeq = 0; h.totalLen = 0;
     h.msgFloor = 0; h.service = 0; h.fragIndex = 0; h.fragCount = 0; h.fragLen = 0;
     return h;
   }
@@ -456,7 +457,9 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
     const h = this.header(peer, type, 0);
     let acks: Buffer | null = null;
     if (withAcks && peer.ranges.r.length) {
-      acks = encodeAckBlock(peer.ranges.r);
+      const room = link.net.mtu - IP_UDP_OVERHEAD - HEADER_BYTES - TAG_BYTES - (payload ? payload.length : 0);
+      const n = Math.min(peer.ranges.r.length >> 1, (room - 2) >> 3);
+      acks = encodeAckBlock(n * 2 < peer.ranges.r.length ? peer.ranges.r.slice(0, n * 2) : peer.ranges.r);
       h.flags |= F_ACKS;
       peer.ackPending = false;
     }
@@ -786,7 +789,7 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
     if (peer.inflight.size === 0) return;
     let minPending = 0;
     for (const k of peer.inflight.keys()) { minPending = k; break; }
-    const maxSent = this.nextPseq - 1;
+    const maxSent = peer.nextPseq - 1;
     let newest: Inflight | null = null;
     let newestPseq = 0;
     for (let i = 0; i < acks.length; i += 2) {
