@@ -1,9 +1,13 @@
 import type { Command } from 'commander';
 import { register as registerExport } from './export.js';
+import { register as registerNetstat } from './netstat.js';
+import { register as registerWanem } from './wanem.js';
 
 /**
  * Every CLI verb lives in its own module under ./commands and registers itself here, one line each.
  */
 export function registerCommands(program: Command): void {
   registerExport(program);
+  registerNetstat(program);
+  registerWanem(program);
 }
