@@ -48,6 +48,8 @@ interface Batch {
 
 const RESOLVED: Promise<void> = Promise.resolve();
 const DEFAULT_AL = 8192;
+/** fdatasyncs allowed in flight at once (each on a thread-pool thread). */
+const MAX_SYNCS = 2;
 
 /**
  * The state map of one GMD on one machine: a 4-bit cell per region saying whether the peer holds
@@ -97,8 +99,12 @@ export class StateMap {
   private lazyWanted = false;
   private headerDirty = false;
   private failed: StateMapError | null = null;
+  private syncTail: Promise<void> = RESOLVED;
+  private syncsInFlight = 0;
   private closed = false;
   private clock = 0;
+  /** Regions zeroed in the image whose page has not been written since: bounded (see evict). */
+  private pendingCleans = 0;
   private readonly timer: NodeJS.Timeout;
   private readonly st = { fastPath: 0, marks: 0, commits: 0, lazyWrites: 0, evictions: 0 };
 
@@ -482,7 +488,13 @@ export class StateMap {
       if (this.mem[r] === CELL_CLEAN && !this.inflight.has(r) && !this.unsynced.has(r)) {
         this.setNib(r, CELL_CLEAN);
         this.st.evictions++;
+        this.pendingCleans++;
       }
+    }
+    // Bound the regions cleaned in memory but still marked on disk: write them out soon.
+    if (this.pendingCleans > Math.max(64, this.alCapacity) && !this.failed && !this.closed) {
+      this.lazyWanted = true;
+      this.kick();
     }
   }
 
@@ -495,6 +507,7 @@ export class StateMap {
       if (this.mem[r] === CELL_CLEAN && !this.inflight.has(r) && !this.unsynced.has(r)) {
         this.setNib(r, CELL_CLEAN);
         this.st.evictions++;
+        this.pendingCleans++;
       }
     }
     if (this.dirtyPages.size > 0 && !this.failed && !this.closed) {
@@ -527,12 +540,22 @@ export class StateMap {
     setImmediate(() => { this.scheduled = false; void this.commitLoop(); });
   }
 
+  /**
+   * The single writer. Page and header writes are strictly serial (so images of one page never race);
+   * the fdatasync of a batch runs in the background while the next batch's pages are written, up to
+   * MAX_SYNCS at once, and batches are resolved strictly in order (a batch is durable only when every
+   * earlier one is).
+   */
   private async commitLoop(): Promise<void> {
     if (this.committing) return;
     this.committing = true;
     let batch: Batch | null = null;
     try {
       while (this.next !== null || this.lazyWanted) {
+        if (this.syncsInFlight >= MAX_SYNCS) {
+          await this.syncTail;
+          continue;
+        }
         batch = this.next;
         this.next = null;
         this.lazyWanted = false;
@@ -546,13 +569,9 @@ export class StateMap {
             await this.fh.write(encodeHeader(this.header), 0, SLOT_SIZE, slot * SLOT_SIZE);
             this.slot = slot;
           }
-          await this.fh.datasync();
-          this.st.commits++;
-          for (const r of batch.regions) if (this.unsynced.get(r) === batch) this.unsynced.delete(r);
           const b = batch;
           batch = null;
-          b.resolve();
-          for (const cb of b.callbacks) cb();
+          this.startSync(b);
         } else {
           this.st.lazyWrites++;
         }
@@ -564,11 +583,32 @@ export class StateMap {
     }
   }
 
+  private startSync(b: Batch): void {
+    const prev = this.syncTail;
+    this.syncsInFlight++;
+    this.syncTail = this.fh.datasync().then(() => prev).then(() => {
+      this.syncsInFlight--;
+      if (this.failed) {
+        b.reject(this.failed);
+        for (const cb of b.callbacks) cb(this.failed);
+        return;
+      }
+      this.st.commits++;
+      for (const r of b.regions) if (this.unsynced.get(r) === b) this.unsynced.delete(r);
+      b.resolve();
+      for (const cb of b.callbacks) cb();
+    }, (e: unknown) => {
+      this.syncsInFlight--;
+      this.fail(e, b);
+    });
+  }
+
   /** Writes every dirty page, adjacent pages coalesced, from a copy taken now (memory keeps changing). */
   private async writePages(): Promise<void> {
     if (this.dirtyPages.size === 0) return;
     const pages = [...this.dirtyPages].sort((a, b) => a - b);
     this.dirtyPages.clear();
+    this.pendingCleans = 0;
     const runs: Array<{ pos: number; buf: Buffer }> = [];
     for (let i = 0; i < pages.length;) {
       let j = i;
@@ -589,6 +629,7 @@ export class StateMap {
 
   private fail(e: unknown, inFlight: Batch | null): void {
     const err = new StateMapError('STATEMAP_ERR_IO', `state map ${this.path} cannot be written: ${(e as Error).message}; the GMD must stop (writes are refused)`, { cause: e });
+    if (this.failed) return;
     this.failed = err;
     for (const b of [inFlight, this.next]) {
       if (!b) continue;
