@@ -229,7 +229,12 @@ export class StateMap {
 
   /** Before a write is issued: resolves once regions first..last are durably marked on disk. */
   beginWrite(first: number, last: number): Promise<void> {
-    const wait = this.mark(first, last);
+    let wait: Batch | null;
+    try {
+      wait = this.mark(first, last);
+    } catch (e) {
+      return Promise.reject(e as Error);
+    }
     return wait === null ? RESOLVED : wait.promise;
   }
 
@@ -484,8 +489,10 @@ export class StateMap {
     if (this.hot.size <= keep) return;
     for (const r of this.hot.keys()) {
       if (this.hot.size <= keep) break;
+      // A marking still being committed stays (only if endWrite came before beginWrite resolved).
+      if (this.unsynced.has(r)) continue;
       this.hot.delete(r);
-      if (this.mem[r] === CELL_CLEAN && !this.inflight.has(r) && !this.unsynced.has(r)) {
+      if (this.mem[r] === CELL_CLEAN && !this.inflight.has(r)) {
         this.setNib(r, CELL_CLEAN);
         this.st.evictions++;
         this.pendingCleans++;
@@ -503,8 +510,9 @@ export class StateMap {
     // Regions idle for idleTicks leave the activity log: a quiet device converges to a truthful map.
     for (const [r, t] of this.hot) {
       if (this.clock - t < this.idleTicks) break;
+      if (this.unsynced.has(r)) continue;
       this.hot.delete(r);
-      if (this.mem[r] === CELL_CLEAN && !this.inflight.has(r) && !this.unsynced.has(r)) {
+      if (this.mem[r] === CELL_CLEAN && !this.inflight.has(r)) {
         this.setNib(r, CELL_CLEAN);
         this.st.evictions++;
         this.pendingCleans++;
@@ -649,6 +657,16 @@ export class StateMap {
       throw new StateMapError('STATEMAP_ERR_INVALID', `region range ${first}..${last} outside the map (0..${this.regionCount - 1})`);
     }
   }
+}
+
+/**
+ * Unify (seed §8.3.5, `gmd_update_state -U`) and local takeover (seed §2.2) when both maps are on
+ * this machine: `into` gets every region non-clean in `from` as stale (durably, first), then `from`
+ * is cleared. Data must then flow from `into`'s side.
+ */
+export async function mergeAndClear(into: StateMap, from: StateMap): Promise<void> {
+  await into.orWith(from);
+  await from.setAll(CELL_CLEAN);
 }
 
 /** A read-only view of a map file (for show-state / dump while the GMD is not running). Takes no lock. */

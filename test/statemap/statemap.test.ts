@@ -2,7 +2,7 @@ import t, { type Test } from 'tap';
 import { readFileSync, writeFileSync, truncateSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { tempDir } from '../helpers/env.js';
-import { StateMap, readStateMapFile, CELL_CLEAN, CELL_STALE, StateMapError } from '../../src/statemap/index.js';
+import { StateMap, readStateMapFile, mergeAndClear, CELL_CLEAN, CELL_STALE, StateMapError } from '../../src/statemap/index.js';
 
 const ID = { gmdName: 'data10gmd', minor: 10, deviceSize: 10 * 1024 * 1024 + 512, regionSize: 32 * 1024 };
 
@@ -104,7 +104,13 @@ t.test('group commit: concurrent beginWrite calls share commits', async (t) => {
   t.ok(map.isClean());
   await t.rejects(map.setAll(3), { code: 'STATEMAP_ERR_INVALID' });
   await map.close();
-  t.throws(() => map.beginWrite(0, 0), { code: 'STATEMAP_ERR_CLOSED' });
+  await t.rejects(map.beginWrite(0, 0), { code: 'STATEMAP_ERR_CLOSED' });
+  const cbErr = await new Promise<Error | undefined>((resolve) => {
+    t.equal(map.beginWriteCb(0, 0, resolve), false, 'callback form reports the error');
+  });
+  t.match(cbErr, { code: 'STATEMAP_ERR_CLOSED' }, 'through the callback');
+  await t.rejects(map.markStale(0, 0), { code: 'STATEMAP_ERR_CLOSED' });
+  t.throws(() => map.endWrite(0, 99999, 'both'), { code: 'STATEMAP_ERR_INVALID' });
 });
 
 t.test('orWith: unify and local takeover', async (t) => {
@@ -126,7 +132,10 @@ t.test('orWith: unify and local takeover', async (t) => {
   const c = await StateMap.create(join(dir, 'c.map'), { ...ID, deviceSize: ID.deviceSize * 2 });
   await t.rejects(a.orWith(c), { code: 'STATEMAP_ERR_MISMATCH' });
   b.endWrite(9, 9, 'both');
-  await b.setAll(CELL_CLEAN); // seed §2.2: the failed machine's map is cleaned after the merge
+  // seed §2.2 / §8.3.5: merge, then the other map is cleared.
+  await mergeAndClear(a, b);
+  t.ok(b.isClean());
+  t.same(a.dirtyRegions(), [1, 2, 3, 9, 20]);
   await Promise.all([a.close(), b.close(), c.close()]);
 });
 
