@@ -13,7 +13,8 @@ export interface StateMapOptions {
   /**
    * Activity-log capacity in regions: how many idle regions may stay marked on disk after their
    * writes completed, so a hot region costs one durable marking instead of one per write. It is
-   * the bound on extra resync after a crash (see README.md). Default 8192 (256 MiB at 32 KiB regions).
+   * the bound on extra resync after a crash (see README.md). Default: the regions of 1 GiB
+   * (32768 at 32 KiB), capped at the device's region count.
    */
   activityLogRegions?: number;
   /** An idle region leaves the activity log (is cleaned on disk) after this long. Default 5000 ms. */
@@ -47,7 +48,8 @@ interface Batch {
 }
 
 const RESOLVED: Promise<void> = Promise.resolve();
-const DEFAULT_AL = 8192;
+/** Default activity log: 1 GiB of device (DRBD's default covers ≈ 4.8 GiB). */
+const DEFAULT_AL_BYTES = 1024 ** 3;
 /** fdatasyncs allowed in flight at once (each on a thread-pool thread). */
 const MAX_SYNCS = 2;
 
@@ -91,6 +93,8 @@ export class StateMap {
   private readonly unsynced = new Map<number, Batch>();
   private readonly dirtyPages = new Set<number>();
   private readonly alCapacity: number;
+  /** Cleaned-but-unwritten regions that trigger a write: max(64, activity log / 8). */
+  private readonly cleanBatch: number;
   private readonly idleTicks: number;
   private next: Batch | null = null;
   private batchIds = 0;
@@ -120,7 +124,8 @@ export class StateMap {
     this.crashed = (header.flags & FLAG_OPEN) !== 0;
     this.disk = disk;
     this.mem = mem;
-    this.alCapacity = Math.max(0, Math.floor(opts.activityLogRegions ?? DEFAULT_AL));
+    this.alCapacity = Math.max(0, Math.floor(opts.activityLogRegions ?? Math.min(header.regionCount, Math.ceil(DEFAULT_AL_BYTES / header.regionSize))));
+    this.cleanBatch = Math.max(64, Math.ceil(this.alCapacity / 8));
     const tickMs = Math.max(10, opts.lazyFlushMs ?? 1000);
     this.idleTicks = Math.max(1, Math.ceil((opts.idleCleanMs ?? 5000) / tickMs));
     this.timer = setInterval(() => this.tick(), tickMs);
@@ -499,7 +504,7 @@ export class StateMap {
       }
     }
     // Bound the regions cleaned in memory but still marked on disk: write them out soon.
-    if (this.pendingCleans > Math.max(64, this.alCapacity) && !this.failed && !this.closed) {
+    if (this.pendingCleans > this.cleanBatch && !this.failed && !this.closed) {
       this.lazyWanted = true;
       this.kick();
     }
