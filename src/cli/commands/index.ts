@@ -1,9 +1,11 @@
 import type { Command } from 'commander';
-import { register as config } from './config.js';
+import { register as registerExport } from './export.js';
+import { register as registerConfig } from './config.js';
 
 /**
  * Every CLI verb lives in its own module under ./commands and registers itself here, one line each.
  */
 export function registerCommands(program: Command): void {
-  config(program);
+  registerExport(program);
+  registerConfig(program);
 }
