@@ -1,9 +1,9 @@
-import { open as openFile, readFile, unlink, type FileHandle } from 'node:fs/promises';
+import { open as openFile, readFile, rename, unlink, type FileHandle } from 'node:fs/promises';
 import { openSync, closeSync, writeSync } from 'node:fs';
 import { dirname } from 'node:path';
 import {
   CELLS_OFFSET, CELL_BITS, CELL_CLEAN, CELL_INFLIGHT_MAX, CELL_STALE, FLAG_OPEN, FORMAT_VERSION, PAGE_SIZE, SLOT_SIZE,
-  StateMapError, cellBytesFor, checkIdentity, encodeHeader, newGenerationId, pickHeader, regionCountFor, unpackCells,
+  StateMapError, cellBytesFor, checkIdentity, encodeHeader, newGenerationId, packCells, pickHeader, regionCountFor, unpackCells,
   validateIdentity, type StateMapHeader, type StateMapIdentity,
 } from './format.js';
 
@@ -672,6 +672,57 @@ export class StateMap {
 export async function mergeAndClear(into: StateMap, from: StateMap): Promise<void> {
   await into.orWith(from);
   await from.setAll(CELL_CLEAN);
+}
+
+/**
+ * Size follows the device: rewrites a closed map for a new device size (seed §6.5.4, growing a
+ * volume). Existing cells keep their values; regions beyond the old end get `newRegions` — 'stale'
+ * on the side whose data the other must receive (the primary), 'clean' on the other side, or the
+ * two maps diverge. Shrinking drops the cells past the new end. The file is replaced atomically
+ * (write beside, fsync, rename), under the map's lock.
+ */
+export async function resizeStateMap(path: string, deviceSize: number, newRegions: 'stale' | 'clean'): Promise<void> {
+  const lockPath = `${path}.lock`;
+  await acquireLock(path, lockPath);
+  try {
+    let fh: FileHandle;
+    try {
+      fh = await openFile(path, 'r');
+    } catch (e) {
+      throw ioError(e, path, 'open');
+    }
+    let header: StateMapHeader;
+    let cells: Uint8Array;
+    try {
+      ({ header, cells } = await readMap(path, fh, undefined));
+    } finally {
+      await fh.close();
+    }
+    const id = { gmdName: header.gmdName, minor: header.minor, regionSize: header.regionSize, deviceSize };
+    validateIdentity(id);
+    const count = regionCountFor(deviceSize, header.regionSize);
+    const next = new Uint8Array(count).fill(newRegions === 'stale' ? CELL_STALE : CELL_CLEAN, Math.min(count, cells.length));
+    next.set(cells.subarray(0, Math.min(count, cells.length)));
+    // The old last region may have been partial; if it grew, its new part is as unknown as the rest.
+    if (count > cells.length && header.deviceSize % header.regionSize !== 0 && newRegions === 'stale') next[cells.length - 1] = CELL_STALE;
+    const out: StateMapHeader = { ...header, deviceSize, regionCount: count, seq: header.seq + 1n, updatedMs: Date.now() };
+    const tmp = `${path}.resize`;
+    const w = await openFile(tmp, 'w', 0o600);
+    try {
+      await w.write(encodeHeader(out), 0, SLOT_SIZE, 0);
+      await w.write(Buffer.alloc(SLOT_SIZE), 0, SLOT_SIZE, SLOT_SIZE);
+      const packed = packCells(next);
+      await w.write(packed, 0, packed.length, CELLS_OFFSET);
+      await w.truncate(CELLS_OFFSET + packed.length);
+      await w.datasync();
+    } finally {
+      await w.close();
+    }
+    await rename(tmp, path);
+    await syncDir(dirname(path));
+  } finally {
+    await unlink(lockPath).catch(() => undefined);
+  }
 }
 
 /** A read-only view of a map file (for show-state / dump while the GMD is not running). Takes no lock. */

@@ -2,7 +2,7 @@ import t, { type Test } from 'tap';
 import { readFileSync, writeFileSync, truncateSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { tempDir } from '../helpers/env.js';
-import { StateMap, readStateMapFile, mergeAndClear, CELL_CLEAN, CELL_STALE, StateMapError } from '../../src/statemap/index.js';
+import { StateMap, readStateMapFile, mergeAndClear, resizeStateMap, CELL_CLEAN, CELL_STALE, StateMapError } from '../../src/statemap/index.js';
 
 const ID = { gmdName: 'data10gmd', minor: 10, deviceSize: 10 * 1024 * 1024 + 512, regionSize: 32 * 1024 };
 
@@ -197,4 +197,31 @@ t.test('no 32 GB limit: a 2 TiB device', async (t) => {
   t.same(map.dirtyRegions(), [map.regionCount - 1]);
   await map.close();
   t.equal((await readStateMapFile(path)).cells[map.regionCount - 1], CELL_STALE);
+});
+
+t.test('resizeStateMap: the map follows a grown or shrunk device', async (t) => {
+  const path = join(setup(t), 'rs.map');
+  const small = { gmdName: 'rs', minor: 2, deviceSize: 100 * 32768, regionSize: 32768 };
+  const map = await StateMap.create(path, small);
+  await map.markStale(10, 10);
+  await t.rejects(resizeStateMap(path, 200 * 32768, 'stale'), { code: 'STATEMAP_ERR_LOCKED' }, 'not while open');
+  await map.close();
+  await resizeStateMap(path, 200 * 32768, 'stale');
+  let snap = await readStateMapFile(path, { ...small, deviceSize: 200 * 32768 });
+  t.equal(snap.cells.length, 200);
+  t.equal(snap.cells[10], CELL_STALE, 'old cells kept');
+  t.equal(snap.cells[50], CELL_CLEAN);
+  t.ok(snap.cells.subarray(100).every((v) => v === CELL_STALE), 'grown part stale on the primary');
+  await resizeStateMap(path, 150 * 32768 + 512, 'clean');
+  snap = await readStateMapFile(path);
+  t.equal(snap.cells.length, 151, 'shrunk (partial last region counts)');
+  t.equal(snap.identity.deviceSize, 150 * 32768 + 512);
+  await resizeStateMap(path, 160 * 32768, 'clean');
+  snap = await readStateMapFile(path);
+  t.ok(snap.cells.subarray(151).every((v) => v === CELL_CLEAN), 'grown part clean on the secondary');
+  const again = await StateMap.open(path, { deviceSize: 160 * 32768 });
+  t.equal(again.regionCount, 160);
+  await again.close();
+  await t.rejects(resizeStateMap(path, 0, 'clean'), { code: 'STATEMAP_ERR_INVALID' });
+  await t.rejects(resizeStateMap(join(setup(t), 'none.map'), 1 << 20, 'clean'), { code: 'STATEMAP_ERR_NOT_FOUND' });
 });
