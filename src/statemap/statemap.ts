@@ -1,5 +1,5 @@
 import { open as openFile, readFile, rename, unlink, type FileHandle } from 'node:fs/promises';
-import { openSync, closeSync, writeSync } from 'node:fs';
+import { openSync, closeSync, readFileSync, writeSync } from 'node:fs';
 import { dirname } from 'node:path';
 import {
   CELLS_OFFSET, CELL_BITS, CELL_CLEAN, CELL_INFLIGHT_MAX, CELL_STALE, FLAG_OPEN, FORMAT_VERSION, PAGE_SIZE, SLOT_SIZE,
@@ -805,19 +805,33 @@ async function acquireLock(path: string, lockPath: string): Promise<void> {
   for (let attempt = 0; attempt < 3; attempt++) {
     try {
       const fd = openSync(lockPath, 'wx', 0o600);
-      writeSync(fd, `${process.pid}\n`);
+      writeSync(fd, `${process.pid} ${processStartTime(process.pid) ?? ''}\n`);
       closeSync(fd);
       return;
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw ioError(e, path, 'lock');
     }
-    const pid = Number.parseInt(await readFile(lockPath, 'utf8').catch(() => ''), 10);
-    if (Number.isInteger(pid) && pid > 0 && pidAlive(pid)) {
+    const [pidText, startText] = (await readFile(lockPath, 'utf8').catch(() => '')).trim().split(/\s+/);
+    const pid = Number.parseInt(pidText ?? '', 10);
+    // Same pid but another start time: the owner died and its pid was reused; the lock is stale.
+    const sameProcess = !startText || processStartTime(pid) === null || processStartTime(pid) === startText;
+    if (Number.isInteger(pid) && pid > 0 && pidAlive(pid) && sameProcess) {
       throw new StateMapError('STATEMAP_ERR_LOCKED', `state map ${path} is in use by process ${pid} (lock ${lockPath})`);
     }
     await unlink(lockPath).catch(() => undefined);
   }
   throw new StateMapError('STATEMAP_ERR_LOCKED', `cannot take the lock ${lockPath} of state map ${path}`);
+}
+
+/** Start time of a process in clock ticks since boot (/proc/PID/stat field 22), or null if unknown. */
+function processStartTime(pid: number): string | null {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    // The command name (field 2) may contain spaces and parentheses: count fields after the last ')'.
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19] ?? null;
+  } catch {
+    return null;
+  }
 }
 
 function pidAlive(pid: number): boolean {

@@ -1,5 +1,5 @@
 import t, { type Test } from 'tap';
-import { readFileSync, writeFileSync, truncateSync, statSync } from 'node:fs';
+import { readFileSync, writeFileSync, truncateSync, statSync, unlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { tempDir } from '../helpers/env.js';
 import { StateMap, readStateMapFile, mergeAndClear, resizeStateMap, CELL_CLEAN, CELL_STALE, StateMapError } from '../../src/statemap/index.js';
@@ -147,6 +147,14 @@ t.test('refusals: missing, existing, locked, mismatched, corrupt, truncated', as
   await t.rejects(StateMap.create(path, ID), { code: 'STATEMAP_ERR_EXISTS' });
   await t.rejects(StateMap.open(path), { code: 'STATEMAP_ERR_LOCKED', message: /in use by process/ });
   await map.close();
+  // Stale locks: a dead owner, or a live pid whose start time differs (the pid was reused).
+  writeFileSync(`${path}.lock`, '4194303 12345\n');
+  await (await StateMap.open(path)).close();
+  writeFileSync(`${path}.lock`, `${process.pid} 1\n`);
+  await (await StateMap.open(path)).close();
+  writeFileSync(`${path}.lock`, `${process.pid}\n`);
+  await t.rejects(StateMap.open(path), { code: 'STATEMAP_ERR_LOCKED' }, 'a live owner without a start time is respected');
+  unlinkSync(`${path}.lock`);
 
   await t.rejects(StateMap.open(path, { gmdName: 'other' }), { code: 'STATEMAP_ERR_MISMATCH', message: /GMD name 'data10gmd' \(expected 'other'\)/ });
   await t.rejects(StateMap.open(path, { minor: 11 }), { code: 'STATEMAP_ERR_MISMATCH' });
