@@ -783,6 +783,7 @@ async function readMap(path: string, fh: FileHandle, expect: Partial<StateMapIde
 
 function ioError(e: unknown, path: string, what: string): StateMapError {
   const code = (e as NodeJS.ErrnoException).code;
+  if (code === 'ENOENT' && what === 'create') return new StateMapError('STATEMAP_ERR_NOT_FOUND', `cannot create state map ${path}: directory ${dirname(path)} does not exist`, { cause: e });
   if (code === 'ENOENT') return new StateMapError('STATEMAP_ERR_NOT_FOUND', `state map ${path} does not exist (create it with 'georm configure')`, { cause: e });
   if (code === 'EEXIST') return new StateMapError('STATEMAP_ERR_EXISTS', `state map ${path} already exists; refusing to overwrite it`, { cause: e });
   return new StateMapError('STATEMAP_ERR_IO', `cannot ${what} state map ${path}: ${(e as Error).message}`, { cause: e });

@@ -1,5 +1,5 @@
 import t, { type Test } from 'tap';
-import { readFileSync, writeFileSync, truncateSync, statSync, unlinkSync } from 'node:fs';
+import { readFileSync, writeFileSync, truncateSync, statSync, unlinkSync, closeSync, openSync } from 'node:fs';
 import { join } from 'node:path';
 import { tempDir } from '../helpers/env.js';
 import { StateMap, readStateMapFile, mergeAndClear, resizeStateMap, CELL_CLEAN, CELL_STALE, StateMapError } from '../../src/statemap/index.js';
@@ -76,7 +76,7 @@ t.test('activity log: hot regions are marked once; idle ones are cleaned lazily'
   t.equal(map.stats().activityLog, 0, 'idle regions left the activity log');
   const cells = (await readStateMapFile(path)).cells;
   t.equal(cells.reduce((a, v) => a + (v ? 1 : 0), 0), 0, 'and were cleaned on disk by the background writer');
-  await map.close();
+  await map.close(); // closes the /dev/full descriptor
 });
 
 t.test('group commit: concurrent beginWrite calls share commits', async (t) => {
@@ -232,4 +232,25 @@ t.test('resizeStateMap: the map follows a grown or shrunk device', async (t) => 
   await again.close();
   await t.rejects(resizeStateMap(path, 0, 'clean'), { code: 'STATEMAP_ERR_INVALID' });
   await t.rejects(resizeStateMap(join(setup(t), 'none.map'), 1 << 20, 'clean'), { code: 'STATEMAP_ERR_NOT_FOUND' });
+});
+
+t.test('a map that cannot be written refuses further writes (never issues one unmarked)', async (t) => {
+  const dir = setup(t);
+  await t.rejects(StateMap.create(join(dir, 'no/such/dir.map'), ID), { code: 'STATEMAP_ERR_NOT_FOUND', message: /directory .* does not exist/ });
+  const map = await StateMap.create(join(dir, 'io.map'), ID, { activityLogRegions: 0 });
+  // Put /dev/full under its file descriptor: every later write of the map fails with ENOSPC.
+  // (The fd number is refilled at once, so no other file can ever receive the map's writes.)
+  const fd = (map as unknown as { fh: { fd: number } }).fh.fd;
+  closeSync(fd);
+  const extra: number[] = [];
+  for (let n = openSync('/dev/full', 'w'); ; n = openSync('/dev/full', 'w')) {
+    if (n === fd) break;
+    extra.push(n);
+    if (n > fd + 64) throw new Error('could not refill the descriptor');
+  }
+  t.teardown(() => { for (const n of extra) closeSync(n); });
+  await t.rejects(map.beginWrite(1, 1), { code: 'STATEMAP_ERR_IO', message: /cannot be written: .*(ENOSPC|EINVAL)/ });
+  await t.rejects(map.beginWrite(2, 2), { code: 'STATEMAP_ERR_IO' }, 'and stays failed');
+  await t.rejects(map.flush(), { code: 'STATEMAP_ERR_IO' });
+  await map.close(); // closes the /dev/full descriptor
 });
