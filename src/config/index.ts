@@ -136,72 +136,63 @@ function normalise(c: RawConfig, source: string): ClusterConfig {
 }
 
 // ---- lookups ---------------------------------------------------------------------------------
+// These throw ConfigError (CONFIG_ERR_UNKNOWN_MACHINE / _GMD, exit code 1) naming what exists, so
+// callers can use the result directly; use cfg.machines.find(…) to test for presence.
 
-export function findMachine(cfg: ClusterConfig, name: string): Machine | undefined {
-  return cfg.machines.find((m) => m.name === name);
+export function findMachine(cfg: ClusterConfig, name: string): Machine {
+  const m = cfg.machines.find((x) => x.name === name);
+  if (!m) throw unknown(cfg, 'CONFIG_ERR_UNKNOWN_MACHINE', `machine '${name}' is not defined in ${cfg.source} (machines: ${cfg.machines.map((x) => x.name).join(', ')}; use --machine)`);
+  return m;
 }
 
-export function findGmd(cfg: ClusterConfig, name: string): Gmd | undefined {
-  return cfg.gmds.find((g) => g.name === name);
+export function findGmd(cfg: ClusterConfig, name: string): Gmd {
+  const g = cfg.gmds.find((x) => x.name === name);
+  if (!g) throw unknown(cfg, 'CONFIG_ERR_UNKNOWN_GMD', `GMD '${name}' is not defined in ${cfg.source} (GMDs: ${cfg.gmds.map((x) => x.name).join(', ') || 'none'})`);
+  return g;
 }
 
-export function gmdMachine(gmd: Gmd, machine: string): GmdMachine | undefined {
-  return gmd.machines.find((m) => m.machine === machine);
+export function gmdMachine(gmd: Gmd, machine: string): GmdMachine {
+  const m = gmd.machines.find((x) => x.machine === machine);
+  if (!m) {
+    throw new ConfigError('CONFIG_ERR_UNKNOWN_MACHINE', [{ file: '', line: 0, col: 0, path: '',
+      message: `GMD '${gmd.name}' has no definition for machine '${machine}' (it is on ${gmd.machines.map((x) => x.machine).join(', ')})` }]);
+  }
+  return m;
 }
-
-export interface GmdPeer { machine: Machine; gmdMachine: GmdMachine }
 
 /** The remote peers of `machine` for a GMD: its machines at the other site. */
-export function peersOf(cfg: ClusterConfig, gmd: Gmd | string, machine: string): GmdPeer[] {
+export function peersOf(cfg: ClusterConfig, gmd: Gmd | string, machine: string): Machine[] {
   return gmdPeers(cfg, gmd, machine, false);
 }
 
 /** Machines of the GMD at the same site as `machine` (local takeover candidates, seed §2.2). */
-export function localPeersOf(cfg: ClusterConfig, gmd: Gmd | string, machine: string): GmdPeer[] {
+export function localPeersOf(cfg: ClusterConfig, gmd: Gmd | string, machine: string): Machine[] {
   return gmdPeers(cfg, gmd, machine, true);
 }
 
-function gmdPeers(cfg: ClusterConfig, gmd: Gmd | string, machine: string, sameSite: boolean): GmdPeer[] {
-  const g = typeof gmd === 'string' ? requireGmd(cfg, gmd) : gmd;
-  const self = requireMachine(cfg, machine);
-  const out: GmdPeer[] = [];
-  for (const gm of g.machines) {
-    const m = findMachine(cfg, gm.machine);
-    if (!m || m.name === self.name || (m.site === self.site) !== sameSite) continue;
-    out.push({ machine: m, gmdMachine: gm });
-  }
-  return out;
+function gmdPeers(cfg: ClusterConfig, gmd: Gmd | string, machine: string, sameSite: boolean): Machine[] {
+  const g = typeof gmd === 'string' ? findGmd(cfg, gmd) : gmd;
+  const self = findMachine(cfg, machine);
+  return g.machines.map((gm) => findMachine(cfg, gm.machine)).filter((m) => m.name !== self.name && (m.site === self.site) === sameSite);
 }
 
-export function requireMachine(cfg: ClusterConfig, name: string): Machine {
-  const m = findMachine(cfg, name);
-  if (!m) throw unknown(cfg, `machine '${name}' is not in the configuration (machines: ${cfg.machines.map((x) => x.name).join(', ')})`);
-  return m;
-}
-
-export function requireGmd(cfg: ClusterConfig, name: string): Gmd {
-  const g = findGmd(cfg, name);
-  if (!g) throw unknown(cfg, `GMD '${name}' is not in the configuration (GMDs: ${cfg.gmds.map((x) => x.name).join(', ') || 'none'})`);
-  return g;
-}
-
-/** This machine: the name given (--machine), else the host name. */
+/** This machine: the name given (--machine), else $GEORM_MACHINE, else the host name. */
 export function localMachine(cfg: ClusterConfig, name?: string): Machine {
-  return requireMachine(cfg, name ?? hostname());
+  return findMachine(cfg, name ?? process.env.GEORM_MACHINE ?? hostname());
 }
 
 /** GeoMessage endpoints of a machine for one GMD process: each interface at base port + minor. */
 export function endpointsOf(cfg: ClusterConfig, machine: string, minor: number):
   Array<{ network: string; address: string; port: number; mtu: number }> {
-  const m = requireMachine(cfg, machine);
+  const m = findMachine(cfg, machine);
   return m.interfaces.map((i) => ({
     network: i.network, address: i.address, port: i.port + minor,
     mtu: cfg.networks.find((n) => n.name === i.network)?.mtu ?? 1500,
   }));
 }
 
-function unknown(cfg: ClusterConfig, message: string): ConfigError {
-  return new ConfigError('CONFIG_ERR_UNKNOWN', [{ file: cfg.source, line: 1, col: 1, path: '', message }]);
+function unknown(cfg: ClusterConfig, code: 'CONFIG_ERR_UNKNOWN_MACHINE' | 'CONFIG_ERR_UNKNOWN_GMD', message: string): ConfigError {
+  return new ConfigError(code, [{ file: cfg.source, line: 0, col: 0, path: '', message }]);
 }
 
 // ---- rendering -------------------------------------------------------------------------------

@@ -58,7 +58,7 @@ export interface ClusterConfigInput {
 
 export interface ConfigIssue { file: string; line: number; col: number; path: string; message: string }
 
-export type ConfigErrorCode = 'CONFIG_ERR_SYNTAX' | 'CONFIG_ERR_INVALID' | 'CONFIG_ERR_NOT_FOUND' | 'CONFIG_ERR_UNKNOWN';
+export type ConfigErrorCode = 'CONFIG_ERR_SYNTAX' | 'CONFIG_ERR_INVALID' | 'CONFIG_ERR_NOT_FOUND' | 'CONFIG_ERR_UNKNOWN_MACHINE' | 'CONFIG_ERR_UNKNOWN_GMD';
 
 /**
  * A configuration problem. `message` holds one `file:line:col: message` line per issue (editors and
@@ -68,12 +68,14 @@ export class ConfigError extends GeormError {
   declare readonly code: ConfigErrorCode;
   readonly issues: ConfigIssue[];
   constructor(code: ConfigErrorCode, issues: ConfigIssue[], options?: { cause?: unknown }) {
-    super(code, issues.map(formatIssue).join('\n'), options);
+    super(code, issues.map(formatIssue).join('\n'), { ...options, exitCode: 1 });
     this.name = 'ConfigError';
     this.issues = issues;
   }
 }
 
+/** `file:line:col: path: message`; lookups that have no position (line 0) print the message alone. */
 export function formatIssue(i: ConfigIssue): string {
+  if (i.line === 0) return i.message;
   return `${i.file}:${i.line}:${i.col}: ${i.path ? `${i.path}: ` : ''}${i.message}`;
 }

@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import { open, stat } from 'node:fs/promises';
 import { blockDeviceSize, nativeAvailable } from '../native/index.js';
 import { readStateMapFile, isMapClean, StateMapError } from '../statemap/index.js';
-import { requireMachine, type ClusterConfig } from './index.js';
+import { findMachine, type ClusterConfig } from './index.js';
 
 /**
  * geo_verify (seed §6.4) in two halves so it runs across machines without rsh:
@@ -89,7 +89,7 @@ async function stateMapFacts(path: string, expect: { gmdName: string; minor: num
 }
 
 export async function gatherFacts(cfg: ClusterConfig, machine: string): Promise<MachineFacts> {
-  const m = requireMachine(cfg, machine);
+  const m = findMachine(cfg, machine);
   let keyFile: MachineFacts['keyFile'];
   try {
     const st = await stat(cfg.cluster.keyFile);

@@ -3,7 +3,7 @@ import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { tempDir } from '../helpers/env.js';
 import {
-  parseConfig, loadConfig, renderConfig, findMachine, findGmd, gmdMachine, peersOf, localPeersOf, requireGmd, requireMachine,
+  parseConfig, loadConfig, renderConfig, findMachine, findGmd, gmdMachine, peersOf, localPeersOf,
   localMachine, endpointsOf, ConfigError, type ClusterConfig,
 } from '../../src/config/index.js';
 import { SAMPLE, lineOf } from './sample.js';
@@ -23,25 +23,26 @@ t.test('the contract example parses with defaults applied', async (t) => {
   t.equal(c.cluster.name, 'demo');
   t.same(c.sites.map((s) => s.name), ['east', 'west']);
   t.same(c.networks, [{ name: 'geo1', mtu: 1500 }, { name: 'geo2', mtu: 1500 }]);
-  const beta = findMachine(c, 'beta')!;
+  const beta = findMachine(c, 'beta');
   t.equal(beta.promoteFailureTimeout, 0, 'default: never');
   t.equal(beta.runDir, '/run/georm');
-  const g = findGmd(c, 'data10gmd')!;
+  const g = findGmd(c, 'data10gmd');
   t.match(g, { minor: 10, mode: 'mwc', regionSize: 32768, syncRate: 65536, hwm: 131072, resyncRateLimit: 0 });
-  t.equal(gmdMachine(g, 'alpha')!.nbdDevice, '/dev/nbd10');
-  t.same(gmdMachine(g, 'beta')!.nbdListen, ['unix:/run/georm/data10gmd.nbd'], 'default NBD socket in run_dir');
-  t.same(peersOf(c, g, 'alpha').map((p) => p.machine.name), ['beta']);
-  t.same(peersOf(c, 'data10gmd', 'beta').map((p) => p.gmdMachine.role), ['primary']);
+  t.equal(gmdMachine(g, 'alpha').nbdDevice, '/dev/nbd10');
+  t.same(gmdMachine(g, 'beta').nbdListen, ['unix:/run/georm/data10gmd.nbd'], 'default NBD socket in run_dir');
+  t.same(peersOf(c, g, 'alpha').map((p) => p.name), ['beta']);
+  t.same(peersOf(c, 'data10gmd', 'beta').map((p) => p.site), ['east']);
   t.same(localPeersOf(c, g, 'alpha'), []);
   t.same(endpointsOf(c, 'alpha', 10), [
     { network: 'geo1', address: '127.0.0.1', port: 7410, mtu: 1500 },
     { network: 'geo2', address: '127.0.0.2', port: 7410, mtu: 1500 },
   ]);
   t.equal(localMachine(c, 'alpha').name, 'alpha');
-  t.equal(findGmd(c, 'nope'), undefined);
-  t.throws(() => requireGmd(c, 'nope'), { code: 'CONFIG_ERR_UNKNOWN', message: /GMD 'nope' is not in the configuration \(GMDs: data10gmd\)/ });
-  t.throws(() => requireMachine(c, 'gamma'), { code: 'CONFIG_ERR_UNKNOWN', message: /machines: alpha, beta/ });
-  t.throws(() => peersOf(c, g, 'gamma'), { code: 'CONFIG_ERR_UNKNOWN' });
+  t.throws(() => findGmd(c, 'nope'), { code: 'CONFIG_ERR_UNKNOWN_GMD', exitCode: 1, message: /^GMD 'nope' is not defined in \/etc\/georm\/georm\.toml \(GMDs: data10gmd\)$/ });
+  t.throws(() => findMachine(c, 'gamma'), { code: 'CONFIG_ERR_UNKNOWN_MACHINE', message: /machines: alpha, beta; use --machine/ });
+  t.throws(() => gmdMachine(g, 'gamma'), { code: 'CONFIG_ERR_UNKNOWN_MACHINE', message: /has no definition for machine 'gamma'/ });
+  t.throws(() => peersOf(c, g, 'gamma'), { code: 'CONFIG_ERR_UNKNOWN_MACHINE' });
+  t.throws(() => localMachine(c, 'gamma'), { code: 'CONFIG_ERR_UNKNOWN_MACHINE' });
 });
 
 t.test('relative paths resolve against the file; loadConfig reads files', async (t) => {
