@@ -86,6 +86,10 @@ export class StateMap {
   private readonly fh: FileHandle;
   private readonly lockPath: string;
   private readonly mem: Uint8Array;
+  /** The same cells as 32-bit words (whole words only), for fast scans. */
+  private readonly words: Uint32Array;
+  private nStale = 0;
+  private nInconsistent = 0;
   private readonly disk: Buffer;
   private readonly inflight = new Map<number, number>();
   /** Activity log: idle regions marked on disk but clean in memory, oldest first; value = coarse clock. */
@@ -124,6 +128,8 @@ export class StateMap {
     this.crashed = (header.flags & FLAG_OPEN) !== 0;
     this.disk = disk;
     this.mem = mem;
+    this.words = new Uint32Array(mem.buffer, mem.byteOffset, mem.length >> 2);
+    this.recount();
     this.alCapacity = Math.max(0, Math.floor(opts.activityLogRegions ?? Math.min(header.regionCount, Math.ceil(DEFAULT_AL_BYTES / header.regionSize))));
     this.cleanBatch = Math.max(64, Math.ceil(this.alCapacity / 8));
     const tickMs = Math.max(10, opts.lazyFlushMs ?? 1000);
@@ -216,20 +222,12 @@ export class StateMap {
   }
 
   counts(): StateMapCounts {
-    let clean = 0, stale = 0;
-    const m = this.mem;
-    for (let r = 0; r < m.length; r++) {
-      const v = m[r]!;
-      if (v === CELL_CLEAN) clean++;
-      else if (v === CELL_STALE) stale++;
-    }
-    return { regions: m.length, clean, inconsistent: m.length - clean - stale, stale };
+    const n = this.mem.length;
+    return { regions: n, clean: n - this.nStale - this.nInconsistent, inconsistent: this.nInconsistent, stale: this.nStale };
   }
 
   isClean(): boolean {
-    const m = this.mem;
-    for (let r = 0; r < m.length; r++) if (m[r] !== CELL_CLEAN) return false;
-    return true;
+    return this.nStale + this.nInconsistent === 0;
   }
 
   /** Before a write is issued: resolves once regions first..last are durably marked on disk. */
@@ -270,12 +268,12 @@ export class StateMap {
       if (n > 0) this.inflight.set(r, n);
       else this.inflight.delete(r);
       if (outcome === 'local-only') {
-        mem[r] = CELL_STALE;
+        this.setMem(r, CELL_STALE);
         if (this.nib(r) !== CELL_STALE) this.setNib(r, CELL_STALE);
       } else if (mem[r] !== CELL_STALE) {
-        if (n > 0) mem[r] = n > CELL_INFLIGHT_MAX ? CELL_INFLIGHT_MAX : n;
+        if (n > 0) this.setMem(r, n > CELL_INFLIGHT_MAX ? CELL_INFLIGHT_MAX : n);
         else {
-          mem[r] = CELL_CLEAN;
+          this.setMem(r, CELL_CLEAN);
           this.hot.set(r, this.clock);
         }
       }
@@ -288,7 +286,7 @@ export class StateMap {
     this.checkUsable();
     this.checkRegion(first, last);
     for (let r = first; r <= last; r++) {
-      this.mem[r] = CELL_STALE;
+      this.setMem(r, CELL_STALE);
       this.hot.delete(r);
       if (this.nib(r) !== CELL_STALE) this.setNib(r, CELL_STALE);
     }
@@ -298,15 +296,23 @@ export class StateMap {
   /** Non-clean regions (stale, or inconsistent), ascending. */
   dirtyRegions(): number[] {
     const out: number[] = [];
-    const m = this.mem;
-    for (let r = 0; r < m.length; r++) if (m[r] !== CELL_CLEAN) out.push(r);
+    for (let r = this.nextDirty(0); r >= 0; r = this.nextDirty(r + 1)) out.push(r);
     return out;
   }
 
   /** The first non-clean region at or after `from`, or -1: lets resync walk a huge map without an array. */
   nextDirty(from = 0): number {
+    if (this.nStale + this.nInconsistent === 0) return -1;
     const m = this.mem;
-    for (let r = Math.max(0, from); r < m.length; r++) if (m[r] !== CELL_CLEAN) return r;
+    let r = Math.max(0, from);
+    // Skip clean stretches four cells at a time.
+    while (r < m.length && (r & 3) !== 0) { if (m[r] !== CELL_CLEAN) return r; r++; }
+    const words = this.words;
+    for (let w = r >> 2; w < words.length; w++) {
+      if (words[w] === 0) continue;
+      for (let k = w << 2; k < (w << 2) + 4; k++) if (m[k] !== CELL_CLEAN) return k;
+    }
+    for (let k = words.length << 2; k < m.length; k++) if (k >= r && m[k] !== CELL_CLEAN) return k;
     return -1;
   }
 
@@ -316,9 +322,9 @@ export class StateMap {
     if (this.mem[region] === CELL_CLEAN) return;
     const n = this.inflight.get(region) ?? 0;
     if (n > 0) {
-      this.mem[region] = n > CELL_INFLIGHT_MAX ? CELL_INFLIGHT_MAX : n;
+      this.setMem(region, n > CELL_INFLIGHT_MAX ? CELL_INFLIGHT_MAX : n);
     } else {
-      this.mem[region] = CELL_CLEAN;
+      this.setMem(region, CELL_CLEAN);
       if (this.nib(region) !== CELL_CLEAN) this.hot.set(region, this.clock);
     }
     this.evict(this.alCapacity);
@@ -334,6 +340,7 @@ export class StateMap {
       throw new StateMapError('STATEMAP_ERR_BUSY', `state map ${this.path}: ${this.inflight.size} regions have writes in flight; stop the GMD first`);
     }
     this.mem.fill(cell);
+    this.recount();
     this.disk.fill(cell | (cell << 4));
     if (this.regionCount & 1) this.disk[this.disk.length - 1] = cell;
     this.hot.clear();
@@ -370,7 +377,7 @@ export class StateMap {
     }
     for (let r = 0; r < cells.length; r++) {
       if (cells[r] === CELL_CLEAN) continue;
-      this.mem[r] = CELL_STALE;
+      this.setMem(r, CELL_STALE);
       this.hot.delete(r);
       if (this.nib(r) !== CELL_STALE) this.setNib(r, CELL_STALE);
     }
@@ -398,7 +405,7 @@ export class StateMap {
     this.hot.clear();
     for (let r = 0; r < cells.length; r++) {
       const v = cells[r] === CELL_CLEAN ? CELL_CLEAN : CELL_STALE;
-      this.mem[r] = v;
+      this.setMem(r, v);
       if (this.nib(r) !== v) this.setNib(r, v);
     }
     await this.durable();
@@ -459,7 +466,7 @@ export class StateMap {
     for (let r = first; r <= last; r++) {
       const n = (this.inflight.get(r) ?? 0) + 1;
       this.inflight.set(r, n);
-      if (mem[r] !== CELL_STALE) mem[r] = n > CELL_INFLIGHT_MAX ? CELL_INFLIGHT_MAX : n;
+      if (mem[r] !== CELL_STALE) this.setMem(r, n > CELL_INFLIGHT_MAX ? CELL_INFLIGHT_MAX : n);
       this.hot.delete(r);
       if (this.nib(r) === CELL_CLEAN) {
         this.setNib(r, 0x1);
@@ -475,6 +482,26 @@ export class StateMap {
     }
     if (wait === null) this.st.fastPath++;
     return wait;
+  }
+
+  /** Every change of an in-memory cell goes through here, so counts() and isClean() are O(1). */
+  private setMem(r: number, v: number): void {
+    const o = this.mem[r]!;
+    if (o === v) return;
+    if (o === CELL_STALE) this.nStale--; else if (o !== CELL_CLEAN) this.nInconsistent--;
+    if (v === CELL_STALE) this.nStale++; else if (v !== CELL_CLEAN) this.nInconsistent++;
+    this.mem[r] = v;
+  }
+
+  private recount(): void {
+    let stale = 0, clean = 0;
+    const m = this.mem;
+    for (let r = 0; r < m.length; r++) {
+      const v = m[r]!;
+      if (v === CELL_CLEAN) clean++; else if (v === CELL_STALE) stale++;
+    }
+    this.nStale = stale;
+    this.nInconsistent = m.length - clean - stale;
   }
 
   private nib(r: number): number {

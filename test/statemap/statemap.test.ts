@@ -254,3 +254,32 @@ t.test('a map that cannot be written refuses further writes (never issues one un
   await t.rejects(map.flush(), { code: 'STATEMAP_ERR_IO' });
   await map.close(); // closes the /dev/full descriptor
 });
+
+t.test('counts, isClean and nextDirty stay equal to a full scan under random operations', async (t) => {
+  const path = join(setup(t), 'prop.map');
+  const map = await StateMap.create(path, { gmdName: 'prop', minor: 0, deviceSize: 37 * 4096, regionSize: 4096 }, { activityLogRegions: 4 });
+  const open: Array<[number, number]> = [];
+  let bad = 0;
+  for (let i = 0; i < 3000; i++) {
+    const op = Math.random();
+    const a = Math.floor(Math.random() * 37);
+    const b = Math.min(36, a + Math.floor(Math.random() * 3));
+    if (op < 0.35) { await map.beginWrite(a, b); open.push([a, b]); }
+    else if (op < 0.7 && open.length) {
+      const [x, y] = open.splice(Math.floor(Math.random() * open.length), 1)[0]!;
+      map.endWrite(x, y, Math.random() < 0.8 ? 'both' : 'local-only');
+    } else if (op < 0.75) await map.markStale(a, b);
+    else map.cleanRegion(a);
+    const cells = map.cells();
+    const stale = cells.filter((v) => v === CELL_STALE).length;
+    const clean = cells.filter((v) => v === CELL_CLEAN).length;
+    const want = { regions: 37, clean, inconsistent: 37 - clean - stale, stale };
+    const dirty = [...cells].map((v, r) => (v ? r : -1)).filter((r) => r >= 0);
+    const from = Math.floor(Math.random() * 40);
+    if (JSON.stringify(map.counts()) !== JSON.stringify(want) || map.isClean() !== (clean === 37)
+      || JSON.stringify(map.dirtyRegions()) !== JSON.stringify(dirty) || map.nextDirty(from) !== (dirty.find((r) => r >= from) ?? -1)) bad++;
+  }
+  t.equal(bad, 0, '3000 random operations');
+  for (const [x, y] of open) map.endWrite(x, y, 'both');
+  await map.close();
+});
