@@ -2,6 +2,7 @@ import type { Command } from 'commander';
 import { register as registerExport } from './export.js';
 import { register as registerNetstat } from './netstat.js';
 import { register as registerWanem } from './wanem.js';
+import { register as registerConfig } from './config.js';
 
 /**
  * Every CLI verb lives in its own module under ./commands and registers itself here, one line each.
@@ -10,4 +11,5 @@ export function registerCommands(program: Command): void {
   registerExport(program);
   registerNetstat(program);
   registerWanem(program);
+  registerConfig(program);
 }
