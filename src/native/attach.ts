@@ -1,0 +1,75 @@
+import net from 'node:net';
+import { closeSync } from 'node:fs';
+import { GeormError } from '../util/errors.js';
+import type { FileExtensions } from './extensions.js';
+import { nativeAvailable, nativeUnavailableReason, nbdAttach, socketpair, type NbdAttachment } from './index.js';
+
+/**
+ * Attaching an NBD server that lives in this process to a kernel /dev/nbdN: a socketpair, one end
+ * served by the server's transmission phase (no handshake: size and flags go to the kernel by ioctl),
+ * the other handed to the kernel. Used by `georm export --attach` and the GMD.
+ */
+export interface AttachSpec {
+  /** e.g. /dev/nbd0 */
+  device: string;
+  /** Export size in bytes (the kernel rounds down to the block size). */
+  size: number;
+  /** NBD transmission flags the server would advertise for this export (nbd/ transmissionFlags). */
+  flags: number;
+  /** Seconds the kernel waits for a reply before failing the request (and the device) with EIO. */
+  timeoutSec: number;
+  /** Serves one connected socket in the transmission phase (NbdServer.serveSocket bound to an export). */
+  serve(socket: net.Socket): void;
+}
+
+export interface Attached extends NbdAttachment {
+  /** The server side of the socketpair. */
+  readonly socket: net.Socket;
+}
+
+/** Default kernel request timeout for attached devices: long enough for a resync burst, short enough not to hang. */
+export const DEFAULT_ATTACH_TIMEOUT_SEC = 60;
+
+/** The largest block size (≤ 4096) that divides `size`, so the device covers the whole export. */
+export function blockSizeFor(size: number): number {
+  for (const bs of [4096, 2048, 1024]) if (size % bs === 0) return bs;
+  return 512;
+}
+
+export function attachToDevice(spec: AttachSpec): Attached {
+  if (!nativeAvailable) {
+    throw new GeormError('GEORM_ERR_NATIVE', `cannot attach ${spec.device}: ${nativeUnavailableReason}; ` +
+      'serve NBD on a socket instead and attach with nbd-client');
+  }
+  if (!Number.isInteger(spec.timeoutSec) || spec.timeoutSec < 1) {
+    throw new GeormError('GEORM_ERR_USAGE', `attach timeout must be a whole number of seconds ≥ 1, not ${spec.timeoutSec}`);
+  }
+  const [mine, kernels] = socketpair();
+  let socket: net.Socket;
+  try {
+    socket = new net.Socket({ fd: mine, readable: true, writable: true });
+  } catch (e) {
+    closeSync(mine);
+    closeSync(kernels);
+    throw e;
+  }
+  socket.setNoDelay?.(true);
+  spec.serve(socket);
+  let att: NbdAttachment;
+  try {
+    att = nbdAttach(spec.device, kernels, { size: spec.size, blockSize: blockSizeFor(spec.size), flags: spec.flags, timeoutSec: spec.timeoutSec });
+  } catch (e) {
+    socket.destroy();
+    const err = e as NodeJS.ErrnoException;
+    throw new GeormError('GEORM_ERR_ATTACH', `cannot attach ${spec.device}: ${err.message}`, { cause: e });
+  }
+  return {
+    device: att.device,
+    ended: att.ended,
+    get attached() { return att.attached; },
+    socket,
+    detach: () => att.detach(),
+  };
+}
+
+export type { FileExtensions };
