@@ -73,3 +73,26 @@ export function attachToDevice(spec: AttachSpec): Attached {
 }
 
 export type { FileExtensions };
+
+/** Parses `--attach-timeout` (whole seconds ≥ 1). */
+export function parseAttachTimeout(text: string | undefined): number {
+  if (text === undefined) return DEFAULT_ATTACH_TIMEOUT_SEC;
+  const n = Number(text);
+  if (!/^\d+$/.test(text.trim()) || n < 1) throw new GeormError('GEORM_ERR_USAGE', `--attach-timeout must be a whole number of seconds ≥ 1, not '${text}'`);
+  return n;
+}
+
+interface AttachLogger { info(obj: object, msg: string): void; error(obj: object, msg: string): void }
+
+/**
+ * `--attach` for a serving export: attaches, logs the device's end. A link that ends without a
+ * detach (kernel timeout, socket error) is logged; the process keeps serving its other listeners
+ * and the device fails I/O until re-attached (see README, recovery).
+ */
+export function attachExport(device: string, timeoutSec: number, size: number, flags: number,
+  serve: (socket: net.Socket) => void, log: AttachLogger): Attached {
+  const a = attachToDevice({ device, size, flags, timeoutSec, serve });
+  log.info({ device, size, timeoutSec }, 'attached');
+  a.ended.then(() => log.info({ device }, 'detached'), (err: Error) => log.error({ device, err: err.message }, 'device link ended unexpectedly'));
+  return a;
+}
