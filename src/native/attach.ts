@@ -1,7 +1,6 @@
 import net from 'node:net';
 import { closeSync } from 'node:fs';
 import { GeormError } from '../util/errors.js';
-import type { FileExtensions } from './extensions.js';
 import { nativeAvailable, nativeUnavailableReason, nbdAttach, socketpair, type NbdAttachment } from './index.js';
 
 /**
@@ -72,7 +71,6 @@ export function attachToDevice(spec: AttachSpec): Attached {
   };
 }
 
-export type { FileExtensions };
 
 /** Parses `--attach-timeout` (whole seconds ≥ 1). */
 export function parseAttachTimeout(text: string | undefined): number {

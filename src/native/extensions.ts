@@ -1,17 +1,10 @@
+import type { FileExtensions } from '../../nbd/index.js';
 import { blockDeviceSize, nativeAvailable, punchHole, seekData, seekHole, zeroRange } from './index.js';
 
 /**
- * The platform calls nbd/'s FileBackend accepts (its `FileExtensions`, same shape): given when the
- * addon loaded, empty otherwise, so the backend falls back (TRIM no-op, zeros written, no extents).
+ * The platform calls nbd/'s FileBackend takes as `extensions`: given when the addon loaded, empty
+ * otherwise, so the backend falls back (TRIM a no-op, zeros written, everything reported as data).
  */
-export interface FileExtensions {
-  seekData?(fd: number, offset: number): number | null;
-  seekHole?(fd: number, offset: number): number;
-  punchHole?(fd: number, offset: number, length: number): void;
-  zeroRange?(fd: number, offset: number, length: number): void;
-  blockDeviceSize?(fd: number): number;
-}
-
 export function nativeFileExtensions(): FileExtensions {
   return nativeAvailable ? { seekData, seekHole, punchHole, zeroRange, blockDeviceSize } : {};
 }
