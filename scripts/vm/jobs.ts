@@ -88,3 +88,32 @@ cat /tmp/export.err | tail -5
 [ "$(cat /sys/block/${dev}/size)" = "0" ] && echo "OK detached"
 `;
 }
+
+/**
+ * The same connection through an /etc/nbdtab line (`nbd-client nbd0`), as the README documents. The
+ * host is a name (nbd-client's nbdtab parser rejects dotted addresses in some versions) and the
+ * port the default 10809 (some versions ignore `port=`): the VM forwards 10.0.2.100:10809 to the server.
+ */
+export function nbdtabConnect(exportName: string, dev = 'nbd0'): string {
+  return `mkdir -p /etc
+echo "10.0.2.100 nbdhost" >> /etc/hosts
+echo "${dev} nbdhost ${exportName} bs=4096,timeout=30" > /etc/nbdtab
+nbd-client ${dev}
+echo "OK nbd-client connected via nbdtab"
+`;
+}
+
+/**
+ * Attaches again, then kills georm with SIGKILL: the device must stop serving at once (reads end
+ * with an error or EOF, never hang) and be released. Prints `CRASH-READ <bytes> <rc>` and `CRASH-SIZE`.
+ */
+export function crashAttached(volume: string, sizeMb: number, device = '/dev/nbd0'): string {
+  const dev = device.replace('/dev/', '');
+  return `${geormAttach(volume, sizeMb, device)}kill -9 $GEORM_PID
+set +e; wait $GEORM_PID; set -e
+n=$(timeout 90 dd if=${device} bs=4096 count=1 iflag=direct 2>/dev/null | wc -c); rc=$?
+echo "CRASH-READ $n $rc"
+i=0; while [ "$(cat /sys/block/${dev}/size)" != "0" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
+echo "CRASH-SIZE $(cat /sys/block/${dev}/size)"
+`;
+}

@@ -86,6 +86,8 @@ export interface BootOptions {
   workDir: string;
   memMb?: number;
   cpus?: number;
+  /** Guest connections to 10.0.2.100:<guest> are forwarded to the host's 127.0.0.1:<host>. */
+  forward?: Array<{ guest: number; host: number }>;
   /** Free space on the job disk beyond its files (the guest may create volumes there). */
   jobSpaceMb?: number;
   timeoutMs?: number;
@@ -113,7 +115,7 @@ export async function bootVm(o: BootOptions): Promise<BootResult> {
     '-display', 'none', '-monitor', 'none', '-no-reboot', '-serial', 'stdio',
     '-kernel', o.images.kernel, '-initrd', o.images.initrd,
     '-append', 'console=ttyS0 panic=-1 rdinit=/init loglevel=4 nbd.nbds_max=4',
-    '-netdev', 'user,id=n0', '-device', 'virtio-net-pci,netdev=n0',
+    '-netdev', ['user,id=n0', ...(o.forward ?? []).map((f) => `guestfwd=tcp:10.0.2.100:${f.guest}-tcp:127.0.0.1:${f.host}`)].join(','), '-device', 'virtio-net-pci,netdev=n0',
     '-drive', `file=${o.images.tools},if=virtio,format=raw,readonly=on`,
     '-drive', `file=${jobImage},if=virtio,format=raw`,
   ];

@@ -4,13 +4,13 @@ import { join } from 'node:path';
 import type { ChildProcess } from 'node:child_process';
 import { bootVm, buildVm, vmUnavailable } from '../../scripts/vm/vm.js';
 import { geormAvailable, startGeormExport, startNbdkit, type HostServer } from '../../scripts/vm/host.js';
-import { filesystemWorkload, nbdClientConnect, nbdClientDisconnect } from '../../scripts/vm/jobs.js';
+import { filesystemWorkload, nbdClientDisconnect, nbdtabConnect } from '../../scripts/vm/jobs.js';
 import { missingTools, tempDir } from '../helpers/env.js';
 import { checkFilesystemRun } from './helpers.js';
 
 /**
  * Scenario (a): a real Linux kernel (Debian's cloud kernel under qemu TCG) attaches /dev/nbd0 with
- * Debian's nbd-client to an NBD export on the host, makes ext4 on it, writes files and a fio verify
+ * Debian's nbd-client (configured by an /etc/nbdtab line) to an NBD export on the host, makes ext4 on it, writes files and a fio verify
  * job; the host then finds exactly those bytes in its backing volume.
  */
 const skip = vmUnavailable() || missingTools('qemu-system-x86_64', 'nbd-client', 'busybox', 'cpio', 'mke2fs', 'debugfs', 'fio', 'apt-get');
@@ -38,8 +38,8 @@ t.test('guest nbd-client → host NBD export: mkfs, mount, files, fio verify', {
   const job = join(dir, 'job');
   mkdirSync(job);
   writeFileSync(join(job, 'run.sh'), `set -e
-${nbdClientConnect(server.port, server.exportName)}${filesystemWorkload()}${nbdClientDisconnect()}`);
-  const res = await bootVm({ images, jobDir: job, workDir: join(dir, 'vm'), timeoutMs: 240_000, track: (c) => children.push(c) });
+${nbdtabConnect(server.exportName)}${filesystemWorkload()}${nbdClientDisconnect()}`);
+  const res = await bootVm({ images, jobDir: job, workDir: join(dir, 'vm'), timeoutMs: 240_000, forward: [{ guest: 10809, host: server.port }], track: (c) => children.push(c) });
   await server.stop();
   await checkFilesystemRun(t, 'scenario-a', res, [volume]);
 });

@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import type { ChildProcess } from 'node:child_process';
 import { bootVm, buildVm, dumpJobFile, markers, stageRepo, vmUnavailable } from '../../scripts/vm/vm.js';
 import { geormAvailable } from '../../scripts/vm/host.js';
-import { filesystemWorkload, geormAttach, geormDetach } from '../../scripts/vm/jobs.js';
+import { crashAttached, filesystemWorkload, geormAttach, geormDetach } from '../../scripts/vm/jobs.js';
 import { missingTools, tempDir, ROOT } from '../helpers/env.js';
 import { checkFilesystemRun, sha256File } from './helpers.js';
 
@@ -30,7 +30,7 @@ t.test('georm export --attach /dev/nbd0 inside the guest: mkfs, mount, files, fi
   writeFileSync(join(job, 'run.sh'), `set -e
 ${geormAttach('/job/vol.img', 96)}${filesystemWorkload()}${geormDetach()}
 echo "VOLSHA $(sha256sum /job/vol.img | cut -d' ' -f1)"
-`);
+${crashAttached('/job/vol.img', 96)}`);
   const res = await bootVm({ images, jobDir: job, workDir: join(dir, 'vm'), timeoutMs: 360_000, jobSpaceMb: 160, track: (c) => children.push(c) });
   t.match(res.console, /OK attached \/dev\/nbd0 196608 sectors/, 'the kernel sees the whole 96 MiB volume');
   t.match(res.console, /EXPORT-EXIT 0/, 'georm export exits 0 on SIGTERM after detaching');
@@ -39,4 +39,9 @@ echo "VOLSHA $(sha256sum /job/vol.img | cut -d' ' -f1)"
   if (res.exitCode === 0) await dumpJobFile(res.jobImage, '/vol.img', vol);
   await checkFilesystemRun(t, 'scenario-b', res, res.exitCode === 0 ? [vol] : []);
   if (res.exitCode === 0) t.equal(await sha256File(vol), markers(res.console, 'VOLSHA')[0]?.[0], 'volume read back on the host equals the guest volume');
+  // After kill -9 of the attached daemon the device must fail fast, not hang (no timeout needed).
+  const [bytes, rc] = markers(res.console, 'CRASH-READ')[0] ?? [];
+  t.equal(bytes, '0', 'a read after the crash returns no data');
+  t.not(rc, '124', 'the read did not hang until the 90 s timeout');
+  t.equal(markers(res.console, 'CRASH-SIZE')[0]?.[0], '0', 'the kernel released the device after the crash');
 });
