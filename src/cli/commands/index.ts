@@ -3,6 +3,7 @@ import { register as registerExport } from './export.js';
 import { register as registerNetstat } from './netstat.js';
 import { register as registerWanem } from './wanem.js';
 import { register as registerConfig } from './config.js';
+import { register as registerInstallUnits } from './install-units.js';
 
 /**
  * Every CLI verb lives in its own module under ./commands and registers itself here, one line each.
@@ -12,4 +13,5 @@ export function registerCommands(program: Command): void {
   registerNetstat(program);
   registerWanem(program);
   registerConfig(program);
+  registerInstallUnits(program);
 }
