@@ -69,7 +69,7 @@ export interface GmdStatus {
 }
 
 /** An errno-carrying error for the NBD server. */
-function ioError(code: 'EPERM' | 'EIO' | 'EROFS', errno: number, message: string): Error {
+function ioError(code: 'EPERM' | 'EIO' | 'ENOTSUP', errno: number, message: string): Error {
   const e = new GeormError(`GMD_ERR_${code}`, message) as GeormError & { errno: number; nbdCode: string };
   e.errno = errno;
   Object.defineProperty(e, 'code', { value: code });
@@ -287,6 +287,11 @@ export class GeoMirrorDevice implements Backend {
   /** Cells of this machine's map (1 byte per region). */
   cells(): Uint8Array { this.needMap(); return this.res!.map.cells(); }
 
+  /** What a peer says about itself (hello). */
+  peerInfo(peer: string): Promise<PeerInfo> {
+    return this.control(peer, { op: 'hello', from: this.info() }, 3000) as Promise<PeerInfo>;
+  }
+
   /** Fetches a peer's map cells over GeoMessage. */
   async peerCells(peer: string): Promise<Uint8Array> {
     const r = await this.control(peer, { op: 'cells' }, 5000) as { cells: string };
@@ -454,7 +459,7 @@ export class GeoMirrorDevice implements Backend {
   }
 
   async zero(offset: number, length: number, opts: ZeroOptions): Promise<void> {
-    if (opts.fastZero && !this.res?.local.flags().canFastZero) throw ioError('EIO', 95, 'fast zero not supported');
+    if (opts.fastZero && !this.res?.local.flags().canFastZero) throw ioError('ENOTSUP', 95, 'fast zero not supported');
     await this.zeroLike(offset, length, false, (res) => res.local.zero(offset, length, opts));
   }
 
