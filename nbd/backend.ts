@@ -3,7 +3,7 @@
  * request (range, alignment, flags) before calling a Backend, so a Backend may assume
  * `0 <= offset`, `offset + length <= size()` and `length > 0` unless stated otherwise.
  *
- * Errors: reject with an Error carrying a numeric `errno` (see `NbdErrno` in ./constants.ts) or a
+ * Errors: reject with an Error carrying a numeric `errno` (see `NbdErrno` in ./protocol/constants.ts) or a
  * Node `code` such as 'EIO'/'ENOSPC'/'EPERM'; the server maps it to the NBD error sent to the client.
  */
 export interface BackendFlags {
