@@ -75,6 +75,36 @@ async function waitControl(path: string, child: ChildProcess, timeoutMs = 20000)
   }
 }
 
+export interface SiteMachine {
+  name: string; site: string; role: 'primary' | 'secondary' | 'none';
+  /** One address per geographic network (geo1, geo2, …). */
+  addresses: string[]; port: number; runDir: string; volume: string; stateMap: string; nbdListen: string[];
+}
+
+export interface TwoSiteConfig {
+  keyFile: string; mode: GmdMode; gmd: string; minor: number; regionSize: string; syncRate: string; hwm: string;
+  resyncRateLimit?: string; promoteFailureTimeout: number; machines: SiteMachine[];
+}
+
+/** The cluster file for one GMD over two sites (demo, tests, benchmarks). */
+export function renderTwoSiteConfig(c: TwoSiteConfig): string {
+  const nets = c.machines[0]!.addresses.map((_, i) => `geo${i + 1}`);
+  const sites = [...new Set(c.machines.map((m) => m.site))];
+  const q = JSON.stringify;
+  let t = `# georm cluster: written by georm (demo/test harness)\n[cluster]\nname = "demo"\nkey_file = ${q(c.keyFile)}\n`;
+  for (const s of sites) t += `\n[[site]]\nname = ${q(s)}\n`;
+  for (const n of nets) t += `\n[[network]]\nname = ${q(n)}\nmtu = 1500\n`;
+  for (const m of c.machines) {
+    t += `\n[[machine]]\nname = ${q(m.name)}\nsite = ${q(m.site)}\npromote_failure_timeout = ${c.promoteFailureTimeout}\nrun_dir = ${q(m.runDir)}\n`;
+    m.addresses.forEach((a, i) => { t += `  [[machine.interface]]\n  network = ${q(nets[i])}\n  address = ${q(a)}\n  port = ${m.port}\n`; });
+  }
+  t += `\n[[gmd]]\nname = ${q(c.gmd)}\nminor = ${c.minor}\nmode = ${q(c.mode)}\nregion_size = ${q(c.regionSize)}\nsync_rate = ${q(c.syncRate)}\nhwm = ${q(c.hwm)}\nresync_rate_limit = ${q(c.resyncRateLimit ?? '0')}\n`;
+  for (const m of c.machines) {
+    t += `  [[gmd.machine]]\n  machine = ${q(m.name)}\n  volume = ${q(m.volume)}\n  state_map = ${q(m.stateMap)}\n  role = ${q(m.role)}\n  nbd_listen = ${q(m.nbdListen)}\n`;
+  }
+  return t;
+}
+
 /**
  * The embedded default: a two-machine, two-site GMD on loopback with two geographic networks
  * (127.0.0.1 and 127.0.0.2), one `georm gmd run` process per machine.
@@ -99,60 +129,16 @@ export async function startDemo(o: DemoOptions): Promise<Demo> {
   const tcp = await freeTcpPort();
   const run = { alpha: join(dir, 'run', 'alpha'), beta: join(dir, 'run', 'beta') };
   const nbdSock = join(run.alpha, `${GMD}.nbd`);
-  const pft = o.promoteFailureTimeout ?? 10;
-  const machine = (name: string, site: string, port: number, runDir: string) => `
-[[machine]]
-name = "${name}"
-site = "${site}"
-promote_failure_timeout = ${pft}
-run_dir = "${runDir}"
-  [[machine.interface]]
-  network = "geo1"
-  address = "127.0.0.1"
-  port = ${port}
-  [[machine.interface]]
-  network = "geo2"
-  address = "127.0.0.2"
-  port = ${port}
-`;
-  const config = `# georm demo: two machines, two sites, two networks on loopback (written by 'georm demo')
-[cluster]
-name = "demo"
-key_file = "${keyFile}"
-
-[[site]]
-name = "east"
-[[site]]
-name = "west"
-
-[[network]]
-name = "geo1"
-mtu = 1500
-[[network]]
-name = "geo2"
-mtu = 1500
-${machine('alpha', 'east', pA, run.alpha)}${machine('beta', 'west', pB, run.beta)}
-[[gmd]]
-name = "${GMD}"
-minor = 0
-mode = "${o.mode}"
-region_size = "${o.regionSize ?? '32K'}"
-sync_rate = "${o.syncRate ?? '256K'}"
-hwm = "${o.hwm ?? '128K'}"
-resync_rate_limit = "0"
-  [[gmd.machine]]
-  machine = "alpha"
-  volume = "${vol.alpha}"
-  state_map = "${join(dir, 'alpha.map')}"
-  role = "primary"
-  nbd_listen = ["tcp://127.0.0.1:${tcp}", "unix:${nbdSock}"]
-  [[gmd.machine]]
-  machine = "beta"
-  volume = "${vol.beta}"
-  state_map = "${join(dir, 'beta.map')}"
-  role = "secondary"
-  nbd_listen = ["unix:${join(run.beta, `${GMD}.nbd`)}"]
-`;
+  const config = renderTwoSiteConfig({
+    keyFile, mode: o.mode, gmd: GMD, minor: 0, regionSize: o.regionSize ?? '32K', syncRate: o.syncRate ?? '256K', hwm: o.hwm ?? '128K',
+    promoteFailureTimeout: o.promoteFailureTimeout ?? 10,
+    machines: [
+      { name: 'alpha', site: 'east', role: 'primary', addresses: addrs, port: pA, runDir: run.alpha, volume: vol.alpha,
+        stateMap: join(dir, 'alpha.map'), nbdListen: [`tcp://127.0.0.1:${tcp}`, `unix:${nbdSock}`] },
+      { name: 'beta', site: 'west', role: 'secondary', addresses: addrs, port: pB, runDir: run.beta, volume: vol.beta,
+        stateMap: join(dir, 'beta.map'), nbdListen: [`unix:${join(run.beta, `${GMD}.nbd`)}`] },
+    ],
+  });
   const cfgPath = join(dir, 'georm.toml');
   await writeFile(cfgPath, config);
   await mkdir(run.alpha, { recursive: true });
@@ -163,7 +149,8 @@ resync_rate_limit = "0"
   const spawnGmd = async (m: 'alpha' | 'beta', logPath: string) => {
     const fh = await open(logPath, 'a');
     const child = spawn(process.execPath, [BIN, 'gmd', 'run', GMD, '--config', cfgPath, '--machine', m], {
-      stdio: ['ignore', fh.fd, fh.fd], env: { ...process.env },
+      // Own process group: a terminal's Ctrl-C reaches only the demo, which stops the primary first.
+      stdio: ['ignore', fh.fd, fh.fd], env: { ...process.env }, detached: true,
     });
     await fh.close();
     children.push(child);

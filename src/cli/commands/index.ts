@@ -1,9 +1,15 @@
 import type { Command } from 'commander';
 import { register as registerExport } from './export.js';
+import { register as registerGmd } from './gmd.js';
+import { register as registerAix } from './aix.js';
+import { register as registerDemo } from './demo.js';
 
 /**
  * Every CLI verb lives in its own module under ./commands and registers itself here, one line each.
  */
 export function registerCommands(program: Command): void {
   registerExport(program);
+  registerGmd(program);
+  registerAix(program);
+  registerDemo(program);
 }
