@@ -211,7 +211,7 @@ export class GeoMirrorDevice implements Backend {
       for (const [p, info] of infos) {
         if (info.state === 'STARTING') throw refuse('PEER_STARTING', `can't start ${this.name}: remote peer ${p} is in the process of starting; wait until it is AVAILABLE and start again`);
       }
-      const available = [...infos].filter(([, i]) => i.state === 'AVAILABLE').map(([p]) => p);
+      const available = this.peers.filter((p) => infos.get(p)?.state === 'AVAILABLE');
       if (available.length > 1) throw refuse('MULTIPLE_PEERS', `can't start ${this.name}: more than one remote peer is active (${available.join(', ')}); stop all but one of them (stopgmd) first`);
       for (const [p, info] of infos) {
         if (localDirty && info.mapDirty) throw refuse('DIVERGENCE', `can't start ${this.name}: data divergence — the state maps on ${this.machine} and ${p} are both dirty; decide which site holds the right data and run 'georm unify ${this.name} --master <machine> --preview', then without --preview`);

@@ -92,7 +92,11 @@ export async function runGmd(name: string, opts: RunOptions): Promise<RunningGmd
     name, minor: gmd.minor, machine, peers: peerMachines.map((p) => p.name), net, open, configDigest: digest, logger: log,
   });
   device.attachNetEvents();
-  if (!opts.defined) await device.configure();
+  if (!opts.defined) {
+    // A volume or state map that cannot be opened leaves the GMD DEFINED with the reason in its
+    // events (and in the next start's error) rather than ending the process.
+    await device.configure().catch((e: unknown) => device.event('error', `configure failed: ${(e as Error).message}`));
+  }
 
   const nbd = new NbdServer({ exports: [{ name, description: `GeoMirror device ${name}`, backend: device }] });
   const nbdUris: string[] = [];

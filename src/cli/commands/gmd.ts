@@ -2,6 +2,7 @@ import type { Command } from 'commander';
 import { gmdAdmin, type AdminTarget } from '../../gmd/admin.js';
 import { runGmd } from '../../gmd/runner.js';
 import { GeormError } from '../../util/errors.js';
+import { reportError } from '../main.js';
 
 /**
  * `georm gmd run` (one process per GMD) and the admin verbs that talk to a running GMD through
@@ -18,7 +19,13 @@ export function register(program: Command): void {
     .option('--down <peer...>', 'with --start: gmddown these peers first')
     .option('--defined', 'stay in the DEFINED state (do not open volume and state map)')
     .action(async (name: string, o: { config: string; machine?: string; start?: boolean; down?: string[]; defined?: boolean }) => {
-      const running = await runGmd(name, { config: o.config, ...(o.machine ? { machine: o.machine } : {}), start: !!o.start, down: o.down ?? [], defined: !!o.defined });
+      let running: Awaited<ReturnType<typeof runGmd>>;
+      try {
+        running = await runGmd(name, { config: o.config, ...(o.machine ? { machine: o.machine } : {}), start: !!o.start, down: o.down ?? [], defined: !!o.defined });
+      } catch (e) {
+        // Sockets opened before the failure would keep the process alive: report and leave.
+        process.exit(reportError(e));
+      }
       await new Promise<void>((resolve) => {
         let n = 0;
         const onSig = () => {
