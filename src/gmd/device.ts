@@ -229,7 +229,8 @@ export class GeoMirrorDevice implements Backend {
       }
       // A peer given as down but in fact AVAILABLE is stopped (DESIGN §4 item 5).
       if (peer && this.downGiven.has(peer)) {
-        await this.control(peer, { op: 'down', reason: `started on ${this.machine} with gmddown` }, 5000).catch(() => undefined);
+        const r = await this.control(peer, { op: 'down', reason: `started on ${this.machine} with gmddown` }, 5000).catch((e: unknown) => e as Error);
+        if (r instanceof Error) throw refuse('PEER_NOT_STOPPED', `can't start ${this.name}: remote peer ${peer} is AVAILABLE although gmddown was given, and stopping it failed (${r.message}); stop it there (stopgmd) and start again`);
         this.event('warn', `remote peer ${peer} was AVAILABLE although gmddown was given; it has been stopped`);
         this.stateValue = 'AVAILABLE';
         this.stopping = false;
@@ -603,7 +604,7 @@ export class GeoMirrorDevice implements Backend {
   attachNetEvents(): void {
     this.net.on('peer-down', (ev) => {
       if (this.activePeer === ev.peer) {
-        this.downGiven.add(ev.peer);
+        // Not recorded as an admin gmddown: a later start must not stop a peer that came back.
         this.dropPeer(ev.peer, `Promote Failure Timeout exceeded for ${ev.peer}: gmddown`);
         this.log.warn({ gmd: this.name, peer: ev.peer }, 'promote failure timeout: gmddown');
       }
