@@ -31,7 +31,7 @@ export interface ConnectionContext {
 const MAX_INFLIGHT = 256;
 const RESUME_INFLIGHT = 128;
 /** Reply batches up to this size are joined into one buffer before writing. */
-const JOIN_LIMIT = 256 * 1024;
+const JOIN_LIMIT = 64 * 1024;
 /** Above this many queued reply bytes we stop reading until the socket drains. */
 const MAX_QUEUED_REPLY = 64 * 1024 * 1024;
 
@@ -208,7 +208,12 @@ export class NbdConnection {
     const list = this.pending;
     if (list.length === 0 || this.socket.destroyed) { list.length = 0; this.pendingBytes = 0; return; }
     if (list.length === 1) this.socket.write(list[0]!);
-    else if (this.pendingBytes <= JOIN_LIMIT) this.socket.write(Buffer.concat(list, this.pendingBytes));
+    else if (this.pendingBytes <= JOIN_LIMIT) {
+      const joined = allocReply(this.pendingBytes);
+      let p = 0;
+      for (const b of list) { b.copy(joined, p); p += b.length; }
+      this.socket.write(joined);
+    }
     else {
       this.socket.cork();
       for (const b of list) this.socket.write(b);

@@ -31,10 +31,10 @@ export interface FileExtensions {
 /**
  * Where reads and writes run. 'async': always the libuv threadpool. 'inline': on the event loop
  * thread. 'auto' (default): inline while inline transfers stay fast, which is the page-cache case
- * and saves two thread handoffs per request; one slow transfer (over 1 ms: real disk I/O or
- * writeback throttling) sends everything to the threadpool for the next second. The event loop
- * is thus blocked at most by one slow transfer per second. With the RWF_NOWAIT extensions, inline
- * attempts never block at all.
+ * and saves two thread handoffs per request; a few slow transfers in a row (over 2 ms: real disk
+ * I/O or writeback throttling) send everything to the threadpool for the next second, so the event
+ * loop is blocked by at most about three slow transfers per second. With the RWF_NOWAIT
+ * extensions, inline attempts never block at all.
  */
 export type IoMode = 'auto' | 'inline' | 'async';
 
@@ -46,8 +46,13 @@ export interface FileBackendOptions {
   io?: IoMode;
 }
 
-const INLINE_SLOW_MS = 1;
+const INLINE_SLOW_MS = 2;
 const INLINE_BACKOFF_MS = 1000;
+/**
+ * Back off once the decaying count of slow inline transfers passes this: a few slow ones in a row
+ * (disk I/O) trigger it, a single one (the thread was preempted on a busy machine) does not.
+ */
+const INLINE_SLOW_SCORE = 2.5;
 /** Larger transfers always use the threadpool: copying them inline would hold the loop too long. */
 const INLINE_MAX = 128 * 1024;
 
@@ -63,6 +68,7 @@ export class FileBackend implements Backend {
   private readonly flagSet: BackendFlags;
   /** performance.now() until which inline I/O is off ('auto' after a slow inline transfer). */
   private inlineOffUntil = 0;
+  private slowScore = 0;
   private readonly inline: boolean;
   /** Counters for diagnostics and tests. */
   readonly stats = { inline: 0, async: 0, slowInline: 0 };
@@ -126,9 +132,16 @@ export class FileBackend implements Backend {
   }
 
   private inlineTook(start: number): void {
-    if (this.io === 'auto' && performance.now() - start > INLINE_SLOW_MS) {
+    if (this.io !== 'auto') return;
+    if (performance.now() - start > INLINE_SLOW_MS) {
       this.stats.slowInline++;
-      this.inlineOffUntil = performance.now() + INLINE_BACKOFF_MS;
+      this.slowScore = this.slowScore * 0.9 + 1;
+      if (this.slowScore > INLINE_SLOW_SCORE) {
+        this.slowScore = 0;
+        this.inlineOffUntil = performance.now() + INLINE_BACKOFF_MS;
+      }
+    } else if (this.slowScore !== 0) {
+      this.slowScore = this.slowScore < 0.01 ? 0 : this.slowScore * 0.9;
     }
   }
 
