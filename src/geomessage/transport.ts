@@ -1,6 +1,7 @@
 import { createSocket, type Socket } from 'node:dgram';
 import { EventEmitter } from 'node:events';
-import { isIPv6 } from 'node:net';
+import { isIP, isIPv6 } from 'node:net';
+import { lookup as dnsLookup, type LookupOneOptions } from 'node:dns';
 import { performance } from 'node:perf_hooks';
 import { silentLogger, type Logger } from '../util/log.js';
 import { GeoMessageError, type GeoMessageErrorCode } from './errors.js';
@@ -180,6 +181,13 @@ class Peer {
 
 function nowMs(): number { return performance.now(); }
 
+type LookupCb = (err: NodeJS.ErrnoException | null, address: string, family: number) => void;
+function fastLookup(host: string, opts: unknown, cb: LookupCb): void {
+  const family = isIP(host);
+  if (family) cb(null, host, family);
+  else dnsLookup(host, opts as LookupOneOptions, cb);
+}
+
 function toBuffer(p: Payload): Buffer {
   if (Buffer.isBuffer(p)) return p;
   const arr = p as readonly Buffer[];
@@ -254,7 +262,9 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
     for (const [i, ep] of o.endpoints.entries()) {
       const mtu = ep.mtu ?? 1500;
       if (fragmentPayloadSize(mtu) < 64) throw new GeoMessageError('GEOMSG_ERR_CONFIG', `network ${ep.network}: MTU ${mtu} too small`);
-      const socket = createSocket({ type: isIPv6(ep.address) ? 'udp6' : 'udp4' });
+      // Peer addresses are IP literals almost always: resolve them synchronously. dns.lookup would
+      // answer an IP literal on the next tick, costing a tick and a closure per packet.
+      const socket = createSocket({ type: isIPv6(ep.address) ? 'udp6' : 'udp4', lookup: fastLookup });
       const net: Net = {
         index: i, spec: ep, mtu, socket,
         c: { packetsOut: 0, packetsIn: 0, bytesOut: 0, bytesIn: 0, resends: 0, timeouts: 0, failures: 0, duplicates: 0, other: 0, dropped: emptyDrops() },
