@@ -134,7 +134,8 @@ async function gmPair(mtu: number, imp: Impairment | null, extra: Partial<GeoMes
   }
   const ep = (port: number) => [{ network: 'n1', address: HOST, port, mtu }];
   const b = await start({ role: 'gm-peer', opts: { machine: 'b', endpoints: ep(pb), peers: [{ machine: 'a', endpoints: ep(bSeesA), promoteFailureTimeoutMs: 0 }], ...extra } });
-  const a = await openGeoMessage({ machine: 'a', key: KEY, endpoints: ep(pa), peers: [{ machine: 'b', endpoints: ep(aSeesB), promoteFailureTimeoutMs: 0 }], ...extra });
+  const logger = process.env.BENCH_TRACE ? { logger: (await import('../../src/util/log.js')).createLogger('bench', 'trace') } : {};
+  const a = await openGeoMessage({ ...logger, machine: 'a', key: KEY, endpoints: ep(pa), peers: [{ machine: 'b', endpoints: ep(aSeesB), promoteFailureTimeoutMs: 0 }], ...extra });
   await a.request('b', 2, Buffer.alloc(1)); // session up
   return {
     a, b, em,

@@ -70,6 +70,8 @@ const SVC_TOMBSTONE = 0xffff;
 const REORDER_THRESHOLD = 5;
 const EPOCH_BASE_MS = Date.UTC(2025, 0, 1);
 const REASM_IDLE_MS = 120_000;
+/** Packets in flight before the first RTT measurements let the window grow. */
+const INITIAL_WINDOW = 64;
 
 type MsgKind = 'send' | 'request' | 'reply';
 
@@ -149,6 +151,9 @@ class Peer {
   rtoTimer: NodeJS.Timeout | null = null;
   rtoDue = 0;
   nextWindowAdjust = 0;
+  intervalSent = 0;
+  intervalMinRtt = Infinity;
+  intervalLost = 0;
   // receiving
   replay = new ReplayWindow();
   ranges = new ReceivedRanges();
@@ -173,7 +178,7 @@ class Peer {
     for (const l of links) if (l) mtu = Math.min(mtu, l.net.mtu);
     this.fragSize = fragmentPayloadSize(mtu);
     this.lastHeard = now;
-    this.cwnd = window;
+    this.cwnd = Math.min(window, INITIAL_WINDOW);
   }
 
   get name(): string { return this.spec.machine; }
@@ -452,6 +457,7 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
       }
     }
     const parts = sealPacket(this.key, h, chunk, acks);
+    peer.intervalSent++;
     peer.inflight.set(h.pseq, { msg, frag, sentAt: nowMs(), link: link.net.index });
     this.transmit(link, parts, HEADER_BYTES + chunk.length + (acks ? acks.length : 0) + TAG_BYTES);
   }
@@ -514,9 +520,15 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
     for (const [pseq, f] of peer.inflight) {
       const link = peer.links[f.link]!;
       if (f.sentAt + link.rtt.rto > now) break;
+      if (f.msg.done || f.msg.acked[f.frag]) { peer.inflight.delete(pseq); continue; }
+      // Nothing heard on the link for a whole RTO: a stall (the peer busy, a pause, a cut) rather than
+      // many separate losses. Probe with the oldest packet only; the rest stay in flight and are
+      // resent by the fast-retransmit rule once acks flow again, or moved if the network fails.
+      const stalled = now - link.lastHeard > link.rtt.rto;
+      if (stalled && hitLinks.has(link)) continue;
       peer.inflight.delete(pseq);
-      if (f.msg.done || f.msg.acked[f.frag]) continue;
       link.net.c.timeouts++;
+      peer.intervalLost++;
       hitLinks.add(link);
       peer.retxQ.push(f);
     }
@@ -680,7 +692,7 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
     peer.nextMsgId = 1;
     peer.nextOrderSeq = 1;
     peer.largestAcked = 0;
-    peer.cwnd = this.window;
+    peer.cwnd = Math.min(this.window, INITIAL_WINDOW);
     peer.replay = new ReplayWindow();
     peer.ranges = new ReceivedRanges();
     peer.ackPending = false;
@@ -825,23 +837,32 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
     for (const [pseq, f] of peer.inflight) {
       if (pseq > limit) break;
       peer.inflight.delete(pseq);
+      peer.intervalLost++;
       if (f.msg.done || f.msg.acked[f.frag]) continue;
       peer.retxQ.push(f);
     }
   }
 
   /**
-   * Delay-based window (LEDBAT-like, simplified): once per RTT, shrink by 15% when the smoothed RTT
-   * exceeds the path's minimum by more than max(5 ms, minimum RTT) — our own queue is building in a
-   * socket buffer or a slow link — otherwise grow by 1/8. Random loss does not shrink it (a WAN
-   * with 1% loss keeps its rate); retransmission timeouts halve it (onRto).
+   * Window control, once per RTT: shrink by 20% when our own queue is building (the interval's
+   * smallest RTT sample above the path minimum by more than max(5 ms, min RTT)) or when more than 20% of the interval's packets were
+   * lost (a tail-drop bottleneck); grow by half while the queue is small (start-up), else by 1/8.
+   * Moderate random loss (a WAN with 1–10% loss) does not shrink it; repeated timeouts halve it (onRto).
    */
   private adjustWindow(peer: Peer, link: Link, sample: number, now: number): void {
     if (sample < link.minRtt || now - link.minRttAt > 10_000) { link.minRtt = sample; link.minRttAt = now; }
+    if (sample < peer.intervalMinRtt) peer.intervalMinRtt = sample;
     if (now < peer.nextWindowAdjust) return;
     peer.nextWindowAdjust = now + Math.max(1, link.rtt.srtt);
-    const queueing = link.rtt.srtt - link.minRtt;
-    if (queueing > Math.max(5, link.minRtt)) peer.cwnd = Math.max(16, Math.floor(peer.cwnd * 0.85));
+    // The smallest sample of the interval shows a standing queue; scheduling hiccups only add spikes.
+    const queueing = peer.intervalMinRtt - link.minRtt;
+    peer.intervalMinRtt = Infinity;
+    const target = Math.max(5, link.minRtt);
+    const lossy = peer.intervalSent >= 20 && peer.intervalLost > 0.2 * peer.intervalSent;
+    if (this.log.isLevelEnabled('trace')) this.log.trace({ peer: peer.name, cwnd: peer.cwnd, srtt: link.rtt.srtt, minRtt: link.minRtt, sent: peer.intervalSent, lost: peer.intervalLost, inflight: peer.inflight.size }, 'window');
+    peer.intervalSent = peer.intervalLost = 0;
+    if (queueing > target || lossy) peer.cwnd = Math.max(16, Math.floor(peer.cwnd * 0.8));
+    else if (queueing < target / 2) peer.cwnd = Math.min(this.window, Math.ceil(peer.cwnd * 1.5));
     else peer.cwnd = Math.min(this.window, peer.cwnd + Math.max(1, peer.cwnd >> 3));
   }
 
