@@ -118,6 +118,19 @@ t.test('a bandwidth cap with a small bottleneck queue: the window adapts and eve
   t.comment(`bottleneck queue drops ${em.queueDrops} of ${em.received} packets; resends ${a.stats().networks[0]!.resends}`);
 });
 
+t.test('an abandoned ordered message does not block the order stream (tombstone)', async (t) => {
+  const { a, b, ems } = await emulatedPair(1, { delayMs: 1 });
+  t.teardown(() => closeAll([a, b], ems));
+  const seen: string[] = [];
+  b.handle(3, (m) => { seen.push(m.payload.toString()); });
+  await a.send('b', 3, Buffer.from('one'), { ordered: true });
+  ems[0]!.cut();
+  await t.rejects(a.send('b', 3, Buffer.from('two'), { ordered: true, timeoutMs: 200 }), { code: 'GEOMSG_ERR_TIMEOUT' });
+  ems[0]!.restore();
+  await a.send('b', 3, Buffer.from('three'), { ordered: true, timeoutMs: 10000 });
+  t.same(seen, ['one', 'three'], 'the timed-out slot was skipped, the stream continued in order');
+});
+
 t.test('with every network cut, messages wait (PFT 0) and flow once a path returns', async (t) => {
   const { a, b, ems } = await emulatedPair(1, { delayMs: 1 });
   t.teardown(() => closeAll([a, b], ems));
