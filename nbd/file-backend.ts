@@ -1,0 +1,183 @@
+/**
+ * A Backend over a regular file or a block device, through plain fs calls with explicit positions
+ * (pread/pwrite in the threadpool) and fdatasync for FLUSH and FUA. What Node cannot do by itself
+ * (SEEK_DATA/SEEK_HOLE, hole punching, zero ranges, BLKGETSIZE64) comes from optional extensions
+ * that the native addon supplies; without them TRIM is a no-op (allowed: TRIM is advisory),
+ * WRITE_ZEROES writes zeros, and BLOCK_STATUS reports everything as data (flags() says so).
+ */
+import fs from 'node:fs';
+import { readFile } from 'node:fs/promises';
+import type { Backend, BackendFlags, Extent, WriteOptions, ZeroOptions } from './backend.js';
+import { NbdErrno, STATE_HOLE, STATE_ZERO, DEFAULT_MAX_PAYLOAD } from './protocol/constants.js';
+import { nbdError } from './errno.js';
+
+/** Platform calls the native addon provides; all synchronous on an fd, all optional. */
+export interface FileExtensions {
+  /** Next data offset at or after `offset`, or null when there is none (ENXIO). */
+  seekData?(fd: number, offset: number): number | null;
+  seekHole?(fd: number, offset: number): number;
+  punchHole?(fd: number, offset: number, length: number): void;
+  zeroRange?(fd: number, offset: number, length: number): void;
+  blockDeviceSize?(fd: number): number;
+}
+
+export interface FileBackendOptions {
+  readOnly: boolean;
+  /** Overrides the process-wide extensions set with setFileExtensions(). */
+  extensions?: FileExtensions;
+}
+
+let defaultExtensions: FileExtensions = {};
+/** Installs platform extensions for every FileBackend opened afterwards (the addon calls this). */
+export function setFileExtensions(ext: FileExtensions): void { defaultExtensions = ext; }
+
+const ZERO_CHUNK = 1024 * 1024;
+let zeroBuf: Buffer | undefined;
+
+export class FileBackend implements Backend {
+  private closed = false;
+  private readonly flagSet: BackendFlags;
+
+  private constructor(readonly path: string, readonly fd: number, private readonly bytes: number,
+    readonly readOnly: boolean, readonly isBlockDevice: boolean, private readonly ext: FileExtensions) {
+    this.flagSet = {
+      readOnly,
+      canFlush: true,
+      canFua: true,
+      canTrim: true,
+      canZero: true,
+      canFastZero: !!ext.zeroRange || !!ext.punchHole,
+      canCache: true,
+      // One fd shared by all connections: a FLUSH (fdatasync) on any of them covers every write.
+      canMultiConn: true,
+      canExtents: !!ext.seekData && !!ext.seekHole,
+      rotational: false,
+    };
+  }
+
+  /** Opens a regular file or block device. Errors keep Node's `code` (ENOENT, EACCES, EISDIR…). */
+  static async open(path: string, opts: FileBackendOptions): Promise<FileBackend> {
+    const ext = opts.extensions ?? defaultExtensions;
+    const fd = await new Promise<number>((resolve, reject) => fs.open(path, opts.readOnly ? 'r' : 'r+', (e, fd) => (e ? reject(e) : resolve(fd))));
+    try {
+      const st = fs.fstatSync(fd);
+      let size: number;
+      if (st.isBlockDevice()) size = ext.blockDeviceSize ? ext.blockDeviceSize(fd) : await sysfsBlockSize(st.rdev);
+      else if (st.isFile()) size = st.size;
+      else throw Object.assign(new Error(`${path} is neither a regular file nor a block device`), { code: 'EINVAL' });
+      return new FileBackend(path, fd, size, opts.readOnly, st.isBlockDevice(), ext);
+    } catch (e) {
+      fs.closeSync(fd);
+      throw e;
+    }
+  }
+
+  size(): number { return this.bytes; }
+  flags(): BackendFlags { return this.flagSet; }
+  blockSizes(): { minimum: number; preferred: number; maximum: number } {
+    return { minimum: 1, preferred: 4096, maximum: DEFAULT_MAX_PAYLOAD };
+  }
+
+  read(offset: number, length: number): Promise<Buffer> {
+    const buf = Buffer.allocUnsafe(length);
+    return new Promise((resolve, reject) => readFully(this.fd, buf, 0, length, offset, (e) => (e ? reject(e) : resolve(buf))));
+  }
+
+  readInto(offset: number, length: number, buf: Buffer, bufOffset: number, cb: (err: Error | null) => void): void {
+    readFully(this.fd, buf, bufOffset, length, offset, cb);
+  }
+
+  writeCb(offset: number, data: Buffer, fua: boolean, cb: (err: Error | null) => void): void {
+    if (!fua) { writeFully(this.fd, data, 0, data.length, offset, cb); return; }
+    const fd = this.fd;
+    writeFully(fd, data, 0, data.length, offset, (e) => (e ? cb(e) : fs.fdatasync(fd, cb)));
+  }
+
+  write(offset: number, data: Buffer, opts: WriteOptions): Promise<void> {
+    return new Promise((resolve, reject) => writeFully(this.fd, data, 0, data.length, offset, (e) => {
+      if (e) reject(e);
+      else if (opts.fua) fs.fdatasync(this.fd, (e2) => (e2 ? reject(e2) : resolve()));
+      else resolve();
+    }));
+  }
+
+  flush(): Promise<void> {
+    return new Promise((resolve, reject) => fs.fdatasync(this.fd, (e) => (e ? reject(e) : resolve())));
+  }
+
+  async trim(offset: number, length: number, opts: WriteOptions): Promise<void> {
+    if (!this.ext.punchHole) return; // advisory: doing nothing is correct
+    this.ext.punchHole(this.fd, offset, length);
+    if (opts.fua) await this.flush();
+  }
+
+  async zero(offset: number, length: number, opts: ZeroOptions): Promise<void> {
+    if (this.ext.zeroRange) this.ext.zeroRange(this.fd, offset, length);
+    else if (this.ext.punchHole && !opts.noHole && !this.isBlockDevice) this.ext.punchHole(this.fd, offset, length);
+    else if (opts.fastZero) throw nbdError(NbdErrno.ENOTSUP, 'no fast zeroing on this backend');
+    else await this.writeZeros(offset, length);
+    if (opts.fua) await this.flush();
+  }
+
+  private async writeZeros(offset: number, length: number): Promise<void> {
+    zeroBuf ??= Buffer.alloc(ZERO_CHUNK);
+    for (let done = 0; done < length;) {
+      const n = Math.min(ZERO_CHUNK, length - done);
+      await new Promise<void>((resolve, reject) => writeFully(this.fd, zeroBuf!, 0, n, offset + done, (e) => (e ? reject(e) : resolve())));
+      done += n;
+    }
+  }
+
+  async cache(): Promise<void> { /* the page cache does this already; nothing to prefetch explicitly */ }
+
+  async blockStatus(offset: number, length: number): Promise<Extent[]> {
+    const { seekData, seekHole } = this.ext;
+    if (!seekData || !seekHole) return [{ length, flags: 0 }];
+    const end = offset + length;
+    const out: Extent[] = [];
+    let pos = offset;
+    while (pos < end && out.length < 1024) {
+      const data = seekData(this.fd, pos);
+      if (data === null || data >= end) { out.push({ length: end - pos, flags: STATE_HOLE | STATE_ZERO }); break; }
+      if (data > pos) { out.push({ length: data - pos, flags: STATE_HOLE | STATE_ZERO }); pos = data; continue; }
+      const hole = Math.min(seekHole(this.fd, pos), end);
+      out.push({ length: hole - pos, flags: 0 });
+      pos = hole;
+    }
+    return out;
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await new Promise<void>((resolve) => fs.close(this.fd, () => resolve()));
+  }
+}
+
+/** pread until `length` bytes; past the end of a file the rest reads as zeros. */
+function readFully(fd: number, buf: Buffer, off: number, length: number, pos: number, cb: (e: Error | null) => void): void {
+  fs.read(fd, buf, off, length, pos, (e, n) => {
+    if (e) return cb(e);
+    if (n === length) return cb(null);
+    if (n === 0) { buf.fill(0, off, off + length); return cb(null); }
+    readFully(fd, buf, off + n, length - n, pos + n, cb);
+  });
+}
+
+function writeFully(fd: number, buf: Buffer, off: number, length: number, pos: number, cb: (e: Error | null) => void): void {
+  fs.write(fd, buf, off, length, pos, (e, n) => {
+    if (e) return cb(e);
+    if (n === length) return cb(null);
+    writeFully(fd, buf, off + n, length - n, pos + n, cb);
+  });
+}
+
+/** Block device size from sysfs (/sys/dev/block/MAJ:MIN/size counts 512-byte sectors). */
+async function sysfsBlockSize(rdev: number): Promise<number> {
+  const major = Math.floor(rdev / 256) & 0xfff;
+  const minor = (rdev & 0xff) | (Math.floor(rdev / 4096) & 0xfff00);
+  const text = await readFile(`/sys/dev/block/${major}:${minor}/size`, 'utf8').catch(() => {
+    throw Object.assign(new Error(`cannot determine the size of block device ${major}:${minor} (no sysfs entry; the native addon provides BLKGETSIZE64)`), { code: 'EINVAL' });
+  });
+  return Number(text.trim()) * 512;
+}

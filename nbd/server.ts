@@ -1,0 +1,126 @@
+import net from 'node:net';
+import { stat, unlink } from 'node:fs/promises';
+import { NbdConnection, type ConnectionContext } from './connection.js';
+import { ExportRegistry, type ExportSpec } from './exports.js';
+import { silentNbdLogger, type NbdLogger } from './log.js';
+import { DEFAULT_MAX_PAYLOAD, NBD_DEFAULT_PORT } from './protocol/constants.js';
+
+export interface NbdServerOptions {
+  exports: ExportSpec[];
+  /** Name of the export served for the empty name ""; defaults to the first export. */
+  defaultExport?: string;
+  logger?: NbdLogger;
+  /** Largest READ/WRITE payload accepted (default 32 MiB); larger WRITEs end the connection. */
+  maxPayload?: number;
+}
+
+export type ListenTarget = { kind: 'tcp'; host: string; port: number } | { kind: 'unix'; path: string };
+
+/** Parses `tcp://HOST:PORT`, `tcp://[v6]:PORT`, `HOST:PORT`, `unix:PATH`, `nbd+unix:` style `unix://PATH`. */
+export function parseListenTarget(target: string): ListenTarget {
+  if (target.startsWith('unix:')) {
+    const path = target.slice(5).replace(/^\/\//, '');
+    if (!path) throw new Error(`invalid listen address '${target}': unix socket path is empty`);
+    return { kind: 'unix', path };
+  }
+  const rest = target.startsWith('tcp://') ? target.slice(6) : target;
+  const m = /^(?:\[([^\]]+)\]|([^:/]*))(?::(\d+))?\/?$/.exec(rest);
+  if (!m) throw new Error(`invalid listen address '${target}': expected tcp://HOST:PORT or unix:PATH`);
+  const host = m[1] ?? (m[2] || '127.0.0.1');
+  const port = m[3] === undefined ? NBD_DEFAULT_PORT : Number(m[3]);
+  if (!Number.isInteger(port) || port < 0 || port > 65535) throw new Error(`invalid listen address '${target}': bad port`);
+  return { kind: 'tcp', host, port };
+}
+
+/** The NBD URI clients use for a bound address. */
+export function nbdUri(t: ListenTarget, exportName = ''): string {
+  if (t.kind === 'unix') return `nbd+unix:///${encodeURIComponent(exportName)}?socket=${t.path}`;
+  const host = t.host.includes(':') ? `[${t.host}]` : t.host;
+  return `nbd://${host}:${t.port}/${encodeURIComponent(exportName)}`;
+}
+
+/**
+ * An NBD server: any number of listeners (TCP and unix sockets) and clients, serving a map of
+ * exports. Protocol violations end only the offending connection.
+ */
+export class NbdServer {
+  private readonly registry: ExportRegistry;
+  private readonly ctx: ConnectionContext;
+  private readonly servers: Array<{ server: net.Server; target: ListenTarget }> = [];
+  private readonly conns = new Set<NbdConnection>();
+  private closing = false;
+
+  constructor(opts: NbdServerOptions) {
+    this.registry = new ExportRegistry(opts.exports, opts.defaultExport);
+    this.ctx = { registry: this.registry, log: opts.logger ?? silentNbdLogger, maxPayload: opts.maxPayload ?? DEFAULT_MAX_PAYLOAD };
+  }
+
+  get connections(): number { return this.conns.size; }
+
+  addExport(spec: ExportSpec): void { this.registry.add(spec); }
+  removeExport(name: string): void { this.registry.remove(name); }
+
+  /** Listens on `tcp://HOST:PORT` (port 0 = any) or `unix:PATH`; resolves with the URI of the default export. */
+  async listen(target: string): Promise<{ uri: string; target: ListenTarget }> {
+    const t = parseListenTarget(target);
+    const server = net.createServer({ allowHalfOpen: true, noDelay: true, pauseOnConnect: false }, (s) => this.accept(s));
+    if (t.kind === 'unix') await removeStaleSocket(t.path);
+    await new Promise<void>((resolve, reject) => {
+      const onError = (err: Error) => reject(err);
+      server.once('error', onError);
+      const done = () => { server.off('error', onError); resolve(); };
+      if (t.kind === 'unix') server.listen(t.path, done);
+      else server.listen(t.port, t.host, done);
+    });
+    server.on('error', (err) => this.ctx.log.error({ err: err.message }, 'nbd listener error'));
+    let bound: ListenTarget = t;
+    if (t.kind === 'tcp') {
+      const a = server.address() as net.AddressInfo;
+      bound = { kind: 'tcp', host: t.host, port: a.port };
+    }
+    this.servers.push({ server, target: bound });
+    this.ctx.log.info({ listen: nbdUri(bound) }, 'nbd server listening');
+    return { uri: nbdUri(bound), target: bound };
+  }
+
+  private accept(socket: net.Socket): void {
+    if (this.closing) { socket.destroy(); return; }
+    const c = new NbdConnection(socket, this.ctx, (x) => this.conns.delete(x));
+    this.conns.add(c);
+  }
+
+  /** Serves one connected socket in the transmission phase directly (kernel attach via socketpair). */
+  serveSocket(socket: net.Socket, exportName: string): void {
+    const exp = this.registry.find(exportName);
+    if (!exp) throw new Error(`unknown NBD export '${exportName}'`);
+    const c = new NbdConnection(socket, this.ctx, (x) => this.conns.delete(x), { exp, structured: false, baseAllocation: false });
+    this.conns.add(c);
+  }
+
+  /** Stops listening, lets in-flight requests finish (up to `graceMs`), then closes every client. */
+  async close(graceMs = 5000): Promise<void> {
+    this.closing = true;
+    const closes = this.servers.map(({ server, target }) => new Promise<void>((resolve) => {
+      server.close(() => resolve());
+      if (target.kind === 'unix') void unlink(target.path).catch(() => {});
+    }));
+    for (const c of this.conns) c.shutdown();
+    const deadline = Date.now() + graceMs;
+    while (this.conns.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+    for (const c of this.conns) c.destroy();
+    await Promise.all(closes);
+    this.servers.length = 0;
+  }
+}
+
+/** A unix socket path left by a dead server is removed; a live one (or a non-socket) is left alone. */
+async function removeStaleSocket(path: string): Promise<void> {
+  const st = await stat(path).catch(() => undefined);
+  if (!st || !st.isSocket()) return;
+  const alive = await new Promise<boolean>((resolve) => {
+    const s = net.connect(path);
+    s.once('connect', () => { s.destroy(); resolve(true); });
+    s.once('error', () => resolve(false));
+  });
+  if (!alive) await unlink(path).catch(() => {});
+}

@@ -1,0 +1,156 @@
+import t from 'tap';
+import { closeSync, existsSync, ftruncateSync, openSync, readSync, writeSync } from 'node:fs';
+import { join } from 'node:path';
+import net from 'node:net';
+import { once } from 'node:events';
+import * as native from '../../src/native/index.js';
+import { missingTools, needsRoot, tempDir, ROOT } from '../helpers/env.js';
+import { Procs, runCmd, watchOutput } from '../helpers/proc.js';
+
+const noAddon = native.nativeAvailable ? false : `native addon unavailable: ${native.nativeUnavailableReason}`;
+const MiB = 1024 * 1024;
+
+t.test('addon loads after npm install', async (t) => {
+  t.equal(native.nativeAvailable, true, `reason: ${native.nativeUnavailableReason}`);
+  t.equal(native.nativeUnavailableReason, null);
+});
+
+t.test('SEEK_DATA / SEEK_HOLE, punch hole, zero range on a sparse file', { skip: noAddon }, async (t) => {
+  const { dir, cleanup } = tempDir();
+  t.teardown(cleanup);
+  const fd = openSync(join(dir, 'vol'), 'w+');
+  t.teardown(() => closeSync(fd));
+  ftruncateSync(fd, 8 * MiB);
+  writeSync(fd, Buffer.alloc(MiB, 0xab), 0, MiB, 2 * MiB);
+
+  t.equal(native.seekData(fd, 0), 2 * MiB, 'first data at 2 MiB');
+  t.equal(native.seekHole(fd, 2 * MiB), 3 * MiB, 'hole after the written MiB');
+  t.equal(native.seekData(fd, 3 * MiB), null, 'no data after 3 MiB: ENXIO → null');
+  t.equal(native.seekHole(fd, 9 * MiB), 8 * MiB, 'past the end: the file size');
+
+  native.punchHole(fd, 2 * MiB, 512 * 1024);
+  t.equal(native.seekData(fd, 0), 2 * MiB + 512 * 1024, 'punched range is a hole');
+  const buf = Buffer.alloc(4096, 1);
+  readSync(fd, buf, 0, 4096, 2 * MiB);
+  t.ok(buf.every((b) => b === 0), 'punched range reads zeros');
+
+  native.zeroRange(fd, 2 * MiB + 512 * 1024, 4096);
+  readSync(fd, buf, 0, 4096, 2 * MiB + 512 * 1024);
+  t.ok(buf.every((b) => b === 0), 'zeroed range reads zeros');
+  readSync(fd, buf, 0, 4096, 2 * MiB + 512 * 1024 + 4096);
+  t.ok(buf.every((b) => b === 0xab), 'data after the zeroed range kept');
+  native.zeroRange(fd, 0, 0); // a zero length is a no-op, not EINVAL
+});
+
+t.test('errors carry errno code, syscall and path', { skip: noAddon }, async (t) => {
+  const { dir, cleanup } = tempDir();
+  t.teardown(cleanup);
+  const fd = openSync(join(dir, 'f'), 'w+');
+  t.teardown(() => closeSync(fd));
+  t.throws(() => native.blockDeviceSize(fd), { code: 'ENOTTY', errno: 25, syscall: 'ioctl' }, 'BLKGETSIZE64 on a file');
+  t.throws(() => native.seekData(-1, 0), { code: 'EBADF', syscall: 'lseek' });
+  t.throws(() => native.punchHole(-1, 0, 4096), { code: 'EBADF', syscall: 'fallocate' });
+  t.throws(() => native.seekData(fd, -5), { code: 'ERR_INVALID_ARG_TYPE' }, 'negative offset refused');
+
+  const [a, b] = native.socketpair();
+  closeSync(b);
+  t.throws(() => native.nbdAttach(join(dir, 'nbd-missing'), a, { size: MiB, blockSize: 4096, flags: 1, timeoutSec: 5 }),
+    { code: 'ENOENT', syscall: 'open', path: join(dir, 'nbd-missing'), message: /modprobe nbd/ }, 'missing device names modprobe nbd');
+  const [c, d] = native.socketpair();
+  closeSync(d);
+  t.throws(() => native.nbdAttach(join(dir, 'f'), c, { size: MiB, blockSize: 4096, flags: 1, timeoutSec: 5 }),
+    { code: 'ENOTTY', syscall: 'ioctl', message: /NBD_SET_SOCK.*not an NBD device/ }, 'a regular file is not an NBD device');
+  const [e, f] = native.socketpair();
+  closeSync(f);
+  t.throws(() => native.nbdAttach('/dev/null', e, { size: MiB, blockSize: 1000, flags: 1, timeoutSec: 5 }), { code: 'ERR_OUT_OF_RANGE' });
+  await t.rejects(native.nbdDetach(join(dir, 'nbd-missing')), { code: 'ENOENT', message: /modprobe nbd/ });
+  if (!existsSync('/sys/module/nbd')) {
+    // On a kernel without NBD (the development machine) the real device path gives the same hint.
+    const [g, h] = native.socketpair();
+    closeSync(h);
+    t.throws(() => native.nbdAttach('/dev/nbd0', g, { size: MiB, blockSize: 4096, flags: 1, timeoutSec: 5 }), { message: /modprobe nbd/ });
+  }
+});
+
+t.test('blockDeviceSize on a loop device', { skip: noAddon || needsRoot() || missingTools('losetup') }, async (t) => {
+  const { dir, cleanup } = tempDir();
+  t.teardown(cleanup);
+  const img = join(dir, 'img');
+  const fd0 = openSync(img, 'w');
+  ftruncateSync(fd0, 3 * MiB);
+  closeSync(fd0);
+  const r = await runCmd('losetup', ['-f', '--show', img]);
+  if (r.code !== 0) { t.comment(`losetup failed: ${r.stderr.trim()}`); return; }
+  const loop = r.stdout.trim();
+  t.teardown(() => runCmd('losetup', ['-d', loop]));
+  const fd = openSync(loop, 'r');
+  t.teardown(() => closeSync(fd));
+  t.equal(native.blockDeviceSize(fd), 3 * MiB);
+});
+
+t.test('socketpair: the two ends are connected stream sockets', { skip: noAddon }, async (t) => {
+  const [a, b] = native.socketpair();
+  const sa = new net.Socket({ fd: a, readable: true, writable: true });
+  const sb = new net.Socket({ fd: b, readable: true, writable: true });
+  t.teardown(() => { sa.destroy(); sb.destroy(); });
+  sa.end('hello through the pair');
+  let got = '';
+  sb.setEncoding('utf8').on('data', (d: string) => { got += d; });
+  await once(sb, 'end');
+  t.equal(got, 'hello through the pair');
+});
+
+t.test('sdNotify: false without NOTIFY_SOCKET, datagrams to a path and to an abstract socket', { skip: noAddon || missingTools('python3') }, async (t) => {
+  const saved = process.env.NOTIFY_SOCKET;
+  t.teardown(() => { if (saved === undefined) delete process.env.NOTIFY_SOCKET; else process.env.NOTIFY_SOCKET = saved; });
+  delete process.env.NOTIFY_SOCKET;
+  t.equal(native.sdNotify('READY=1'), false);
+
+  const { dir, cleanup } = tempDir();
+  t.teardown(cleanup);
+  const path = join(dir, 'notify');
+  const abstract = `georm-test-${process.pid}`;
+  const procs = new Procs();
+  t.teardown(() => procs.stopAll());
+  // Node has no unix datagram sockets, which is why the addon exists; python plays systemd here.
+  const py = procs.spawn('python3', ['-u', '-c', `
+import socket, sys
+a = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); a.bind(sys.argv[1])
+b = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); b.bind('\\0' + sys.argv[2])
+print('bound', flush=True)
+print('path:' + a.recv(4096).decode().replace('\\n', '|'), flush=True)
+print('abstract:' + b.recv(4096).decode().replace('\\n', '|'), flush=True)
+`, path, abstract]);
+  const out = watchOutput(py);
+  await out.wait(/bound/);
+  process.env.NOTIFY_SOCKET = path;
+  t.equal(native.sdNotify('READY=1\nSTATUS=serving'), true);
+  await out.wait(/path:READY=1\|STATUS=serving/);
+  process.env.NOTIFY_SOCKET = `@${abstract}`;
+  t.equal(native.sdNotify('WATCHDOG=1'), true);
+  await out.wait(/abstract:WATCHDOG=1/);
+  process.env.NOTIFY_SOCKET = 'relative/path';
+  t.throws(() => native.sdNotify('READY=1'), { code: 'EINVAL' });
+  process.env.NOTIFY_SOCKET = join(dir, 'nobody-listens');
+  t.throws(() => native.sdNotify('READY=1'), { code: 'ENOENT', syscall: 'sendto' });
+});
+
+t.test('without the addon: reason given, calls refuse with NATIVE_UNAVAILABLE', async (t) => {
+  const script = `
+    const n = await import(${JSON.stringify(join(ROOT, 'dist/src/native/index.js'))});
+    const out = { available: n.nativeAvailable, reason: n.nativeUnavailableReason };
+    try { n.seekData(0, 0); } catch (e) { out.code = e.code; }
+    try { n.nbdAttach('/dev/nbd0', 0, {}); } catch (e) { out.code2 = e.code; }
+    out.notify = n.sdNotify('READY=1');
+    console.log(JSON.stringify(out));`;
+  const env: NodeJS.ProcessEnv = { ...process.env, GEORM_NATIVE_DISABLE: '1' };
+  delete env.NOTIFY_SOCKET;
+  const r = await runCmd(process.execPath, ['--input-type=module', '-e', script], { env });
+  t.equal(r.code, 0, r.stderr);
+  t.same(JSON.parse(r.stdout), { available: false, reason: 'disabled by GEORM_NATIVE_DISABLE=1', code: 'NATIVE_UNAVAILABLE', code2: 'NATIVE_UNAVAILABLE', notify: false });
+
+  const r2 = await runCmd(process.execPath, ['--input-type=module', '-e', script], { env: { ...env, GEORM_NATIVE_DISABLE: '', GEORM_NATIVE_DIR: '/nonexistent' } });
+  const o2 = JSON.parse(r2.stdout) as { available: boolean; reason: string };
+  t.equal(o2.available, false);
+  t.match(o2.reason, /native addon not built/);
+});
