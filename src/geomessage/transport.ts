@@ -34,6 +34,8 @@ export interface GeoMessageOptions {
   rtoMaxMs?: number;
   /** SO_SNDBUF/SO_RCVBUF requested per socket (the kernel may clamp to rmem_max); default 8 MiB. */
   socketBufferBytes?: number;
+  /** Largest message accepted, sent or received (bounds reassembly memory); default 64 MiB. */
+  maxMessageBytes?: number;
   /** Override the incarnation number (tests); default: deciseconds since 2025-01-01. */
   epoch?: number;
 }
@@ -224,6 +226,7 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
   private readonly window: number;
   private readonly rtoMin: number;
   private readonly rtoMax: number;
+  private readonly maxMessage: number;
 
   constructor(private readonly opts: GeoMessageOptions) {
     super();
@@ -238,6 +241,7 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
     this.window = opts.windowPackets ?? 1024;
     this.rtoMin = opts.rtoMinMs ?? 20;
     this.rtoMax = opts.rtoMaxMs ?? 2000;
+    this.maxMessage = opts.maxMessageBytes ?? 64 << 20;
   }
 
   /** Binds the sockets, greets every peer, starts keepalives. On failure nothing stays bound. */
@@ -274,7 +278,15 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
         index: i, spec: ep, mtu, socket,
         c: { packetsOut: 0, packetsIn: 0, bytesOut: 0, bytesIn: 0, resends: 0, timeouts: 0, failures: 0, duplicates: 0, other: 0, dropped: emptyDrops() },
       };
-      socket.on('message', (buf, rinfo) => this.onPacket(net, buf, rinfo.size));
+      socket.on('message', (buf, rinfo) => {
+        try {
+          this.onPacket(net, buf, rinfo.size);
+        } catch (err) {
+          // A bug must not take the process (and its GMD) down on one odd packet: count and log it.
+          net.c.dropped.malformed++;
+          this.log.error({ err, network: ep.network }, 'packet handling failed');
+        }
+      });
       // Sends are fire-and-forget: an error (ENETUNREACH on a cut link, ENOBUFS) is a lost packet that
       // retransmission recovers; it is counted, never thrown.
       socket.on('error', (err) => { net.c.failures++; this.log.debug({ err, network: ep.network }, 'socket error'); });
@@ -380,6 +392,7 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
 
   private makeMsg(peer: Peer, kind: MsgKind, service: number, flags: number, corrId: number, orderSeq: number, data: Buffer): OutMsg {
     const fragSize = peer.fragSize;
+    if (data.length > this.maxMessage) throw new GeoMessageError('GEOMSG_ERR_TOO_LARGE', `message of ${data.length} bytes exceeds maxMessageBytes ${this.maxMessage}`);
     const fragCount = Math.max(1, Math.ceil(data.length / fragSize));
     if (fragCount > 0xffff) throw new GeoMessageError('GEOMSG_ERR_TOO_LARGE', `message of ${data.length} bytes exceeds ${0xffff} fragments`);
     return {
@@ -897,7 +910,7 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
     } else {
       let r = peer.reasm.get(p.msgId);
       if (!r) {
-        if (p.totalLen > p.fragCount * 0xffff) return this.drop(net, 'malformed');
+        if (p.totalLen > p.fragCount * 0xffff || p.totalLen > this.maxMessage) return this.drop(net, 'malformed');
         r = { buf: Buffer.allocUnsafe(p.totalLen), got: new Uint8Array(p.fragCount), count: p.fragCount, missing: p.fragCount, touched: 0 };
         peer.reasm.set(p.msgId, r);
       }
