@@ -182,7 +182,7 @@ t.test('fuzz: authenticated packets with random fields never crash a live transp
   const mkA = (epoch: number) => openGeoMessage({ machine: 'a', key: KEY, keepaliveMs: 100, epoch, endpoints: ep(pa!),
     peers: [{ machine: 'b', endpoints: ep(pb!), promoteFailureTimeoutMs: 0 }] });
   let a = await mkA(5000);
-  const b = await openGeoMessage({ machine: 'b', key: KEY, keepaliveMs: 100, endpoints: ep(pb!),
+  const b = await openGeoMessage({ machine: 'b', key: KEY, keepaliveMs: 100, endpoints: ep(pb!), ...(process.env.GEOMSG_DEBUG ? { logger: (await import('../../src/util/log.js')).createLogger('b', 'error') } : {}),
     peers: [{ machine: 'a', endpoints: ep(pa!), promoteFailureTimeoutMs: 0 }] });
   t.teardown(async () => { await a.close(); await b.close(); });
   let calls = 0;
