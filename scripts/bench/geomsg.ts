@@ -99,11 +99,12 @@ async function freePort(): Promise<number> {
 }
 
 /** Raw one-way blast: send as fast as the loop allows (yielding so the socket drains), count received. */
-async function rawBlast(size: number): Promise<{ mbps: number; sentPps: number; lossPct: number }> {
+async function rawBlast(size: number): Promise<{ mbps: number; sentPps: number; lossPct: number; cpuUsPerMB: number }> {
   const sink = await start({ role: 'dgram-sink' });
   const s = await bindLocal();
   const buf = Buffer.alloc(size, 1);
   let sent = 0;
+  const c0 = process.cpuUsage();
   const t0 = performance.now();
   const end = t0 + SECS * 1000;
   await new Promise<void>((res) => {
@@ -115,10 +116,11 @@ async function rawBlast(size: number): Promise<{ mbps: number; sentPps: number; 
   });
   await new Promise((r) => setTimeout(r, 200));
   const { bytes, pkts } = await ask<{ bytes: number; pkts: number }>(sink.w, 'count');
+  const c = process.cpuUsage(c0);
   const secs = (performance.now() - 200 - t0) / 1000;
   s.close();
   await stop(sink.w);
-  return { mbps: bytes / secs / 1e6, sentPps: sent / secs, lossPct: 100 * (1 - pkts / sent) };
+  return { mbps: bytes / secs / 1e6, sentPps: sent / secs, lossPct: 100 * (1 - pkts / sent), cpuUsPerMB: (c.user + c.system) / (bytes / 1e6) };
 }
 
 /** GeoMessage a (this thread) → b (worker); `via` puts a WAN emulator worker between them. */
@@ -208,7 +210,7 @@ async function main(): Promise<void> {
   // Machines are shared and noisy: interleave the runs and keep the best of ROUNDS for each figure.
   const rounds = Number(process.env.BENCH_ROUNDS ?? 2);
   const best = <T extends { mbps: number }>(xs: T[]) => xs.reduce((x, y) => (y.mbps > x.mbps ? y : x));
-  const raws: Record<number, { mbps: number; sentPps: number; lossPct: number }[]> = { 1400: [], 8900: [] };
+  const raws: Record<number, { mbps: number; sentPps: number; lossPct: number; cpuUsPerMB: number }[]> = { 1400: [], 8900: [] };
   const gms: Record<number, { mbps: number; msgs: number; resends: number; timeouts: number; cpuUsPerMB: number }[]> = { 1500: [], 9000: [] };
   for (let r = 0; r < rounds; r++) {
     for (const [size, mtu] of [[1400, 1500], [8900, 9000]] as const) {
@@ -224,8 +226,8 @@ async function main(): Promise<void> {
   }
   const raw1400 = best(raws[1400]!), raw8900 = best(raws[8900]!);
   results.raw = { b1400: raw1400, b8900: raw8900, all: raws };
-  rows.push(['raw dgram one-way 1400 B (received)', `${f(raw1400.mbps)} MB/s`, `loss ${f(raw1400.lossPct)}%`]);
-  rows.push(['raw dgram one-way 8900 B (received)', `${f(raw8900.mbps)} MB/s`, `loss ${f(raw8900.lossPct)}%`]);
+  rows.push(['raw dgram one-way 1400 B (received)', `${f(raw1400.mbps)} MB/s`, `loss ${f(raw1400.lossPct)}%; CPU both ends ${f(raw1400.cpuUsPerMB / 1000, 2)} ms/MB`]);
+  rows.push(['raw dgram one-way 8900 B (received)', `${f(raw8900.mbps)} MB/s`, `loss ${f(raw8900.lossPct)}%; CPU both ends ${f(raw8900.cpuUsPerMB / 1000, 2)} ms/MB`]);
   for (const mtu of [1500, 9000]) {
     const r = best(gms[mtu]!);
     results[`bulk${mtu}`] = { ...r, all: gms[mtu] };
