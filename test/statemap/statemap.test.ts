@@ -72,11 +72,12 @@ t.test('activity log: hot regions are marked once; idle ones are cleaned lazily'
   s = map.stats();
   t.ok(s.activityLog <= 2, 'activity log stays within its capacity');
   t.ok(s.evictions >= 2, 'oldest idle regions were evicted');
-  await new Promise((r) => setTimeout(r, 200));
+  // Wait (bounded) for the background writer; a loaded machine may delay its timer.
+  const marked = async () => (await readStateMapFile(path)).cells.reduce((a, v) => a + (v ? 1 : 0), 0);
+  for (let i = 0; i < 100 && (map.stats().activityLog > 0 || await marked() > 0); i++) await new Promise((r) => setTimeout(r, 50));
   t.equal(map.stats().activityLog, 0, 'idle regions left the activity log');
-  const cells = (await readStateMapFile(path)).cells;
-  t.equal(cells.reduce((a, v) => a + (v ? 1 : 0), 0), 0, 'and were cleaned on disk by the background writer');
-  await map.close(); // closes the /dev/full descriptor
+  t.equal(await marked(), 0, 'and were cleaned on disk by the background writer');
+  await map.close();
 });
 
 t.test('group commit: concurrent beginWrite calls share commits', async (t) => {
