@@ -294,3 +294,21 @@ t.test('counts, isClean and nextDirty stay equal to a full scan under random ope
   for (const [x, y] of open) map.endWrite(x, y, 'both');
   await map.close();
 });
+
+t.test('many writes in flight on one region (count beyond the 6-bit field)', async (t) => {
+  const map = await StateMap.create(join(setup(t), 'many.map'), ID, { activityLogRegions: 0 });
+  await Promise.all(Array.from({ length: 200 }, () => map.beginWrite(5, 6)));
+  t.equal(map.cell(5), 7, 'saturates at 0x7');
+  t.equal(map.stats().inflightRegions, 2);
+  await t.rejects(map.setAll(CELL_CLEAN), { code: 'STATEMAP_ERR_BUSY', message: /2 regions have writes in flight/ });
+  for (let i = 0; i < 195; i++) map.endWrite(5, 6, 'both');
+  t.equal(map.cell(5), 5, 'five left: 0x5');
+  map.cleanRegion(6); // resync cannot clean a region with writes in flight
+  t.equal(map.cell(6), 5);
+  for (let i = 0; i < 5; i++) map.endWrite(5, 6, 'both');
+  t.equal(map.cell(5), CELL_CLEAN);
+  t.equal(map.stats().inflightRegions, 0);
+  map.endWrite(5, 5, 'both'); // one too many is harmless
+  t.equal(map.cell(5), CELL_CLEAN);
+  await map.close();
+});
