@@ -1,0 +1,767 @@
+import type { Backend, BackendFlags, WriteOptions, ZeroOptions } from '../../nbd/backend.js';
+import { GeormError } from '../util/errors.js';
+import type { Logger } from '../util/log.js';
+import type { MapPort, NetMessage, PeerTransport } from './ports.js';
+import {
+  SVC_CONTROL, SVC_FLUSH, SVC_READ, SVC_WRITE, SVC_ZERO, KIND_APP, KIND_RESYNC, FLAG_FUA, FLAG_TRIM,
+  encodeHeader, decodeHeader, type ControlMessage, type GmdMode, type GmdRole, type GmdState, type PeerInfo,
+} from './protocol.js';
+import { RangeLock } from './rangelock.js';
+import { Resync, type ResyncProgress } from './resync.js';
+
+const CELL_CLEAN = 0x0;
+const CELL_STALE = 0xf;
+
+export interface GmdAttributes {
+  mode: GmdMode;
+  role: GmdRole;
+  regionSize: number;
+  /** Bytes per resync request. */
+  syncRate: number;
+  /** Async high water mark in bytes. */
+  hwm: number;
+  /** Resync bytes per second, 0 = unlimited. */
+  resyncRateLimit: number;
+}
+
+/** Local resources of a configured (STOPPED/AVAILABLE) GMD. */
+export interface GmdResources { local: Backend; map: MapPort; attrs: GmdAttributes }
+
+export interface GmdOptions {
+  name: string;
+  minor: number;
+  machine: string;
+  /** Remote peers (machines at the other site holding this GMD). */
+  peers: string[];
+  net: PeerTransport;
+  /** Opens volume and state map (DEFINED -> STOPPED); re-reads the configuration each time. */
+  open: () => Promise<GmdResources>;
+  configDigest?: string;
+  logger: Logger;
+  /** How long start waits for a peer's answer before calling it unreachable. */
+  helloTimeoutMs?: number;
+}
+
+export interface GmdStats {
+  reads: number; readBytes: number;
+  localWrites: number; localWriteBytes: number;
+  remoteWrites: number; remoteWriteBytes: number; remoteFailures: number;
+  incomingWrites: number; incomingWriteBytes: number;
+  resyncBytesSent: number; resyncBytesReceived: number; resyncRegions: number;
+  staleMarkings: number;
+  hwmFallbacks: number; hwmWaits: number;
+  asyncInflightBytes: number; asyncInflightMax: number;
+  rejectedIo: number;
+}
+
+export interface GmdEvent { time: string; level: 'info' | 'warn' | 'error'; message: string }
+
+export interface GmdStatus {
+  name: string; minor: number; machine: string;
+  state: GmdState; role: GmdRole | null; mode: GmdMode | null;
+  size: number;
+  peers: Array<{ machine: string; link: string; active: boolean; downGiven: boolean }>;
+  map: { regions: number; clean: number; inconsistent: number; stale: number; crashed: boolean } | null;
+  resync: ResyncProgress | null;
+  stats: GmdStats;
+  attrs: GmdAttributes | null;
+  events: GmdEvent[];
+}
+
+/** An errno-carrying error for the NBD server. */
+function ioError(code: 'EPERM' | 'EIO' | 'ENOTSUP', errno: number, message: string): Error {
+  const e = new GeormError(`GMD_ERR_${code}`, message) as GeormError & { errno: number; nbdCode: string };
+  e.errno = errno;
+  Object.defineProperty(e, 'code', { value: code });
+  return e;
+}
+
+/**
+ * A GeoMirror device: the NBD Backend that mirrors each write to the local volume and the remote
+ * peer, keeping the state map so failures cost a resync, never data (DESIGN §4).
+ */
+export class GeoMirrorDevice implements Backend {
+  readonly name: string;
+  readonly minor: number;
+  readonly machine: string;
+  readonly peers: string[];
+  private readonly net: PeerTransport;
+  private readonly log: Logger;
+  private readonly openRes: () => Promise<GmdResources>;
+  private readonly helloTimeoutMs: number;
+  readonly configDigest: string;
+
+  private res: GmdResources | null = null;
+  private devSize = 0;
+  private stateValue: GmdState = 'DEFINED';
+  /** The peer writes are mirrored to; null = none (stale marking). */
+  private activePeer: string | null = null;
+  /** gmddown given (or Promote Failure Timeout expired) for these peers. */
+  readonly downGiven = new Set<string>();
+  private stopping = false;
+  private readonly lock = new RangeLock();
+  private ioInflight = 0;
+  private ioDrained: (() => void) | null = null;
+  private asyncInflight = 0;
+  private asyncDrained: Array<() => void> = [];
+  private hwmMode = false;
+  private attrOverrides: Partial<GmdAttributes> = {};
+  private resyncEngine: Resync | null = null;
+  private lastResync: ResyncProgress | null = null;
+  private readonly events: GmdEvent[] = [];
+  readonly stats: GmdStats = {
+    reads: 0, readBytes: 0, localWrites: 0, localWriteBytes: 0, remoteWrites: 0, remoteWriteBytes: 0,
+    remoteFailures: 0, incomingWrites: 0, incomingWriteBytes: 0, resyncBytesSent: 0, resyncBytesReceived: 0,
+    resyncRegions: 0, staleMarkings: 0, hwmFallbacks: 0, hwmWaits: 0, asyncInflightBytes: 0, asyncInflightMax: 0,
+    rejectedIo: 0,
+  };
+
+  constructor(opts: GmdOptions) {
+    this.name = opts.name;
+    this.minor = opts.minor;
+    this.machine = opts.machine;
+    this.peers = opts.peers;
+    this.net = opts.net;
+    this.log = opts.logger;
+    this.openRes = opts.open;
+    this.helloTimeoutMs = opts.helloTimeoutMs ?? 5000;
+    this.configDigest = opts.configDigest ?? '';
+    this.registerHandlers();
+  }
+
+  get state(): GmdState { return this.stateValue; }
+  get peer(): string | null { return this.activePeer; }
+  get attrs(): GmdAttributes | null { return this.res?.attrs ?? null; }
+  get map(): MapPort | null { return this.res?.map ?? null; }
+
+  // ---------------------------------------------------------------- state transitions
+
+  /** DEFINED -> STOPPED: open the volume and state map, check the peer agrees on mode/size/minor. */
+  async configure(): Promise<void> {
+    if (this.stateValue !== 'DEFINED') return;
+    const res = await this.openRes();
+    res.attrs = { ...res.attrs, ...this.attrOverrides };
+    this.res = res;
+    this.devSize = res.local.size();
+    this.stateValue = 'STOPPED';
+    if (res.map.crashed) this.event('warn', `state map was not closed cleanly; ${res.map.counts().inconsistent} region(s) in flight at the crash will be resynchronised`);
+    this.event('info', `configured (STOPPED): mode ${res.attrs.mode}, role ${res.attrs.role}, size ${this.devSize}`);
+  }
+
+  /** STOPPED -> DEFINED. */
+  async unconfigure(): Promise<void> {
+    if (this.stateValue === 'AVAILABLE') throw new GeormError('GMD_ERR_STATE', `${this.name} is AVAILABLE: stop it first (stopgmd)`);
+    if (this.stateValue === 'DEFINED') return;
+    const res = this.res!;
+    this.res = null;
+    this.stateValue = 'DEFINED';
+    await res.map.close();
+    await res.local.close?.();
+    this.event('info', 'unconfigured (DEFINED)');
+  }
+
+  /** Attributes change only in DEFINED (seed §2.1.1); they apply at the next configure. */
+  setAttributes(a: Partial<GmdAttributes>): void {
+    if (this.stateValue !== 'DEFINED') {
+      throw new GeormError('GMD_ERR_STATE', `attributes of ${this.name} can only be changed in the DEFINED state (now ${this.stateValue}); run ucfggmd first`);
+    }
+    this.attrOverrides = { ...this.attrOverrides, ...a };
+  }
+
+  /** gmddown: the peer is down. On a STOPPED GMD it allows start without it; a peer that is in fact
+   * AVAILABLE is told to stop (protection against divergence). */
+  async down(peer: string): Promise<{ stoppedRemote: boolean }> {
+    if (!this.peers.includes(peer)) throw new GeormError('GMD_ERR_PEER', `${peer} is not a remote peer of ${this.name} (peers: ${this.peers.join(', ')})`);
+    this.downGiven.add(peer);
+    if (this.activePeer === peer) this.dropPeer(peer, 'gmddown');
+    let stoppedRemote = false;
+    try {
+      const info = await this.control(peer, { op: 'hello', from: this.info() }, 2000) as PeerInfo;
+      if (info.state === 'AVAILABLE') {
+        await this.control(peer, { op: 'down', reason: `gmddown issued on ${this.machine}` }, 5000);
+        stoppedRemote = true;
+        this.event('warn', `gmddown ${peer}: the remote GMD was AVAILABLE and has been stopped to protect against divergence`);
+      }
+    } catch { /* unreachable: that is what gmddown is for */ }
+    this.event('info', `gmddown ${peer}`);
+    return { stoppedRemote };
+  }
+
+  /** STOPPED -> AVAILABLE, applying the start rules of DESIGN §4 item 4. */
+  async start(): Promise<{ message: string; peer: string | null }> {
+    if (this.stateValue === 'AVAILABLE') return { message: `${this.name} is already AVAILABLE`, peer: this.activePeer };
+    if (this.stateValue === 'DEFINED') await this.configure();
+    if (this.stateValue !== 'STOPPED') throw new GeormError('GMD_ERR_STATE', `${this.name} is ${this.stateValue}`);
+    const res = this.res!;
+    this.stateValue = 'STARTING';
+    try {
+      const localDirty = !res.map.isClean();
+      const infos = new Map<string, PeerInfo>();
+      const unreachable: string[] = [];
+      await Promise.all(this.peers.map(async (p) => {
+        try { infos.set(p, await this.control(p, { op: 'hello', from: this.info() }, this.helloTimeoutMs) as PeerInfo); } catch { unreachable.push(p); }
+      }));
+      for (const [p, info] of infos) {
+        const diff: string[] = [];
+        if (info.mode !== res.attrs.mode) diff.push(`mode ${res.attrs.mode} here, ${info.mode} on ${p}`);
+        if (info.minor !== this.minor) diff.push(`minor ${this.minor} here, ${info.minor} on ${p}`);
+        if (info.state !== 'DEFINED' && info.size !== this.devSize) diff.push(`size ${this.devSize} here, ${info.size} on ${p}`);
+        if (diff.length) throw refuse('MISMATCH', `can't start ${this.name}: the remote peer's definition differs (${diff.join('; ')}); make the GMD definitions identical (georm verify shows all differences)`);
+      }
+      for (const [p, info] of infos) {
+        if (info.state === 'STARTING') throw refuse('PEER_STARTING', `can't start ${this.name}: remote peer ${p} is in the process of starting; wait until it is AVAILABLE and start again`);
+      }
+      const available = this.peers.filter((p) => infos.get(p)?.state === 'AVAILABLE');
+      if (available.length > 1) throw refuse('MULTIPLE_PEERS', `can't start ${this.name}: more than one remote peer is active (${available.join(', ')}); stop all but one of them (stopgmd) first`);
+      for (const [p, info] of infos) {
+        if (localDirty && info.mapDirty) throw refuse('DIVERGENCE', `can't start ${this.name}: data divergence — the state maps on ${this.machine} and ${p} are both dirty; decide which site holds the right data and run 'georm unify ${this.name} --master <machine> --preview', then without --preview`);
+      }
+      const peer = available[0] ?? null;
+      if (peer) {
+        const info = infos.get(peer)!;
+        if (res.attrs.role === 'primary' && info.role === 'primary') throw refuse('BOTH_PRIMARY', `can't start ${this.name}: the AVAILABLE remote peer ${peer} is also primary; one side must be secondary (change the role in DEFINED state)`);
+        if (localDirty && !this.downGiven.has(peer)) throw refuse('LOCAL_STALE', `can't start ${this.name}: remote peer ${peer} is AVAILABLE and the local state map has ${res.map.counts().stale + res.map.counts().inconsistent} dirty region(s); stop the GMD on ${peer} (stopgmd), start here with gmddown ${peer}, then start ${peer} so the data flows from here`);
+      }
+      for (const p of this.peers) {
+        if (this.downGiven.has(p) || available.includes(p)) continue;
+        if (unreachable.includes(p)) throw refuse('PEER_UNREACHABLE', `can't start ${this.name}: remote peer ${p} is not reachable on any geographic network; if it is down, run 'gmddown -l ${this.name} ${p}' (georm down) and start again`);
+        throw refuse('PEER_NOT_AVAILABLE', `can't start ${this.name}: remote peer ${p} is up but its GMD is ${infos.get(p)?.state ?? 'unknown'}, not AVAILABLE; start it there first, or run 'gmddown -l ${this.name} ${p}' and start again`);
+      }
+      // A peer given as down but in fact AVAILABLE is stopped (DESIGN §4 item 5).
+      if (peer && this.downGiven.has(peer)) {
+        const r = await this.control(peer, { op: 'down', reason: `started on ${this.machine} with gmddown` }, 5000).catch((e: unknown) => e as Error);
+        if (r instanceof Error) throw refuse('PEER_NOT_STOPPED', `can't start ${this.name}: remote peer ${peer} is AVAILABLE although gmddown was given, and stopping it failed (${r.message}); stop it there (stopgmd) and start again`);
+        this.event('warn', `remote peer ${peer} was AVAILABLE although gmddown was given; it has been stopped`);
+        this.stateValue = 'AVAILABLE';
+        this.stopping = false;
+        this.event('info', `started without remote peers (stale marking)`);
+        return { message: `${this.name} started successfully; ${peer} was stopped (gmddown)`, peer: null };
+      }
+      this.stateValue = 'AVAILABLE';
+      this.stopping = false;
+      if (!peer) {
+        this.event('info', 'started without remote peers (stale marking)');
+        return { message: `No remote peers currently available for ${this.name}.\n${this.name} started successfully.`, peer: null };
+      }
+      const reply = await this.control(peer, { op: 'join', from: this.info() }, this.helloTimeoutMs).catch((e: unknown) => e as Error);
+      if (reply instanceof Error) {
+        this.stateValue = 'STOPPED';
+        throw refuse('PEER_UNREACHABLE', `can't start ${this.name}: joining remote peer ${peer} failed (${reply.message}); retry, or use gmddown`);
+      }
+      this.attachPeer(peer, reply as PeerInfo);
+      return { message: `${this.name} started successfully, mirroring to ${peer}.`, peer };
+    } catch (e) {
+      if (this.stateValue === 'STARTING') this.stateValue = 'STOPPED';
+      if (e instanceof GeormError && e.code.startsWith('GMD_ERR_START_')) this.event('warn', e.message);
+      throw e;
+    }
+  }
+
+  /** AVAILABLE -> STOPPED: refuse new I/O, drain, tell the peer we leave. */
+  async stop(reason = 'stopgmd'): Promise<void> {
+    if (this.stateValue !== 'AVAILABLE') return;
+    this.stopping = true;
+    await this.resyncEngine?.stop();
+    if (this.ioInflight > 0) await new Promise<void>((r) => { this.ioDrained = r; });
+    await this.waitAsyncDrained(10000);
+    const peer = this.activePeer;
+    this.activePeer = null;
+    if (peer) await this.control(peer, { op: 'leave' }, 3000).catch(() => undefined);
+    this.stateValue = 'STOPPED';
+    await this.res!.map.flush();
+    this.event('info', `stopped (${reason})`);
+  }
+
+  // ---------------------------------------------------------------- admin on the map
+
+  async dirty(): Promise<void> { this.needStoppedMap('gmddirty'); await this.res!.map.setAll(CELL_STALE); this.event('warn', 'state map dirtied (all regions stale)'); }
+  async clean(): Promise<void> {
+    this.needStoppedMap('gmdclean');
+    for (const p of this.peers) {
+      const info = await this.control(p, { op: 'hello', from: this.info() }, 1500).catch(() => null) as PeerInfo | null;
+      if (info?.state === 'AVAILABLE') throw new GeormError('GMD_ERR_STATE', `can't clean ${this.name}: remote GMD on ${p} is AVAILABLE`);
+    }
+    await this.res!.map.setAll(CELL_CLEAN);
+    this.event('warn', 'state map cleaned (all regions consistent)');
+  }
+
+  /** Cells of this machine's map (1 byte per region). */
+  cells(): Uint8Array { this.needMap(); return this.res!.map.cells(); }
+
+  /** What a peer says about itself (hello). */
+  peerInfo(peer: string): Promise<PeerInfo> {
+    return this.control(peer, { op: 'hello', from: this.info() }, 3000) as Promise<PeerInfo>;
+  }
+
+  /** Fetches a peer's map cells over GeoMessage. */
+  async peerCells(peer: string): Promise<Uint8Array> {
+    const r = await this.control(peer, { op: 'cells' }, 5000) as { cells: string };
+    return new Uint8Array(Buffer.from(r.cells, 'base64'));
+  }
+
+  /** Unify: master := OR of both maps, the other cleared. With preview, returns the unified cells only. */
+  async unify(master: string, preview: boolean): Promise<{ unified: Uint8Array; cleared: string | null }> {
+    this.needMap();
+    const peer = this.peers.find((p) => p !== this.machine && (master === this.machine || p === master)) ?? null;
+    if (master !== this.machine && !this.peers.includes(master)) throw new GeormError('GMD_ERR_PEER', `unify: ${master} is neither this machine (${this.machine}) nor a remote peer of ${this.name}`);
+    if (!peer) throw new GeormError('GMD_ERR_PEER', 'unify: no remote peer');
+    const local = this.res!.map.cells();
+    const remote = await this.peerCells(peer);
+    if (remote.length !== local.length) throw new GeormError('GMD_ERR_MISMATCH', `unify: the state maps have different sizes (${local.length} vs ${remote.length} regions)`);
+    const unified = new Uint8Array(local.length);
+    for (let i = 0; i < local.length; i++) unified[i] = local[i]! | remote[i]!;
+    if (preview) return { unified, cleared: null };
+    if (this.stateValue === 'AVAILABLE') throw new GeormError('GMD_ERR_STATE', `unify: stop ${this.name} on ${this.machine} first`);
+    const info = await this.control(peer, { op: 'hello', from: this.info() }, 3000) as PeerInfo;
+    if (info.state === 'AVAILABLE') throw new GeormError('GMD_ERR_STATE', `unify: stop ${this.name} on ${peer} first`);
+    if (master === this.machine) {
+      await this.res!.map.orWith(remote);
+      await this.control(peer, { op: 'clear-map' }, 5000);
+      this.event('warn', `unify: master ${master}; state map of ${peer} cleared`);
+      return { unified, cleared: peer };
+    }
+    await this.control(peer, { op: 'or-map', cells: Buffer.from(local).toString('base64') }, 5000);
+    await this.res!.map.setAll(CELL_CLEAN);
+    this.event('warn', `unify: master ${master}; state map of ${this.machine} cleared`);
+    return { unified, cleared: this.machine };
+  }
+
+  /** Local takeover (seed §2.2): OR another machine's map into ours, then clean it. */
+  async takeover(other: MapPort): Promise<void> {
+    this.needStoppedMap('takeover');
+    await this.res!.map.orWith(other.cells());
+    await other.setAll(CELL_CLEAN);
+    await this.res!.map.flush();
+    this.event('warn', 'local takeover: merged the failed machine\'s state map and cleaned it');
+  }
+
+  private needMap(): void { if (!this.res) throw new GeormError('GMD_ERR_STATE', `${this.name} is DEFINED: configure it first (cfggmd)`); }
+  private needStoppedMap(what: string): void {
+    this.needMap();
+    if (this.stateValue !== 'STOPPED') throw new GeormError('GMD_ERR_STATE', `${what}: ${this.name} must be STOPPED (now ${this.stateValue})`);
+  }
+
+  // ---------------------------------------------------------------- Backend
+
+  size(): number { return this.devSize; }
+
+  flags(): BackendFlags {
+    const lf = this.res?.local.flags();
+    return {
+      readOnly: false, canFlush: true, canFua: true, canTrim: lf?.canTrim ?? false, canZero: true, canFastZero: false,
+      canCache: false, canMultiConn: true, canExtents: false, rotational: false,
+    };
+  }
+
+  blockSizes(): { minimum: number; preferred: number; maximum: number } {
+    return { minimum: 1, preferred: 4096, maximum: 32 * 1024 * 1024 };
+  }
+
+  /** Rejects I/O a GMD must not take: secondary role, or not AVAILABLE. Returns the resources. */
+  private admit(): GmdResources {
+    const res = this.res;
+    if (res && res.attrs.role === 'secondary') {
+      this.stats.rejectedIo++;
+      throw ioError('EPERM', 1, `${this.name} is secondary on ${this.machine}: application I/O is refused (it originates on the primary)`);
+    }
+    if (!res || this.stateValue !== 'AVAILABLE' || this.stopping) {
+      this.stats.rejectedIo++;
+      throw ioError('EIO', 5, `${this.name} is ${this.stateValue}, not AVAILABLE`);
+    }
+    this.ioInflight++;
+    return res;
+  }
+
+  private done(): void {
+    if (--this.ioInflight === 0 && this.ioDrained) { const d = this.ioDrained; this.ioDrained = null; d(); }
+  }
+
+  async read(offset: number, length: number): Promise<Buffer> {
+    const res = this.admit();
+    try {
+      this.stats.reads++; this.stats.readBytes += length;
+      if (this.resyncEngine?.pulling) {
+        await this.lock.lock(offset, offset + length);
+        try {
+          await this.resyncEngine.pullOnDemand(...res.map.regionRange(offset, length));
+          return await res.local.read(offset, length);
+        } finally { this.lock.release(offset, offset + length); }
+      }
+      return await res.local.read(offset, length);
+    } finally { this.done(); }
+  }
+
+  async write(offset: number, data: Buffer, opts: WriteOptions): Promise<void> {
+    const res = this.admit();
+    const end = offset + data.length;
+    await this.lock.lock(offset, end);
+    let locked = true;
+    try {
+      const [first, last] = res.map.regionRange(offset, data.length);
+      if (this.resyncEngine?.pulling) await this.resyncEngine.pullOnDemand(first, last);
+      const keepStale = this.anyStale(res.map, first, last);
+      await res.map.beginWrite(first, last);
+      this.stats.localWrites++; this.stats.localWriteBytes += data.length;
+      const peer = this.activePeer;
+      if (!peer) {
+        await this.localWrite(res, first, last, () => res.local.write(offset, data, opts));
+        this.markLocalOnly(res.map, first, last);
+        return;
+      }
+      const flags = opts.fua ? FLAG_FUA : 0;
+      const mode = res.attrs.mode;
+      if (mode === 'async') {
+        await this.localWrite(res, first, last, () => res.local.write(offset, data, opts));
+        // The NBD server may reuse its buffer once we resolve: the queued copy must own its bytes.
+        const copy = Buffer.from(data);
+        const remote = this.asyncRemote(res, peer, first, last, offset, copy, flags, keepStale);
+        // Release before waiting: later overlapping writes queue behind in send order, which is
+        // what keeps the secondary a prefix of our write order.
+        this.lock.release(offset, end); locked = false;
+        if (this.asyncInflight > res.attrs.hwm) {
+          // Over the high water mark: behave as MWC (wait for the remote) until caught up.
+          if (!this.hwmMode) { this.hwmMode = true; this.stats.hwmFallbacks++; }
+          this.stats.hwmWaits++;
+          await remote;
+        }
+        return;
+      }
+      let ok: boolean;
+      if (mode === 'sync') {
+        ok = await this.remote(peer, SVC_WRITE, KIND_APP, offset, data, flags, false);
+        await this.localWrite(res, first, last, () => res.local.write(offset, data, opts));
+      } else {
+        const [, r] = await Promise.all([
+          this.localWrite(res, first, last, () => res.local.write(offset, data, opts)),
+          this.remote(peer, SVC_WRITE, KIND_APP, offset, data, flags, false),
+        ]);
+        ok = r;
+      }
+      if (ok && !keepStale) res.map.endWrite(first, last, 'both'); else this.markLocalOnly(res.map, first, last);
+    } finally {
+      if (locked) this.lock.release(offset, end);
+      this.done();
+    }
+  }
+
+  async flush(): Promise<void> {
+    const res = this.admit();
+    try {
+      const peer = this.activePeer;
+      const remote = peer ? this.net.request(peer, SVC_FLUSH, Buffer.alloc(0), { ordered: res.attrs.mode === 'async' })
+        .then(() => true, (e: unknown) => { this.peerFailed(peer, e); return false; }) : Promise.resolve(true);
+      await res.local.flush();
+      if (res.attrs.mode !== 'async') await remote;
+    } finally { this.done(); }
+  }
+
+  async trim(offset: number, length: number, opts: WriteOptions): Promise<void> {
+    await this.zeroLike(offset, length, true, (res) => res.local.trim(offset, length, opts));
+  }
+
+  async zero(offset: number, length: number, opts: ZeroOptions): Promise<void> {
+    if (opts.fastZero && !this.res?.local.flags().canFastZero) throw ioError('ENOTSUP', 95, 'fast zero not supported');
+    await this.zeroLike(offset, length, false, (res) => res.local.zero(offset, length, opts));
+  }
+
+  private async zeroLike(offset: number, length: number, trim: boolean, op: (res: GmdResources) => Promise<void>): Promise<void> {
+    const res = this.admit();
+    const end = offset + length;
+    await this.lock.lock(offset, end);
+    try {
+      const [first, last] = res.map.regionRange(offset, length);
+      if (this.resyncEngine?.pulling) await this.resyncEngine.pullOnDemand(first, last);
+      const keepStale = this.anyStale(res.map, first, last);
+      await res.map.beginWrite(first, last);
+      const peer = this.activePeer;
+      const remote = peer
+        ? this.net.request(peer, SVC_ZERO, encodeHeader(KIND_APP, trim ? FLAG_TRIM : 0, offset, length), { ordered: res.attrs.mode === 'async' })
+          .then(() => true, (e: unknown) => { this.peerFailed(peer, e); return false; })
+        : Promise.resolve(false);
+      const [, ok] = await Promise.all([this.localWrite(res, first, last, () => op(res)), remote]);
+      if (ok && !keepStale) res.map.endWrite(first, last, 'both'); else this.markLocalOnly(res.map, first, last);
+    } finally {
+      this.lock.release(offset, end);
+      this.done();
+    }
+  }
+
+  async close(): Promise<void> { /* the runner owns the lifetime (stop/unconfigure) */ }
+
+  // ---------------------------------------------------------------- write helpers
+
+  private anyStale(map: MapPort, first: number, last: number): boolean {
+    for (let r = first; r <= last; r++) if (map.cell(r) === CELL_STALE) return true;
+    return false;
+  }
+
+  /** Local write; on failure the region is left marked (the peer may hold the new data) and EIO goes back. */
+  private async localWrite(res: GmdResources, first: number, last: number, op: () => Promise<void>): Promise<void> {
+    try { await op(); } catch (e) {
+      this.markLocalOnly(res.map, first, last);
+      this.event('error', `local volume write failed: ${(e as Error).message}`);
+      throw e;
+    }
+  }
+
+  private markLocalOnly(map: MapPort, first: number, last: number): void {
+    this.stats.staleMarkings++;
+    map.endWrite(first, last, 'local-only');
+  }
+
+  /** One remote data request; false (and the peer dropped) on failure. */
+  private remote(peer: string, svc: number, kind: number, offset: number, data: Buffer, flags: number, ordered: boolean): Promise<boolean> {
+    this.stats.remoteWrites++; this.stats.remoteWriteBytes += data.length;
+    return this.net.request(peer, svc, [encodeHeader(kind, flags, offset, data.length), data], { ordered })
+      .then(() => true, (e: unknown) => { this.peerFailed(peer, e); return false; });
+  }
+
+  private asyncRemote(res: GmdResources, peer: string, first: number, last: number, offset: number, data: Buffer, flags: number, keepStale: boolean): Promise<void> {
+    const len = data.length;
+    this.asyncInflight += len;
+    this.stats.asyncInflightBytes = this.asyncInflight;
+    if (this.asyncInflight > this.stats.asyncInflightMax) this.stats.asyncInflightMax = this.asyncInflight;
+    return this.remote(peer, SVC_WRITE, KIND_APP, offset, data, flags, true).then((ok) => {
+      if (ok && !keepStale) res.map.endWrite(first, last, 'both'); else this.markLocalOnly(res.map, first, last);
+      this.asyncInflight -= len;
+      this.stats.asyncInflightBytes = this.asyncInflight;
+      if (this.asyncInflight === 0) {
+        this.hwmMode = false;
+        for (const w of this.asyncDrained.splice(0)) w();
+      }
+    });
+  }
+
+  private waitAsyncDrained(timeoutMs: number): Promise<void> {
+    if (this.asyncInflight === 0) return Promise.resolve();
+    return new Promise((resolve) => {
+      const t = setTimeout(resolve, timeoutMs);
+      this.asyncDrained.push(() => { clearTimeout(t); resolve(); });
+    });
+  }
+
+  // ---------------------------------------------------------------- peer membership
+
+  private peerFailed(peer: string, e: unknown): void {
+    this.stats.remoteFailures++;
+    if (this.activePeer === peer) this.dropPeer(peer, `remote write failed: ${(e as Error)?.message ?? String(e)}`);
+  }
+
+  /** Stop mirroring to `peer`: from now on writes are marked stale. */
+  private dropPeer(peer: string, why: string): void {
+    if (this.activePeer !== peer) return;
+    this.activePeer = null;
+    void this.resyncEngine?.stop();
+    this.event('warn', `mirroring to ${peer} stopped (${why}); writes are marked stale until it rejoins`);
+  }
+
+  private attachPeer(peer: string, info: PeerInfo): void {
+    const previous = this.activePeer;
+    if (previous && previous !== peer) {
+      // A second remote peer joined while one was active: the seed's driver gmddowns the old one.
+      this.dropPeer(previous, `remote peer ${peer} joined while ${previous} was active (automatic gmddown)`);
+      this.downGiven.add(previous);
+    }
+    this.activePeer = peer;
+    this.downGiven.delete(peer);
+    this.event('info', `mirroring to ${peer}`);
+    this.maybeResync(peer, info);
+  }
+
+  /** Decides who copies what after a join: data flows from the dirty map's side (DESIGN §4 item 3). */
+  private maybeResync(peer: string, info: PeerInfo): void {
+    const res = this.res!;
+    const localDirty = !res.map.isClean();
+    // The side where applications write drives the resync, so it can order resync against its own writes.
+    const driver = res.attrs.role === 'primary' || (res.attrs.role === 'none' && info.role !== 'primary' && (localDirty || this.machine < peer));
+    if (!driver) return;
+    if (!localDirty && !info.mapDirty) return;
+    this.startResync(peer, localDirty ? 'push' : 'pull');
+  }
+
+  private startResync(peer: string, direction: 'push' | 'pull'): void {
+    if (this.resyncEngine?.running) return;
+    const res = this.res!;
+    const engine = new Resync({
+      direction, peer, net: this.net, map: res.map, local: res.local, lock: this.lock,
+      syncRate: res.attrs.syncRate, regionSize: res.attrs.regionSize, rateLimit: res.attrs.resyncRateLimit,
+      ordered: res.attrs.mode === 'async', size: this.devSize, stats: this.stats,
+      isActive: () => this.activePeer === peer && this.stateValue === 'AVAILABLE' && !this.stopping,
+      control: (msg) => this.control(peer, msg, 10000),
+      logger: this.log,
+    });
+    this.resyncEngine = engine;
+    this.event('info', `resync ${direction === 'push' ? `${this.machine} -> ${peer}` : `${peer} -> ${this.machine}`} started`);
+    engine.run().then((p) => {
+      this.lastResync = p;
+      if (p.complete) this.event('info', `resync complete: ${p.doneBytes} bytes in ${p.elapsedSec.toFixed(1)} s`);
+      else this.event('warn', `resync interrupted at ${p.percent.toFixed(1)}% (the state map keeps what is left)`);
+      void res.map.flush().catch(() => undefined);
+    }, (e: unknown) => this.event('error', `resync failed: ${(e as Error).message}`));
+  }
+
+  /** Hooks up GeoMessage events: Promote Failure Timeout and peer restarts. */
+  attachNetEvents(): void {
+    this.net.on('peer-down', (ev) => {
+      if (this.activePeer === ev.peer) {
+        // Not recorded as an admin gmddown: a later start must not stop a peer that came back.
+        this.dropPeer(ev.peer, `Promote Failure Timeout exceeded for ${ev.peer}: gmddown`);
+        this.log.warn({ gmd: this.name, peer: ev.peer }, 'promote failure timeout: gmddown');
+      }
+    });
+    this.net.on('peer-restart', (ev) => {
+      if (this.activePeer === ev.peer) this.dropPeer(ev.peer, `${ev.peer} restarted`);
+    });
+  }
+
+  // ---------------------------------------------------------------- incoming messages
+
+  info(): PeerInfo {
+    const res = this.res;
+    return {
+      machine: this.machine, gmd: this.name, minor: this.minor, size: this.devSize,
+      mode: res?.attrs.mode ?? 'mwc', role: res?.attrs.role ?? 'none', state: this.stateValue,
+      mapDirty: res ? !res.map.isClean() : false, activePeers: this.activePeer ? [this.activePeer] : [],
+      regionSize: res?.attrs.regionSize ?? 0, configDigest: this.configDigest,
+    };
+  }
+
+  private async control(peer: string, msg: ControlMessage, timeoutMs: number): Promise<unknown> {
+    const reply = await this.net.request(peer, SVC_CONTROL, Buffer.from(JSON.stringify(msg)), { timeoutMs });
+    return JSON.parse(reply.toString('utf8')) as unknown;
+  }
+
+  private registerHandlers(): void {
+    this.net.handle(SVC_WRITE, (m) => this.onWrite(m));
+    this.net.handle(SVC_READ, (m) => this.onRead(m));
+    this.net.handle(SVC_FLUSH, async () => { if (this.res) await this.res.local.flush(); return Buffer.alloc(0); });
+    this.net.handle(SVC_ZERO, (m) => this.onZero(m));
+    this.net.handle(SVC_CONTROL, (m) => this.onControl(m));
+  }
+
+  /** Mirror and resync writes from the peer; overlapping ones apply in arrival (= send) order. */
+  private onWrite(m: NetMessage): Promise<Buffer> {
+    const res = this.res;
+    if (!res || this.stateValue !== 'AVAILABLE') return Promise.reject(new GeormError('GMD_ERR_NOT_AVAILABLE', `${this.name} on ${this.machine} is ${this.stateValue}`));
+    const h = decodeHeader(m.payload, this.devSize);
+    if (!h || m.payload.length - 16 !== h.length) return Promise.reject(new GeormError('GMD_ERR_BAD_MESSAGE', 'malformed write'));
+    if (h.kind === KIND_APP && this.activePeer !== m.peer) {
+      // A write from a peer we are not mirroring with (e.g. it was dropped): refuse so it marks stale.
+      return Promise.reject(new GeormError('GMD_ERR_NOT_AVAILABLE', `${m.peer} is not the active peer of ${this.name}`));
+    }
+    const data = m.payload.subarray(16);
+    const end = h.offset + h.length;
+    return new Promise<Buffer>((resolve, reject) => {
+      // acquire() runs synchronously here, in handler-call order: ordered messages keep their order.
+      this.lock.acquire(h.offset, end, () => {
+        res.local.write(h.offset, data, { fua: (h.flags & FLAG_FUA) !== 0 }).then(() => {
+          this.lock.release(h.offset, end);
+          if (h.kind === KIND_RESYNC) this.stats.resyncBytesReceived += h.length;
+          else { this.stats.incomingWrites++; this.stats.incomingWriteBytes += h.length; }
+          resolve(Buffer.alloc(0));
+        }, (e: unknown) => { this.lock.release(h.offset, end); reject(e as Error); });
+      });
+    });
+  }
+
+  private async onRead(m: NetMessage): Promise<Buffer> {
+    const res = this.res;
+    if (!res) throw new GeormError('GMD_ERR_NOT_AVAILABLE', `${this.name} on ${this.machine} is DEFINED`);
+    const h = decodeHeader(m.payload, this.devSize);
+    if (!h) throw new GeormError('GMD_ERR_BAD_MESSAGE', 'malformed read');
+    return res.local.read(h.offset, h.length);
+  }
+
+  private onZero(m: NetMessage): Promise<Buffer> {
+    const res = this.res;
+    if (!res || this.stateValue !== 'AVAILABLE') return Promise.reject(new GeormError('GMD_ERR_NOT_AVAILABLE', `${this.name} is ${this.stateValue}`));
+    const h = decodeHeader(m.payload, this.devSize);
+    if (!h) return Promise.reject(new GeormError('GMD_ERR_BAD_MESSAGE', 'malformed zero'));
+    const end = h.offset + h.length;
+    return new Promise<Buffer>((resolve, reject) => {
+      this.lock.acquire(h.offset, end, () => {
+        const op = (h.flags & FLAG_TRIM) ? res.local.trim(h.offset, h.length, { fua: false })
+          : res.local.zero(h.offset, h.length, { fua: false, noHole: false, fastZero: false });
+        op.then(() => { this.lock.release(h.offset, end); resolve(Buffer.alloc(0)); },
+          (e: unknown) => { this.lock.release(h.offset, end); reject(e as Error); });
+      });
+    });
+  }
+
+  private async onControl(m: NetMessage): Promise<Buffer> {
+    let msg: ControlMessage;
+    try { msg = JSON.parse(m.payload.toString('utf8')) as ControlMessage; } catch { throw new GeormError('GMD_ERR_BAD_MESSAGE', 'malformed control message'); }
+    const reply = (v: unknown) => Buffer.from(JSON.stringify(v));
+    switch (msg.op) {
+      case 'hello':
+        return reply(this.info());
+      case 'join': {
+        if (this.stateValue !== 'AVAILABLE') throw new GeormError('GMD_ERR_NOT_AVAILABLE', `${this.name} on ${this.machine} is ${this.stateValue}`);
+        const from = msg.from;
+        if (from.mode !== this.res!.attrs.mode || from.size !== this.devSize || from.minor !== this.minor) {
+          throw new GeormError('GMD_ERR_MISMATCH', `${m.peer}'s definition of ${this.name} differs from ${this.machine}'s`);
+        }
+        if (from.role === 'primary' && this.res!.attrs.role === 'primary') throw new GeormError('GMD_ERR_BOTH_PRIMARY', 'both sides are primary');
+        this.attachPeer(m.peer, from);
+        return reply(this.info());
+      }
+      case 'leave':
+        this.dropPeer(m.peer, `${m.peer} stopped its GMD`);
+        return reply({ ok: true });
+      case 'down':
+        if (this.stateValue === 'AVAILABLE') {
+          this.event('warn', `stopping: ${m.peer} declared this GMD down (${msg.reason}); protection against data divergence`);
+          // Reply first, then stop, so the peer's request does not wait for our drain.
+          setImmediate(() => { void this.stop('gmddown from peer'); });
+        }
+        return reply({ ok: true });
+      case 'cells':
+        this.needMap();
+        return reply({ cells: Buffer.from(this.res!.map.cells()).toString('base64') });
+      case 'or-map':
+        this.needStoppedMap('unify');
+        await this.res!.map.orWith(new Uint8Array(Buffer.from(msg.cells, 'base64')));
+        this.event('warn', `unify: this machine is master; ${m.peer}'s state map ORed in`);
+        return reply({ ok: true });
+      case 'clear-map':
+        this.needStoppedMap('unify');
+        await this.res!.map.setAll(CELL_CLEAN);
+        this.event('warn', `unify: state map cleared (master is ${m.peer})`);
+        return reply({ ok: true });
+      case 'clean-regions':
+        this.needMap();
+        for (const r of msg.regions) if (r >= 0 && r < this.res!.map.regionCount) this.res!.map.cleanRegion(r);
+        return reply({ ok: true });
+      case 'resync-done':
+        await this.res?.map.flush();
+        return reply({ ok: true });
+      default:
+        throw new GeormError('GMD_ERR_BAD_MESSAGE', 'unknown control operation');
+    }
+  }
+
+  // ---------------------------------------------------------------- reporting
+
+  event(level: GmdEvent['level'], message: string): void {
+    this.events.push({ time: new Date().toISOString(), level, message });
+    if (this.events.length > 50) this.events.shift();
+    this.log[level]({ gmd: this.name }, message);
+  }
+
+  status(): GmdStatus {
+    const res = this.res;
+    const counts = res?.map.counts();
+    return {
+      name: this.name, minor: this.minor, machine: this.machine, state: this.stateValue,
+      role: res?.attrs.role ?? null, mode: res?.attrs.mode ?? null, size: this.devSize,
+      peers: this.peers.map((p) => ({ machine: p, link: this.net.peerState(p), active: this.activePeer === p, downGiven: this.downGiven.has(p) })),
+      map: counts && res ? { ...counts, crashed: res.map.crashed } : null,
+      resync: this.resyncEngine?.running ? this.resyncEngine.progress() : this.lastResync,
+      stats: { ...this.stats }, attrs: res ? { ...res.attrs } : null, events: this.events.slice(-10),
+    };
+  }
+}
+
+function refuse(rule: string, message: string): GeormError {
+  return new GeormError(`GMD_ERR_START_${rule}`, message, { exitCode: 1 });
+}

@@ -1,0 +1,235 @@
+import type { Backend } from '../../nbd/backend.js';
+import type { Logger } from '../util/log.js';
+import type { MapPort, PeerTransport } from './ports.js';
+import { SVC_READ, SVC_WRITE, KIND_RESYNC, encodeHeader, type ControlMessage } from './protocol.js';
+import type { RangeLock } from './rangelock.js';
+
+const CELL_CLEAN = 0;
+
+export interface ResyncProgress {
+  direction: 'push' | 'pull';
+  peer: string;
+  totalBytes: number;
+  doneBytes: number;
+  leftBytes: number;
+  percent: number;
+  /** Recent rate, bytes per second. */
+  rateBps: number;
+  etaSec: number | null;
+  elapsedSec: number;
+  complete: boolean;
+}
+
+export interface ResyncOptions {
+  direction: 'push' | 'pull';
+  peer: string;
+  net: PeerTransport;
+  map: MapPort;
+  local: Backend;
+  lock: RangeLock;
+  syncRate: number;
+  regionSize: number;
+  /** Bytes per second; 0 = unlimited. */
+  rateLimit: number;
+  /** Async GMDs send resync data on the ordered channel, behind queued application writes. */
+  ordered: boolean;
+  size: number;
+  stats: { resyncBytesSent: number; resyncBytesReceived: number; resyncRegions: number };
+  isActive: () => boolean;
+  control: (msg: ControlMessage) => Promise<unknown>;
+  logger: Logger;
+}
+
+/**
+ * Copies dirty regions from the side whose map is dirty to the clean side (DESIGN §4 item 3).
+ *
+ * push: this side's map is dirty; each chunk is locked against application writes, read locally,
+ *       written on the peer, then the regions are cleaned. The map is the progress record, so an
+ *       interrupted resync resumes where it stopped.
+ * pull: the peer's map is dirty and applications write here. Each chunk is locked here, read from
+ *       the peer, written locally, then the peer cleans the regions. Reads and writes that touch a
+ *       region not yet pulled pull it first (pullOnDemand), so nothing stale is ever served.
+ */
+export class Resync {
+  private readonly o: ResyncOptions;
+  private stopped = false;
+  running = false;
+  /** pull mode: regions still to fetch from the peer (1 = pending). */
+  private pending: Uint8Array | null = null;
+  private pendingCount = 0;
+  private toClean: number[] = [];
+  private total = 0;
+  private doneBytes = 0;
+  private readonly started = Date.now();
+  private samples: Array<[number, number]> = [];
+  private finished: Promise<ResyncProgress> | null = null;
+
+  constructor(o: ResyncOptions) { this.o = o; }
+
+  get pulling(): boolean { return this.pendingCount > 0; }
+
+  run(): Promise<ResyncProgress> {
+    this.running = true;
+    this.finished = (this.o.direction === 'push' ? this.push() : this.pull())
+      .finally(() => { this.running = false; })
+      .then(() => this.progress());
+    return this.finished;
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    if (this.finished) await this.finished.catch(() => undefined);
+  }
+
+  progress(): ResyncProgress {
+    const now = Date.now();
+    this.samples = this.samples.filter(([t]) => now - t <= 5000);
+    const first = this.samples[0];
+    const last = this.samples[this.samples.length - 1];
+    const rate = first && last && last[0] > first[0] ? (last[1] - first[1]) * 1000 / (last[0] - first[0])
+      : this.doneBytes * 1000 / Math.max(1, now - this.started);
+    const left = Math.max(0, this.total - this.doneBytes);
+    return {
+      direction: this.o.direction, peer: this.o.peer, totalBytes: this.total, doneBytes: this.doneBytes, leftBytes: left,
+      percent: this.total ? Math.min(100, this.doneBytes * 100 / this.total) : 100,
+      rateBps: Math.round(rate), etaSec: rate > 0 ? Math.round(left / rate) : null,
+      elapsedSec: (now - this.started) / 1000, complete: !this.running && left === 0 && !this.stopped,
+    };
+  }
+
+  private active(): boolean { return !this.stopped && this.o.isActive(); }
+
+  /** Contiguous dirty regions grouped into chunks of about the sync rate. */
+  private chunks(regions: number[]): Array<[first: number, last: number]> {
+    const per = Math.max(1, Math.floor(this.o.syncRate / this.o.regionSize));
+    const out: Array<[number, number]> = [];
+    let i = 0;
+    while (i < regions.length) {
+      const first = regions[i]!;
+      let last = first;
+      i++;
+      while (i < regions.length && regions[i] === last + 1 && last - first + 1 < per) { last = regions[i]!; i++; }
+      out.push([first, last]);
+    }
+    return out;
+  }
+
+  private byteRange(first: number, last: number): [number, number] {
+    const start = first * this.o.regionSize;
+    return [start, Math.min(this.o.size, (last + 1) * this.o.regionSize)];
+  }
+
+  /** Up to `window` chunks in flight; `op` resolves when one chunk is done. */
+  private async pipeline(chunks: Array<[number, number]>, op: (c: [number, number]) => Promise<void>): Promise<void> {
+    const window = Math.max(2, Math.min(64, Math.floor(8 * 1024 * 1024 / Math.max(this.o.syncRate, this.o.regionSize))));
+    let next = 0;
+    let failure: unknown = null;
+    const worker = async () => {
+      while (next < chunks.length && this.active() && failure === null) {
+        const c = chunks[next++]!;
+        try { await op(c); } catch (e) { failure = e; }
+        await this.throttle();
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(window, chunks.length) }, worker));
+    if (failure !== null) throw failure as Error;
+  }
+
+  private async throttle(): Promise<void> {
+    const limit = this.o.rateLimit;
+    if (!limit) return;
+    const ahead = this.doneBytes * 1000 / limit - (Date.now() - this.started);
+    if (ahead > 0) await new Promise((r) => setTimeout(r, ahead));
+  }
+
+  private account(bytes: number, regions: number): void {
+    this.doneBytes += bytes;
+    this.o.stats.resyncRegions += regions;
+    this.samples.push([Date.now(), this.doneBytes]);
+    if (this.samples.length > 200) this.samples.splice(0, 100);
+  }
+
+  private async push(): Promise<void> {
+    const { map, lock, local, net, peer } = this.o;
+    this.total = map.dirtyRegions().length * this.o.regionSize;
+    let idlePasses = 0;
+    while (this.active()) {
+      const dirty = map.dirtyRegions();
+      if (dirty.length === 0) break;
+      const before = this.doneBytes;
+      await this.pipeline(this.chunks(dirty), async ([first, last]) => {
+        const [start, end] = this.byteRange(first, last);
+        await lock.lock(start, end);
+        try {
+          let any = false;
+          for (let r = first; r <= last; r++) if (map.cell(r) !== CELL_CLEAN) { any = true; break; }
+          if (!any) return;
+          const data = await local.read(start, end - start);
+          await net.request(peer, SVC_WRITE, [encodeHeader(KIND_RESYNC, 0, start, data.length), data], { ordered: this.o.ordered });
+          for (let r = first; r <= last; r++) map.cleanRegion(r);
+          this.o.stats.resyncBytesSent += data.length;
+          this.account(data.length, last - first + 1);
+        } finally { lock.release(start, end); }
+      });
+      if (this.doneBytes === before) {
+        // Everything left is in flight right now (async remote writes): let it settle.
+        if (++idlePasses > 500) break;
+        await new Promise((r) => setTimeout(r, 10));
+      } else idlePasses = 0;
+      if (this.doneBytes > this.total) this.total = this.doneBytes + map.dirtyRegions().length * this.o.regionSize;
+    }
+    await map.flush();
+    if (this.active()) await this.o.control({ op: 'resync-done' }).catch(() => undefined);
+  }
+
+  private async pull(): Promise<void> {
+    const { lock } = this.o;
+    const reply = await this.o.control({ op: 'cells' }) as { cells: string };
+    const cells = Buffer.from(reply.cells, 'base64');
+    this.pending = new Uint8Array(cells.length);
+    const regions: number[] = [];
+    for (let r = 0; r < cells.length; r++) if (cells[r] !== CELL_CLEAN) { this.pending[r] = 1; regions.push(r); }
+    this.pendingCount = regions.length;
+    this.total = regions.length * this.o.regionSize;
+    await this.pipeline(this.chunks(regions), async ([first, last]) => {
+      const [start, end] = this.byteRange(first, last);
+      await lock.lock(start, end);
+      try { await this.pullRange(first, last); } finally { lock.release(start, end); }
+      await this.flushCleaned(false);
+    });
+    await this.flushCleaned(true);
+    if (this.pendingCount === 0) await this.o.control({ op: 'resync-done' }).catch(() => undefined);
+    else this.pendingCount = 0; // interrupted: the peer's map still records what is left
+  }
+
+  /** Called with the range lock held by the caller. */
+  async pullOnDemand(first: number, last: number): Promise<void> {
+    if (!this.pending || this.pendingCount === 0) return;
+    await this.pullRange(first, last);
+  }
+
+  private async pullRange(first: number, last: number): Promise<void> {
+    const p = this.pending!;
+    let r = first;
+    while (r <= last) {
+      if (!p[r]) { r++; continue; }
+      let e = r;
+      while (e + 1 <= last && p[e + 1]) e++;
+      const [start, end] = this.byteRange(r, e);
+      const data = await this.o.net.request(this.o.peer, SVC_READ, encodeHeader(KIND_RESYNC, 0, start, end - start));
+      if (data.length !== end - start) throw new Error(`resync read returned ${data.length} bytes, expected ${end - start}`);
+      await this.o.local.write(start, data, { fua: false });
+      for (let i = r; i <= e; i++) { if (p[i]) { p[i] = 0; this.pendingCount--; this.toClean.push(i); } }
+      this.o.stats.resyncBytesReceived += data.length;
+      this.account(data.length, e - r + 1);
+      r = e + 1;
+    }
+  }
+
+  private async flushCleaned(all: boolean): Promise<void> {
+    if (this.toClean.length === 0 || (!all && this.toClean.length < 256)) return;
+    const regions = this.toClean.splice(0);
+    await this.o.local.flush();
+    await this.o.control({ op: 'clean-regions', regions });
+  }
+}
