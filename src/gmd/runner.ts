@@ -3,11 +3,12 @@ import { readFile, stat } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import type { Server } from 'node:net';
-import { NbdServer, FileBackend } from '../../nbd/index.js';
+import { NbdServer, FileBackend, transmissionFlags } from '../../nbd/index.js';
 import { loadConfig, findGmd, findMachine, gmdMachine, peersOf, type ClusterConfig } from './cluster-config.js';
 import { openGeoMessage, loadClusterKey, type GeoMessage, type NetworkEndpoint, type PeerSpec } from '../geomessage/index.js';
 import { StateMap, StateMapError } from '../statemap/index.js';
-import { sdNotify } from '../native/index.js';
+import { systemd } from '../native/systemd.js';
+import { attachExport, DEFAULT_ATTACH_TIMEOUT_SEC, type Attached } from '../native/attach.js';
 import { GeormError } from '../util/errors.js';
 import { createLogger, type Logger } from '../util/log.js';
 import { serveControl } from './control.js';
@@ -104,8 +105,17 @@ export async function runGmd(name: string, opts: RunOptions): Promise<RunningGmd
 
   const controlPath = controlSocketPath(cfg, name, machine);
   let closing: Promise<void> | null = null;
+  // nbd_device: the kernel's /dev/nbdN follows the GMD while it is AVAILABLE here (not as secondary).
+  let attached: Attached | undefined;
+  const attachDevice = (): void => {
+    if (!here.nbdDevice || attached?.attached || device.state !== 'AVAILABLE' || device.attrs?.role === 'secondary') return;
+    attached = attachExport(here.nbdDevice, DEFAULT_ATTACH_TIMEOUT_SEC, device.size(), transmissionFlags(device, false), (s) => nbd.serveSocket(s, name), log);
+  };
+  const detachDevice = (): Promise<void> => attached?.detach().catch((e: unknown) => log.error({ err: (e as Error).message }, 'detach failed')) ?? Promise.resolve();
   const close = (): Promise<void> => {
     closing ??= (async () => {
+      systemd.stopping(`${name}: stopping`);
+      await detachDevice();
       await device.stop('process exit').catch((e: unknown) => log.error({ err: (e as Error).message }, 'stop failed'));
       await nbd.close(2000).catch(() => undefined);
       await device.unconfigure().catch(() => undefined);
@@ -124,9 +134,11 @@ export async function runGmd(name: string, opts: RunOptions): Promise<RunningGmd
       case 'unconfigure': await device.unconfigure(); return device.status();
       case 'start': {
         for (const p of (args.down as string[] | undefined) ?? []) await device.down(p);
-        return device.start();
+        const started = await device.start();
+        attachDevice();
+        return started;
       }
-      case 'stop': await device.stop(); return device.status();
+      case 'stop': await detachDevice(); await device.stop(); return device.status();
       case 'down': return device.down(String(args.peer));
       case 'dirty': await device.dirty(); return device.status();
       case 'clean': await device.clean(); return device.status();
@@ -199,8 +211,10 @@ export async function runGmd(name: string, opts: RunOptions): Promise<RunningGmd
     for (const p of opts.down ?? []) await device.down(p);
     const r = await device.start();
     log.info({ gmd: name }, r.message);
+    attachDevice();
   }
-  sdNotify('READY=1');
+  // READY also starts the watchdog pings georm@.service expects (WatchdogSec).
+  systemd.ready(`${name} on ${machine}: ${device.state}`);
   log.info({ gmd: name, machine, nbd: nbdUris, control: controlPath }, 'GMD process ready');
   return { device, nbdUris, controlPath, close };
 }
