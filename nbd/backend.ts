@@ -61,4 +61,13 @@ export interface Backend {
   blockStatus?(offset: number, length: number): Promise<Extent[]>;
   /** Called once when the server stops using the backend. */
   close?(): Promise<void>;
+
+  /**
+   * Optional fast path, used instead of read() when present: fill `buf[bufOffset, bufOffset+length)`
+   * and call `cb` exactly once. Lets the server read straight into its reply buffer, with no promise
+   * and no extra buffer per request.
+   */
+  readInto?(offset: number, length: number, buf: Buffer, bufOffset: number, cb: (err: Error | null) => void): void;
+  /** Optional fast path, used instead of write() when present; calls `cb` exactly once. */
+  writeCb?(offset: number, data: Buffer, fua: boolean, cb: (err: Error | null) => void): void;
 }

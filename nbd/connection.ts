@@ -10,11 +10,12 @@ import type { NbdLogger } from './log.js';
 import { ByteQueue } from './protocol/byte-queue.js';
 import {
   REQUEST_MAGIC, REQUEST_SIZE, Cmd, NbdErrno, CMD_FLAG_FUA, CMD_FLAG_NO_HOLE, CMD_FLAG_DF,
-  CMD_FLAG_REQ_ONE, CMD_FLAG_FAST_ZERO, BASE_ALLOCATION_ID,
+  CMD_FLAG_REQ_ONE, CMD_FLAG_FAST_ZERO, BASE_ALLOCATION_ID, STRUCTURED_HEADER_SIZE, SIMPLE_REPLY_SIZE,
+  REPLY_FLAG_DONE, ReplyType,
 } from './protocol/constants.js';
 import {
   readRequestHeader, encodeSimpleReply, encodeReadChunkHeader, encodeErrorChunk, encodeBlockStatusChunk,
-  type RequestHeader,
+  writeStructuredHeader, writeSimpleReply, writeU64, type RequestHeader,
 } from './protocol/wire.js';
 import { Handshake, type TransmissionParams } from './handshake.js';
 import { blockSizesOf, type ExportRegistry } from './exports.js';
@@ -29,6 +30,8 @@ export interface ConnectionContext {
 /** Above this many requests in flight we stop reading from the socket (backpressure). */
 const MAX_INFLIGHT = 256;
 const RESUME_INFLIGHT = 128;
+/** Reply batches up to this size are joined into one buffer before writing. */
+const JOIN_LIMIT = 256 * 1024;
 /** Above this many queued reply bytes we stop reading until the socket drains. */
 const MAX_QUEUED_REPLY = 64 * 1024 * 1024;
 
@@ -47,7 +50,9 @@ export class NbdConnection {
   private minBlock = 1;
   private inflight = 0;
   private paused = false;
-  private corked = false;
+  private pending: Buffer[] = [];
+  private pendingBytes = 0;
+  private flushScheduled = false;
   private readonly hdr: RequestHeader = { magic: 0, flags: 0, type: 0, cookieHi: 0, cookieLo: 0, offset: 0, offsetHi: 0, length: 0 };
   private readonly onClosed: (c: NbdConnection) => void;
   readonly peer: string;
@@ -129,6 +134,7 @@ export class NbdConnection {
           else {
             this.ctx.log.debug({ peer: this.peer, reason: outcome.reason }, 'nbd handshake ended');
             this.phase = 'closed';
+            this.flush();
             this.socket.end();
           }
           return;
@@ -176,25 +182,40 @@ export class NbdConnection {
   private finishIfDrained(): void {
     if (this.phase === 'draining' && this.inflight === 0) {
       this.phase = 'closed';
+      this.flush(); // replies still waiting for the batch go out before the FIN
       this.socket.end();
     }
   }
 
-  /** Queues bytes; everything written in one tick leaves in one writev. */
+  /**
+   * Queues reply bytes. Everything produced before the event loop's check phase (all completions of
+   * one poll round) leaves in one socket write: small batches are joined into one buffer (a copy is
+   * cheaper than a stream write per reply), large ones go out as one corked writev.
+   */
   private out(b: Buffer): void {
     if (this.socket.destroyed) return;
-    if (!this.corked) {
-      this.corked = true;
-      this.socket.cork();
-      process.nextTick(uncork, this);
+    this.pending.push(b);
+    this.pendingBytes += b.length;
+    if (!this.flushScheduled) {
+      this.flushScheduled = true;
+      setImmediate(flushReplies, this);
     }
-    this.socket.write(b);
   }
 
   /** @internal */
-  uncorkNow(): void {
-    this.corked = false;
-    this.socket.uncork();
+  flush(): void {
+    this.flushScheduled = false;
+    const list = this.pending;
+    if (list.length === 0 || this.socket.destroyed) { list.length = 0; this.pendingBytes = 0; return; }
+    if (list.length === 1) this.socket.write(list[0]!);
+    else if (this.pendingBytes <= JOIN_LIMIT) this.socket.write(Buffer.concat(list, this.pendingBytes));
+    else {
+      this.socket.cork();
+      for (const b of list) this.socket.write(b);
+      this.socket.uncork();
+    }
+    this.pending = [];
+    this.pendingBytes = 0;
   }
 
   private dispatch(h: RequestHeader, payload: Buffer | undefined): void {
@@ -214,10 +235,26 @@ export class NbdConnection {
     this.inflight++;
     switch (type) {
       case Cmd.READ:
-        b.read(offset, length).then((data) => this.replyRead(hi, lo, offset, data), (e) => this.failed(type, hi, lo, e));
+        if (b.readInto) {
+          // Read straight into the reply buffer, behind room for its header.
+          const hl = this.structured ? STRUCTURED_HEADER_SIZE + 8 : SIMPLE_REPLY_SIZE;
+          const reply = allocReply(hl + length);
+          b.readInto(offset, length, reply, hl, (e) => {
+            if (e) { this.failed(type, hi, lo, e); return; }
+            if (this.structured) {
+              writeStructuredHeader(reply, 0, REPLY_FLAG_DONE, ReplyType.OFFSET_DATA, hi, lo, 8 + length);
+              writeU64(reply, STRUCTURED_HEADER_SIZE, offset);
+            } else writeSimpleReply(reply, 0, hi, lo);
+            this.out(reply);
+            this.done();
+          });
+        } else {
+          b.read(offset, length).then((data) => this.replyRead(hi, lo, offset, data), (e) => this.failed(type, hi, lo, e));
+        }
         return;
       case Cmd.WRITE:
-        b.write(offset, payload!, { fua: (flags & CMD_FLAG_FUA) !== 0 }).then(() => this.replyOk(hi, lo), (e) => this.failed(type, hi, lo, e));
+        if (b.writeCb) b.writeCb(offset, payload!, (flags & CMD_FLAG_FUA) !== 0, (e) => (e ? this.failed(type, hi, lo, e) : this.replyOk(hi, lo)));
+        else b.write(offset, payload!, { fua: (flags & CMD_FLAG_FUA) !== 0 }).then(() => this.replyOk(hi, lo), (e) => this.failed(type, hi, lo, e));
         return;
       case Cmd.FLUSH:
         b.flush().then(() => this.replyOk(hi, lo), (e) => this.failed(type, hi, lo, e));
@@ -277,7 +314,9 @@ export class NbdConnection {
   }
 
   private replyOk(hi: number, lo: number): void {
-    this.out(encodeSimpleReply(0, hi, lo));
+    const r = allocReply(SIMPLE_REPLY_SIZE);
+    writeSimpleReply(r, 0, hi, lo);
+    this.out(r);
     this.done();
   }
 
@@ -317,4 +356,21 @@ export class NbdConnection {
   }
 }
 
-function uncork(c: NbdConnection): void { c.uncorkNow(); }
+function flushReplies(c: NbdConnection): void { c.flush(); }
+
+/**
+ * Reply buffers for small requests are carved from 1 MiB slabs: one allocation per slab instead of
+ * one ArrayBuffer per reply (Node pools only buffers below 4 KiB). A slab is freed by the GC once
+ * every reply cut from it has been written.
+ */
+const SLAB_SIZE = 1024 * 1024;
+const SLAB_MAX_PIECE = 64 * 1024;
+let slab = Buffer.allocUnsafeSlow(SLAB_SIZE);
+let slabPos = 0;
+function allocReply(n: number): Buffer {
+  if (n > SLAB_MAX_PIECE) return Buffer.allocUnsafeSlow(n);
+  if (slabPos + n > SLAB_SIZE) { slab = Buffer.allocUnsafeSlow(SLAB_SIZE); slabPos = 0; }
+  const b = slab.subarray(slabPos, slabPos + n);
+  slabPos = (slabPos + n + 7) & ~7;
+  return b;
+}

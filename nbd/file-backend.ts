@@ -83,6 +83,16 @@ export class FileBackend implements Backend {
     return new Promise((resolve, reject) => readFully(this.fd, buf, 0, length, offset, (e) => (e ? reject(e) : resolve(buf))));
   }
 
+  readInto(offset: number, length: number, buf: Buffer, bufOffset: number, cb: (err: Error | null) => void): void {
+    readFully(this.fd, buf, bufOffset, length, offset, cb);
+  }
+
+  writeCb(offset: number, data: Buffer, fua: boolean, cb: (err: Error | null) => void): void {
+    if (!fua) { writeFully(this.fd, data, 0, data.length, offset, cb); return; }
+    const fd = this.fd;
+    writeFully(fd, data, 0, data.length, offset, (e) => (e ? cb(e) : fs.fdatasync(fd, cb)));
+  }
+
   write(offset: number, data: Buffer, opts: WriteOptions): Promise<void> {
     return new Promise((resolve, reject) => writeFully(this.fd, data, 0, data.length, offset, (e) => {
       if (e) reject(e);

@@ -162,11 +162,16 @@ export function encodeRequest(type: number, flags: number, cookie: bigint, offse
 /** A simple reply header into a fresh 16-byte buffer (pool-allocated by Node: cheap). */
 export function encodeSimpleReply(error: number, cookieHi: number, cookieLo: number): Buffer {
   const b = Buffer.allocUnsafe(SIMPLE_REPLY_SIZE);
+  writeSimpleReply(b, error, cookieHi, cookieLo);
+  return b;
+}
+
+/** Writes a 16-byte simple reply header at the start of `b`. */
+export function writeSimpleReply(b: Buffer, error: number, cookieHi: number, cookieLo: number): void {
   b.writeUInt32BE(SIMPLE_REPLY_MAGIC, 0);
   b.writeUInt32BE(error, 4);
   b.writeUInt32BE(cookieHi, 8);
   b.writeUInt32BE(cookieLo, 12);
-  return b;
 }
 
 /** Writes a structured reply chunk header at `pos` of `b`. */

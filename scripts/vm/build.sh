@@ -72,7 +72,7 @@ if [ ! -e "$out/.done" ]; then
   done
   ln -sf mke2fs "$td/bin/mkfs.ext4"
   size_mb=$(( $(du -sm "$td" | cut -f1) + 64 ))
-  mke2fs -q -F -t ext4 -L georm-tools -d "$td" "$out/tools.img" "${size_mb}M"
+  mke2fs -q -F -t ext4 -E nodiscard,lazy_itable_init=1,lazy_journal_init=1 -L georm-tools -d "$td" "$out/tools.img" "${size_mb}M"
   rm -rf "$td"
   touch "$out/.done"
 fi

@@ -77,3 +77,34 @@ export async function startNbdkit(volume: string, exportName = 'vol'): Promise<H
   await waitListening(port, child, s.output);
   return s;
 }
+
+export function demoAvailable(): boolean {
+  return existsSync(join(ROOT, 'dist/src/cli/commands/demo.js'));
+}
+
+export interface DemoServer extends HostServer { primaryVolume: string; secondaryVolume: string }
+
+/**
+ * `georm demo`: a two-site GeoMirror device on the host's loopback (primary and secondary processes);
+ * the guest reaches the primary's NBD export.
+ */
+export async function startGeormDemo(dir: string, size: string, mode = 'mwc'): Promise<DemoServer> {
+  const child = spawn(process.execPath, [join(ROOT, 'bin/georm.js'), 'demo', '--dir', dir, '--size', size, '--mode', mode],
+    { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, GEORM_LOG_LEVEL: process.env.GEORM_LOG_LEVEL ?? 'warn' } });
+  let line = '';
+  let errText = '';
+  child.stderr.setEncoding('utf8').on('data', (d: string) => { errText += d; });
+  const info = await new Promise<{ uri: string; primaryVolume: string; secondaryVolume: string }>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`georm demo did not start: ${errText.slice(-2000)}`)), 60_000);
+    child.stdout.setEncoding('utf8').on('data', (d: string) => {
+      line += d;
+      const nl = line.indexOf('\n');
+      if (nl >= 0) { clearTimeout(timer); try { resolve(JSON.parse(line.slice(0, nl))); } catch (e) { reject(e as Error); } }
+    });
+    child.once('exit', (code) => { clearTimeout(timer); reject(new Error(`georm demo exited (${code}): ${errText.slice(-2000)}`)); });
+  });
+  const m = /^nbd:\/\/127\.0\.0\.1:(\d+)\/(.*)$/.exec(info.uri);
+  if (!m) throw new Error(`unexpected demo URI ${info.uri}`);
+  const s = wrap('georm demo (GMD primary)', Number(m[1]), decodeURIComponent(m[2]!), child);
+  return { ...s, stop: s.stop, output: () => errText, primaryVolume: info.primaryVolume, secondaryVolume: info.secondaryVolume };
+}

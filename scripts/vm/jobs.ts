@@ -59,3 +59,61 @@ export function fioBench(label: string, device = '/dev/nbd0'): string {
 echo "FIO ${label} ${j.name} $(cut -d';' -f49,48 /tmp/${label}-${j.name}.terse | tr ';' ' ')"
 `).join('');
 }
+
+/**
+ * Inside the guest: `georm export VOLUME --attach DEVICE` from the staged repository (/job/georm)
+ * with the guest's node, in the background; waits until the kernel device has its size.
+ */
+export function geormAttach(volume: string, sizeMb: number, device = '/dev/nbd0', extra = ''): string {
+  const dev = device.replace('/dev/', '');
+  return `truncate -s ${sizeMb}M ${volume}
+node /job/georm/bin/georm.js export ${volume} --attach ${device} --attach-timeout 30 --name vol ${extra} >/tmp/export.out 2>/tmp/export.err &
+GEORM_PID=$!
+i=0; while [ "$(cat /sys/block/${dev}/size)" = "0" ]; do
+  i=$((i+1)); if [ $i -gt 600 ]; then echo "attach timed out"; cat /tmp/export.err; exit 1; fi
+  if ! kill -0 $GEORM_PID 2>/dev/null; then echo "georm export exited"; cat /tmp/export.out /tmp/export.err; exit 1; fi
+  sleep 0.1
+done
+echo "OK attached ${device} $(cat /sys/block/${dev}/size) sectors"
+`;
+}
+
+/** Stops the attached export with SIGTERM (detach: flush, disconnect) and checks the device let go. */
+export function geormDetach(device = '/dev/nbd0'): string {
+  const dev = device.replace('/dev/', '');
+  return `kill -TERM $GEORM_PID
+set +e; wait $GEORM_PID; rc=$?; set -e
+echo "EXPORT-EXIT $rc"
+cat /tmp/export.err | tail -5
+[ "$(cat /sys/block/${dev}/size)" = "0" ] && echo "OK detached"
+`;
+}
+
+/**
+ * The same connection through an /etc/nbdtab line (`nbd-client nbd0`), as the README documents. The
+ * host is a name (nbd-client's nbdtab parser rejects dotted addresses in some versions) and the
+ * port the default 10809 (some versions ignore `port=`): the VM forwards 10.0.2.100:10809 to the server.
+ */
+export function nbdtabConnect(exportName: string, dev = 'nbd0'): string {
+  return `mkdir -p /etc
+echo "10.0.2.100 nbdhost" >> /etc/hosts
+echo "${dev} nbdhost ${exportName} bs=4096,timeout=30" > /etc/nbdtab
+nbd-client ${dev}
+echo "OK nbd-client connected via nbdtab"
+`;
+}
+
+/**
+ * Attaches again, then kills georm with SIGKILL: the device must stop serving at once (reads end
+ * with an error or EOF, never hang) and be released. Prints `CRASH-READ <bytes> <rc>` and `CRASH-SIZE`.
+ */
+export function crashAttached(volume: string, sizeMb: number, device = '/dev/nbd0'): string {
+  const dev = device.replace('/dev/', '');
+  return `${geormAttach(volume, sizeMb, device)}kill -9 $GEORM_PID
+set +e; wait $GEORM_PID; set -e
+n=$(timeout 90 dd if=${device} bs=4096 count=1 iflag=direct 2>/dev/null | wc -c); rc=$?
+echo "CRASH-READ $n $rc"
+i=0; while [ "$(cat /sys/block/${dev}/size)" != "0" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
+echo "CRASH-SIZE $(cat /sys/block/${dev}/size)"
+`;
+}

@@ -21,8 +21,8 @@ export interface VmImages { kernel: string; initrd: string; tools: string; kver:
 
 export interface RunResult<T = unknown> { code: number | null; stdout: string; stderr: string; extra?: T }
 
-function run(cmd: string, args: string[], opts: { timeoutMs?: number; env?: NodeJS.ProcessEnv } = {}): Promise<RunResult> {
-  const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], env: opts.env ?? process.env });
+function run(cmd: string, args: string[], opts: { timeoutMs?: number; env?: NodeJS.ProcessEnv; cwd?: string } = {}): Promise<RunResult> {
+  const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], env: opts.env ?? process.env, cwd: opts.cwd ?? process.cwd() });
   let stdout = '';
   let stderr = '';
   child.stdout.setEncoding('utf8').on('data', (d: string) => { stdout += d; });
@@ -49,7 +49,7 @@ export async function buildVm(cacheDir?: string): Promise<VmImages> {
 /** Production files of this repository that `georm` needs inside the guest (for scenario b). */
 export async function stageRepo(dest: string): Promise<void> {
   mkdirSync(dest, { recursive: true });
-  const ls = await run('npm', ['ls', '--omit=dev', '--all', '--parseable'], { env: { ...process.env, npm_config_loglevel: 'silent' } });
+  const ls = await run('npm', ['ls', '--omit=dev', '--all', '--parseable'], { cwd: ROOT, env: { ...process.env, npm_config_loglevel: 'silent' } });
   const dirs = ls.stdout.trim().split('\n').filter((d) => d && d !== ROOT && d.startsWith(ROOT));
   const cp = await run('bash', ['-c', [
     `set -e; cd ${JSON.stringify(ROOT)}`,
@@ -62,7 +62,7 @@ export async function stageRepo(dest: string): Promise<void> {
 export async function makeJobDisk(jobDir: string, image: string, extraMb = 64): Promise<void> {
   const du = await run('du', ['-sm', jobDir]);
   const mb = Number.parseInt(du.stdout, 10) + extraMb;
-  const r = await run('mke2fs', ['-q', '-F', '-t', 'ext4', '-L', 'georm-job', '-d', jobDir, image, `${mb}M`]);
+  const r = await run('mke2fs', ['-q', '-F', '-t', 'ext4', '-E', 'nodiscard,lazy_itable_init=1,lazy_journal_init=1', '-L', 'georm-job', '-d', jobDir, image, `${mb}M`]);
   if (r.code !== 0) throw new Error(`mke2fs -d failed: ${r.stderr}`);
 }
 
@@ -70,6 +70,12 @@ export async function makeJobDisk(jobDir: string, image: string, extraMb = 64): 
 export async function readJobFile(image: string, path: string): Promise<string | null> {
   const r = await run('debugfs', ['-R', `cat ${path}`, image]);
   return r.code === 0 && !/File not found/.test(r.stderr) ? r.stdout : null;
+}
+
+/** Copies a (binary) file the guest left on the job disk to the host. */
+export async function dumpJobFile(image: string, path: string, dest: string): Promise<void> {
+  const r = await run('debugfs', ['-R', `dump ${path} ${dest}`, image]);
+  if (r.code !== 0 || /not found/i.test(r.stderr) || !existsSync(dest)) throw new Error(`debugfs dump ${path}: ${r.stderr}`);
 }
 
 export interface BootOptions {
@@ -80,6 +86,10 @@ export interface BootOptions {
   workDir: string;
   memMb?: number;
   cpus?: number;
+  /** Guest connections to 10.0.2.100:<guest> are forwarded to the host's 127.0.0.1:<host>. */
+  forward?: Array<{ guest: number; host: number }>;
+  /** Free space on the job disk beyond its files (the guest may create volumes there). */
+  jobSpaceMb?: number;
   timeoutMs?: number;
   /** Called with each console chunk (e.g. to react to markers while the guest runs). */
   onConsole?: (text: string) => void;
@@ -98,14 +108,14 @@ export async function bootVm(o: BootOptions): Promise<BootResult> {
   const jobImage = join(o.workDir, 'job.img');
   const consoleLog = join(o.workDir, 'console.log');
   if (!existsSync(join(o.jobDir, 'run.sh'))) throw new Error(`no run.sh in ${o.jobDir}`);
-  await makeJobDisk(o.jobDir, jobImage);
+  await makeJobDisk(o.jobDir, jobImage, o.jobSpaceMb ?? 64);
   writeFileSync(consoleLog, '');
   const args = [
     '-accel', 'tcg', '-cpu', 'max', '-m', String(o.memMb ?? 1536), '-smp', String(o.cpus ?? 2),
     '-display', 'none', '-monitor', 'none', '-no-reboot', '-serial', 'stdio',
     '-kernel', o.images.kernel, '-initrd', o.images.initrd,
     '-append', 'console=ttyS0 panic=-1 rdinit=/init loglevel=4 nbd.nbds_max=4',
-    '-netdev', 'user,id=n0', '-device', 'virtio-net-pci,netdev=n0',
+    '-netdev', ['user,id=n0', ...(o.forward ?? []).map((f) => `guestfwd=tcp:10.0.2.100:${f.guest}-tcp:127.0.0.1:${f.host}`)].join(','), '-device', 'virtio-net-pci,netdev=n0',
     '-drive', `file=${o.images.tools},if=virtio,format=raw,readonly=on`,
     '-drive', `file=${jobImage},if=virtio,format=raw`,
   ];

@@ -36,7 +36,8 @@ export const HEADER_BYTES = 52;
 export const TAG_BYTES = 16;
 /** IPv4 (20) + UDP (8) header bytes subtracted from a network's MTU. */
 export const IP_UDP_OVERHEAD = 28;
-export const MAX_ACK_RANGES = 64;
+/** Ack ranges per packet: each lost packet leaves a hole (retransmits get new numbers), so allow many. */
+export const MAX_ACK_RANGES = 160;
 
 export const T_DATA = 1;
 export const T_ACK = 2;

@@ -44,7 +44,7 @@ export class ReplayWindow {
 export class ReceivedRanges {
   /** flat [hi0, lo0, hi1, lo1, …], hi0 the highest */
   readonly r: number[] = [];
-  constructor(private readonly max = 64) {}
+  constructor(private readonly max = 160) {}
 
   add(n: number): void {
     const r = this.r;

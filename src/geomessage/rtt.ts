@@ -1,6 +1,6 @@
 /**
  * Retransmission timeout per RFC 6298: SRTT and RTTVAR smoothed with alpha 1/8 and beta 1/4,
- * RTO = SRTT + max(G, 4·RTTVAR), clamped to [minMs, maxMs]; doubled on each timeout (backoff) and
+ * RTO = SRTT + max(G, 4·RTTVAR, SRTT/2), clamped to [minMs, maxMs]; doubled on each timeout (backoff) and
  * reset by the next valid sample. Samples never mix retransmissions: every transmission has its own
  * packet number, so Karn's ambiguity does not arise.
  */
@@ -27,7 +27,9 @@ export class RttEstimator {
 
   /** Current RTO in ms, including backoff. */
   get rto(): number {
-    const base = this.samples === 0 ? this.initialMs : this.srtt + Math.max(1, 4 * this.rttvar);
+    // The variance term has a floor of half the SRTT: on a steady WAN path RTTVAR shrinks to almost
+    // nothing and the timer would otherwise race the fast retransmit that needs about one RTT.
+    const base = this.samples === 0 ? this.initialMs : this.srtt + Math.max(1, 4 * this.rttvar, this.srtt / 2);
     return Math.min(this.maxMs, Math.max(this.minMs, base) * this.backoff);
   }
 

@@ -116,7 +116,10 @@ interface Link {
   rtt: RttEstimator;
   up: boolean;
   lastHeard: number;
+  lastProbe: number;
   consecutiveTimeouts: number;
+  minRtt: number;
+  minRttAt: number;
 }
 
 interface HeldOrdered { msg: IncomingMessage; flags: number; msgId: number }
@@ -130,6 +133,8 @@ class Peer {
   lastHeard: number;
   chosen = -1;
   // sending
+  /** Packet numbers are per peer, so the peer sees gaps only where packets were lost. */
+  nextPseq = 1;
   nextMsgId = 1;
   nextOrderSeq = 1;
   readonly sendQ: OutMsg[] = [];
@@ -142,6 +147,7 @@ class Peer {
   cwnd: number;
   rtoTimer: NodeJS.Timeout | null = null;
   rtoDue = 0;
+  nextWindowAdjust = 0;
   // receiving
   replay = new ReplayWindow();
   ranges = new ReceivedRanges();
@@ -197,7 +203,6 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
   private readonly peers = new Map<string, Peer>();
   private readonly peersById = new Map<number, Peer>();
   private readonly handlers = new Map<number, Handler>();
-  private nextPseq = 1;
   private tick: NodeJS.Timeout | null = null;
   private closed = false;
   private readonly started = nowMs();
@@ -222,8 +227,18 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
     this.rtoMax = opts.rtoMaxMs ?? 2000;
   }
 
-  /** Binds the sockets, greets every peer, starts keepalives. */
+  /** Binds the sockets, greets every peer, starts keepalives. On failure nothing stays bound. */
   async open(): Promise<void> {
+    try {
+      await this.openInner();
+    } catch (err) {
+      for (const n of this.nets) n.socket.close();
+      this.nets.length = 0;
+      throw err;
+    }
+  }
+
+  private async openInner(): Promise<void> {
     const o = this.opts;
     const names = new Set<string>();
     for (const ep of o.endpoints) {
@@ -252,7 +267,6 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
         socket.once('error', reject);
         socket.bind(ep.port, ep.address, () => { socket.off('error', reject); resolve(); });
       }).catch((err: unknown) => {
-        for (const n of this.nets) n.socket.close();
         socket.close();
         throw new GeoMessageError('GEOMSG_ERR_CONFIG', `cannot bind ${ep.address}:${ep.port} for network ${ep.network}: ${(err as Error).message}`, { cause: err });
       });
@@ -266,7 +280,7 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
         const ep = ps.endpoints.find((e) => e.network === net.spec.network);
         if (!ep) return null;
         const l: Link = { net, address: ep.address, port: ep.port, rtt: new RttEstimator(this.rtoMin, this.rtoMax, 200),
-          up: false, lastHeard: -Infinity, consecutiveTimeouts: 0 };
+          up: false, lastHeard: -Infinity, lastProbe: -Infinity, consecutiveTimeouts: 0, minRtt: Infinity, minRttAt: 0 };
         if (ep.mtu && ep.mtu < net.mtu) net.mtu = Math.min(net.mtu, ep.mtu);
         return l;
       });
@@ -392,12 +406,18 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
     this.armRto(peer);
   }
 
+  /** One header object reused for every packet (sealPacket serialises it at once): no garbage per packet. */
+  private readonly scratch: PacketHeader = {
+    type: 0, flags: 0, srcMachine: 0, dstMachine: 0, srcEpoch: 0, dstEpoch: 0, pseq: 0, msgId: 0, corrId: 0, orderSeq: 0,
+    totalLen: 0, msgFloor: 0, service: 0, fragIndex: 0, fragCount: 0, fragLen: 0,
+  };
+
   private header(peer: Peer, type: number, flags: number): PacketHeader {
-    return {
-      type, flags, srcMachine: this.myId, dstMachine: peer.id, srcEpoch: this.epoch, dstEpoch: peer.epoch,
-      pseq: this.nextPseq++, msgId: 0, corrId: 0, orderSeq: 0, totalLen: 0,
-      msgFloor: 0, service: 0, fragIndex: 0, fragCount: 0, fragLen: 0,
-    };
+    const h = this.scratch;
+    h.type = type; h.flags = flags; h.srcMachine = this.myId; h.dstMachine = peer.id; h.srcEpoch = this.epoch; h.dstEpoch = peer.epoch;
+    h.pseq = peer.nextPseq++; h.msgId = 0; h.corrId = 0; h.orderSeq = 0; h.totalLen = 0;
+    h.msgFloor = 0; h.service = 0; h.fragIndex = 0; h.fragCount = 0; h.fragLen = 0;
+    return h;
   }
 
   private msgFloor(peer: Peer): number {
@@ -437,7 +457,9 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
     const h = this.header(peer, type, 0);
     let acks: Buffer | null = null;
     if (withAcks && peer.ranges.r.length) {
-      acks = encodeAckBlock(peer.ranges.r);
+      const room = link.net.mtu - IP_UDP_OVERHEAD - HEADER_BYTES - TAG_BYTES - (payload ? payload.length : 0);
+      const n = Math.min(peer.ranges.r.length >> 1, (room - 2) >> 3);
+      acks = encodeAckBlock(n * 2 < peer.ranges.r.length ? peer.ranges.r.slice(0, n * 2) : peer.ranges.r);
       h.flags |= F_ACKS;
       peer.ackPending = false;
     }
@@ -449,16 +471,22 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
   }
 
   private pingAll(peer: Peer): void {
-    const ts = Buffer.allocUnsafe(8);
-    ts.writeDoubleBE(nowMs(), 0);
-    for (const l of peer.links) if (l) this.sendControl(peer, l, T_PING, ts, false);
+    for (const l of peer.links) if (l) this.ping(peer, l);
   }
 
+  private ping(peer: Peer, link: Link): void {
+    const ts = Buffer.allocUnsafe(8);
+    ts.writeDoubleBE(nowMs(), 0);
+    this.sendControl(peer, link, T_PING, ts, false);
+  }
+
+  /**
+   * Keeps one timer per peer, due no later than the oldest in-flight packet's RTO. The timer is not
+   * cancelled when everything is acknowledged (a request/response would otherwise create and clear a
+   * timer per message); a firing with nothing expired just re-arms.
+   */
   private armRto(peer: Peer): void {
-    if (peer.inflight.size === 0) {
-      if (peer.rtoTimer) { clearTimeout(peer.rtoTimer); peer.rtoTimer = null; }
-      return;
-    }
+    if (peer.inflight.size === 0) return;
     let first: Inflight | undefined;
     for (const f of peer.inflight.values()) { first = f; break; }
     const due = first!.sentAt + peer.links[first!.link]!.rtt.rto;
@@ -483,15 +511,22 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
       peer.retxQ.push(f);
     }
     for (const link of hitLinks) {
-      link.rtt.onTimeout();
       link.consecutiveTimeouts++;
-      // A link that keeps timing out and has not been heard from for longer than its RTO is failing:
-      // move traffic now instead of waiting for the keepalive verdict.
-      if (link.up && link.consecutiveTimeouts >= 2 && now - link.lastHeard > link.rtt.rto && this.otherUpLink(peer, link)) {
+      // A link that keeps timing out and has not been heard from for longer than its (un-backed-off)
+      // RTO is failing: move traffic now instead of waiting for the keepalive verdict.
+      const silentFor = now - link.lastHeard;
+      const quiet = Math.min(this.networkTimeoutMs, Math.max(50, 3 * (link.rtt.srtt + 4 * link.rtt.rttvar)));
+      if (link.up && link.consecutiveTimeouts >= 2 && silentFor > quiet && this.otherUpLink(peer, link)) {
         this.linkDown(peer, link, now);
       }
+      link.rtt.onTimeout();
     }
-    if (hitLinks.size) peer.cwnd = Math.max(32, peer.cwnd >> 1);
+    if (hitLinks.size) {
+      // A single expiry is usually one random loss; repeated expiries without any ack mean the path
+      // is congested or failing: then halve the window.
+      if ([...hitLinks].some((l) => l.consecutiveTimeouts >= 2)) peer.cwnd = Math.max(32, peer.cwnd >> 1);
+      this.log.debug({ peer: peer.name, links: [...hitLinks].map((l) => [l.net.spec.network, l.consecutiveTimeouts, Math.round(now - l.lastHeard), l.rtt.rto]), retx: peer.retxQ.length, inflight: peer.inflight.size }, 'rto');
+    }
     // No network known up: probe the next one on every timeout.
     const cur = peer.chosen >= 0 ? peer.links[peer.chosen] : null;
     if (hitLinks.size && cur && !cur.up && !peer.links.some((l) => l && l.up)) {
@@ -537,6 +572,7 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
     if (pick !== peer.chosen && pick >= 0) {
       const prev = peer.chosen;
       peer.chosen = pick;
+      this.log.debug({ peer: peer.name, from: prev, to: pick, srtt: peer.links.map((l) => l?.rtt.srtt) }, 'network choice');
       if (prev >= 0) this.rerouteFrom(peer, prev);
     }
   }
@@ -563,8 +599,9 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
     if (peer.chosen === idx) {
       peer.chosen = -1;
       this.rechoose(peer);
-      if (peer.chosen !== idx) this.rerouteFrom(peer, idx);
     }
+    // Whatever is still in flight on the failed network is resent on the chosen one now.
+    if (peer.chosen !== idx) this.rerouteFrom(peer, idx);
     this.pump(peer);
   }
 
@@ -717,6 +754,8 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
       case T_PING: {
         c.other++;
         this.sendControl(peer, link, T_PONG, Buffer.from(p.payload), false);
+        // Not yet proven both ways on this network: probe now rather than at the next keepalive.
+        if (!link.up && now - link.lastProbe > 20) { link.lastProbe = now; this.ping(peer, link); }
         break;
       }
       case T_PONG: {
@@ -750,7 +789,7 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
     if (peer.inflight.size === 0) return;
     let minPending = 0;
     for (const k of peer.inflight.keys()) { minPending = k; break; }
-    const maxSent = this.nextPseq - 1;
+    const maxSent = peer.nextPseq - 1;
     let newest: Inflight | null = null;
     let newestPseq = 0;
     for (let i = 0; i < acks.length; i += 2) {
@@ -768,8 +807,9 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
     const link = peer.links[newest.link]!;
     link.rtt.sample(now - newest.sentAt);
     link.consecutiveTimeouts = 0;
+    if (!link.up) this.linkUp(peer, link); // an acknowledged packet proves the round trip
     if (newestPseq > peer.largestAcked) peer.largestAcked = newestPseq;
-    if (peer.cwnd < this.window) peer.cwnd = Math.min(this.window, peer.cwnd + 1);
+    this.adjustWindow(peer, link, now - newest.sentAt, now);
     // Fast retransmit: packets far enough below the newest acknowledged one are lost.
     const limit = peer.largestAcked - REORDER_THRESHOLD;
     for (const [pseq, f] of peer.inflight) {
@@ -778,6 +818,21 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
       if (f.msg.done || f.msg.acked[f.frag]) continue;
       peer.retxQ.push(f);
     }
+  }
+
+  /**
+   * Delay-based window (LEDBAT-like, simplified): once per RTT, shrink by 15% when the smoothed RTT
+   * exceeds the path's minimum by more than max(5 ms, minimum RTT) — our own queue is building in a
+   * socket buffer or a slow link — otherwise grow by 1/8. Random loss does not shrink it (a WAN
+   * with 1% loss keeps its rate); retransmission timeouts halve it (onRto).
+   */
+  private adjustWindow(peer: Peer, link: Link, sample: number, now: number): void {
+    if (sample < link.minRtt || now - link.minRttAt > 10_000) { link.minRtt = sample; link.minRttAt = now; }
+    if (now < peer.nextWindowAdjust) return;
+    peer.nextWindowAdjust = now + Math.max(1, link.rtt.srtt);
+    const queueing = link.rtt.srtt - link.minRtt;
+    if (queueing > Math.max(5, link.minRtt)) peer.cwnd = Math.max(16, Math.floor(peer.cwnd * 0.85));
+    else peer.cwnd = Math.min(this.window, peer.cwnd + Math.max(1, peer.cwnd >> 3));
   }
 
   private fragAcked(peer: Peer, f: Inflight): void {

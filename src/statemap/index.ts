@@ -3,7 +3,7 @@ export {
   type StateMapErrorCode, type StateMapIdentity,
 } from './format.js';
 export {
-  StateMap, readStateMapFile, type StateMapCounts, type StateMapOptions, type StateMapStats, type StateMapSnapshot,
+  StateMap, readStateMapFile, mergeAndClear, resizeStateMap, type StateMapCounts, type StateMapOptions, type StateMapStats, type StateMapSnapshot,
 } from './statemap.js';
 export { dumpStateMap, parseDump, type DumpSource, type ParsedDump } from './dump.js';
 export {

@@ -1,9 +1,9 @@
-import { open as openFile, readFile, unlink, type FileHandle } from 'node:fs/promises';
-import { openSync, closeSync, writeSync } from 'node:fs';
+import { open as openFile, readFile, rename, unlink, type FileHandle } from 'node:fs/promises';
+import { openSync, closeSync, readFileSync, writeSync } from 'node:fs';
 import { dirname } from 'node:path';
 import {
   CELLS_OFFSET, CELL_BITS, CELL_CLEAN, CELL_INFLIGHT_MAX, CELL_STALE, FLAG_OPEN, FORMAT_VERSION, PAGE_SIZE, SLOT_SIZE,
-  StateMapError, cellBytesFor, checkIdentity, encodeHeader, newGenerationId, pickHeader, regionCountFor, unpackCells,
+  StateMapError, cellBytesFor, checkIdentity, encodeHeader, newGenerationId, packCells, pickHeader, regionCountFor, unpackCells,
   validateIdentity, type StateMapHeader, type StateMapIdentity,
 } from './format.js';
 
@@ -13,7 +13,8 @@ export interface StateMapOptions {
   /**
    * Activity-log capacity in regions: how many idle regions may stay marked on disk after their
    * writes completed, so a hot region costs one durable marking instead of one per write. It is
-   * the bound on extra resync after a crash (see README.md). Default 8192 (256 MiB at 32 KiB regions).
+   * the bound on extra resync after a crash (see README.md). Default: the regions of 1 GiB
+   * (32768 at 32 KiB), capped at the device's region count.
    */
   activityLogRegions?: number;
   /** An idle region leaves the activity log (is cleaned on disk) after this long. Default 5000 ms. */
@@ -47,7 +48,10 @@ interface Batch {
 }
 
 const RESOLVED: Promise<void> = Promise.resolve();
-const DEFAULT_AL = 8192;
+/** Default activity log: 1 GiB of device (DRBD's default covers ≈ 4.8 GiB). */
+const DEFAULT_AL_BYTES = 1024 ** 3;
+/** fdatasyncs allowed in flight at once (each on a thread-pool thread). */
+const MAX_SYNCS = 2;
 
 /**
  * The state map of one GMD on one machine: a 4-bit cell per region saying whether the peer holds
@@ -82,6 +86,10 @@ export class StateMap {
   private readonly fh: FileHandle;
   private readonly lockPath: string;
   private readonly mem: Uint8Array;
+  /** The same cells as 32-bit words (whole words only), for fast scans. */
+  private readonly words: Uint32Array;
+  private nStale = 0;
+  private nInconsistent = 0;
   private readonly disk: Buffer;
   private readonly inflight = new Map<number, number>();
   /** Activity log: idle regions marked on disk but clean in memory, oldest first; value = coarse clock. */
@@ -89,6 +97,8 @@ export class StateMap {
   private readonly unsynced = new Map<number, Batch>();
   private readonly dirtyPages = new Set<number>();
   private readonly alCapacity: number;
+  /** Cleaned-but-unwritten regions that trigger a write: max(64, activity log / 8). */
+  private readonly cleanBatch: number;
   private readonly idleTicks: number;
   private next: Batch | null = null;
   private batchIds = 0;
@@ -97,8 +107,12 @@ export class StateMap {
   private lazyWanted = false;
   private headerDirty = false;
   private failed: StateMapError | null = null;
+  private syncTail: Promise<void> = RESOLVED;
+  private syncsInFlight = 0;
   private closed = false;
   private clock = 0;
+  /** Regions zeroed in the image whose page has not been written since: bounded (see evict). */
+  private pendingCleans = 0;
   private readonly timer: NodeJS.Timeout;
   private readonly st = { fastPath: 0, marks: 0, commits: 0, lazyWrites: 0, evictions: 0 };
 
@@ -114,7 +128,10 @@ export class StateMap {
     this.crashed = (header.flags & FLAG_OPEN) !== 0;
     this.disk = disk;
     this.mem = mem;
-    this.alCapacity = Math.max(0, Math.floor(opts.activityLogRegions ?? DEFAULT_AL));
+    this.words = new Uint32Array(mem.buffer, mem.byteOffset, mem.length >> 2);
+    this.recount();
+    this.alCapacity = Math.max(0, Math.floor(opts.activityLogRegions ?? Math.min(header.regionCount, Math.ceil(DEFAULT_AL_BYTES / header.regionSize))));
+    this.cleanBatch = Math.max(64, Math.ceil(this.alCapacity / 8));
     const tickMs = Math.max(10, opts.lazyFlushMs ?? 1000);
     this.idleTicks = Math.max(1, Math.ceil((opts.idleCleanMs ?? 5000) / tickMs));
     this.timer = setInterval(() => this.tick(), tickMs);
@@ -205,25 +222,22 @@ export class StateMap {
   }
 
   counts(): StateMapCounts {
-    let clean = 0, stale = 0;
-    const m = this.mem;
-    for (let r = 0; r < m.length; r++) {
-      const v = m[r]!;
-      if (v === CELL_CLEAN) clean++;
-      else if (v === CELL_STALE) stale++;
-    }
-    return { regions: m.length, clean, inconsistent: m.length - clean - stale, stale };
+    const n = this.mem.length;
+    return { regions: n, clean: n - this.nStale - this.nInconsistent, inconsistent: this.nInconsistent, stale: this.nStale };
   }
 
   isClean(): boolean {
-    const m = this.mem;
-    for (let r = 0; r < m.length; r++) if (m[r] !== CELL_CLEAN) return false;
-    return true;
+    return this.nStale + this.nInconsistent === 0;
   }
 
   /** Before a write is issued: resolves once regions first..last are durably marked on disk. */
   beginWrite(first: number, last: number): Promise<void> {
-    const wait = this.mark(first, last);
+    let wait: Batch | null;
+    try {
+      wait = this.mark(first, last);
+    } catch (e) {
+      return Promise.reject(e as Error);
+    }
     return wait === null ? RESOLVED : wait.promise;
   }
 
@@ -254,12 +268,12 @@ export class StateMap {
       if (n > 0) this.inflight.set(r, n);
       else this.inflight.delete(r);
       if (outcome === 'local-only') {
-        mem[r] = CELL_STALE;
+        this.setMem(r, CELL_STALE);
         if (this.nib(r) !== CELL_STALE) this.setNib(r, CELL_STALE);
       } else if (mem[r] !== CELL_STALE) {
-        if (n > 0) mem[r] = n > CELL_INFLIGHT_MAX ? CELL_INFLIGHT_MAX : n;
+        if (n > 0) this.setMem(r, n > CELL_INFLIGHT_MAX ? CELL_INFLIGHT_MAX : n);
         else {
-          mem[r] = CELL_CLEAN;
+          this.setMem(r, CELL_CLEAN);
           this.hot.set(r, this.clock);
         }
       }
@@ -272,7 +286,7 @@ export class StateMap {
     this.checkUsable();
     this.checkRegion(first, last);
     for (let r = first; r <= last; r++) {
-      this.mem[r] = CELL_STALE;
+      this.setMem(r, CELL_STALE);
       this.hot.delete(r);
       if (this.nib(r) !== CELL_STALE) this.setNib(r, CELL_STALE);
     }
@@ -282,15 +296,23 @@ export class StateMap {
   /** Non-clean regions (stale, or inconsistent), ascending. */
   dirtyRegions(): number[] {
     const out: number[] = [];
-    const m = this.mem;
-    for (let r = 0; r < m.length; r++) if (m[r] !== CELL_CLEAN) out.push(r);
+    for (let r = this.nextDirty(0); r >= 0; r = this.nextDirty(r + 1)) out.push(r);
     return out;
   }
 
   /** The first non-clean region at or after `from`, or -1: lets resync walk a huge map without an array. */
   nextDirty(from = 0): number {
+    if (this.nStale + this.nInconsistent === 0) return -1;
     const m = this.mem;
-    for (let r = Math.max(0, from); r < m.length; r++) if (m[r] !== CELL_CLEAN) return r;
+    let r = Math.max(0, from);
+    // Skip clean stretches four cells at a time.
+    while (r < m.length && (r & 3) !== 0) { if (m[r] !== CELL_CLEAN) return r; r++; }
+    const words = this.words;
+    for (let w = r >> 2; w < words.length; w++) {
+      if (words[w] === 0) continue;
+      for (let k = w << 2; k < (w << 2) + 4; k++) if (m[k] !== CELL_CLEAN) return k;
+    }
+    for (let k = words.length << 2; k < m.length; k++) if (k >= r && m[k] !== CELL_CLEAN) return k;
     return -1;
   }
 
@@ -300,9 +322,9 @@ export class StateMap {
     if (this.mem[region] === CELL_CLEAN) return;
     const n = this.inflight.get(region) ?? 0;
     if (n > 0) {
-      this.mem[region] = n > CELL_INFLIGHT_MAX ? CELL_INFLIGHT_MAX : n;
+      this.setMem(region, n > CELL_INFLIGHT_MAX ? CELL_INFLIGHT_MAX : n);
     } else {
-      this.mem[region] = CELL_CLEAN;
+      this.setMem(region, CELL_CLEAN);
       if (this.nib(region) !== CELL_CLEAN) this.hot.set(region, this.clock);
     }
     this.evict(this.alCapacity);
@@ -318,6 +340,7 @@ export class StateMap {
       throw new StateMapError('STATEMAP_ERR_BUSY', `state map ${this.path}: ${this.inflight.size} regions have writes in flight; stop the GMD first`);
     }
     this.mem.fill(cell);
+    this.recount();
     this.disk.fill(cell | (cell << 4));
     if (this.regionCount & 1) this.disk[this.disk.length - 1] = cell;
     this.hot.clear();
@@ -354,7 +377,7 @@ export class StateMap {
     }
     for (let r = 0; r < cells.length; r++) {
       if (cells[r] === CELL_CLEAN) continue;
-      this.mem[r] = CELL_STALE;
+      this.setMem(r, CELL_STALE);
       this.hot.delete(r);
       if (this.nib(r) !== CELL_STALE) this.setNib(r, CELL_STALE);
     }
@@ -382,7 +405,7 @@ export class StateMap {
     this.hot.clear();
     for (let r = 0; r < cells.length; r++) {
       const v = cells[r] === CELL_CLEAN ? CELL_CLEAN : CELL_STALE;
-      this.mem[r] = v;
+      this.setMem(r, v);
       if (this.nib(r) !== v) this.setNib(r, v);
     }
     await this.durable();
@@ -443,7 +466,7 @@ export class StateMap {
     for (let r = first; r <= last; r++) {
       const n = (this.inflight.get(r) ?? 0) + 1;
       this.inflight.set(r, n);
-      if (mem[r] !== CELL_STALE) mem[r] = n > CELL_INFLIGHT_MAX ? CELL_INFLIGHT_MAX : n;
+      if (mem[r] !== CELL_STALE) this.setMem(r, n > CELL_INFLIGHT_MAX ? CELL_INFLIGHT_MAX : n);
       this.hot.delete(r);
       if (this.nib(r) === CELL_CLEAN) {
         this.setNib(r, 0x1);
@@ -459,6 +482,26 @@ export class StateMap {
     }
     if (wait === null) this.st.fastPath++;
     return wait;
+  }
+
+  /** Every change of an in-memory cell goes through here, so counts() and isClean() are O(1). */
+  private setMem(r: number, v: number): void {
+    const o = this.mem[r]!;
+    if (o === v) return;
+    if (o === CELL_STALE) this.nStale--; else if (o !== CELL_CLEAN) this.nInconsistent--;
+    if (v === CELL_STALE) this.nStale++; else if (v !== CELL_CLEAN) this.nInconsistent++;
+    this.mem[r] = v;
+  }
+
+  private recount(): void {
+    let stale = 0, clean = 0;
+    const m = this.mem;
+    for (let r = 0; r < m.length; r++) {
+      const v = m[r]!;
+      if (v === CELL_CLEAN) clean++; else if (v === CELL_STALE) stale++;
+    }
+    this.nStale = stale;
+    this.nInconsistent = m.length - clean - stale;
   }
 
   private nib(r: number): number {
@@ -478,11 +521,19 @@ export class StateMap {
     if (this.hot.size <= keep) return;
     for (const r of this.hot.keys()) {
       if (this.hot.size <= keep) break;
+      // A marking still being committed stays (only if endWrite came before beginWrite resolved).
+      if (this.unsynced.has(r)) continue;
       this.hot.delete(r);
-      if (this.mem[r] === CELL_CLEAN && !this.inflight.has(r) && !this.unsynced.has(r)) {
+      if (this.mem[r] === CELL_CLEAN && !this.inflight.has(r)) {
         this.setNib(r, CELL_CLEAN);
         this.st.evictions++;
+        this.pendingCleans++;
       }
+    }
+    // Bound the regions cleaned in memory but still marked on disk: write them out soon.
+    if (this.pendingCleans > this.cleanBatch && !this.failed && !this.closed) {
+      this.lazyWanted = true;
+      this.kick();
     }
   }
 
@@ -491,10 +542,12 @@ export class StateMap {
     // Regions idle for idleTicks leave the activity log: a quiet device converges to a truthful map.
     for (const [r, t] of this.hot) {
       if (this.clock - t < this.idleTicks) break;
+      if (this.unsynced.has(r)) continue;
       this.hot.delete(r);
-      if (this.mem[r] === CELL_CLEAN && !this.inflight.has(r) && !this.unsynced.has(r)) {
+      if (this.mem[r] === CELL_CLEAN && !this.inflight.has(r)) {
         this.setNib(r, CELL_CLEAN);
         this.st.evictions++;
+        this.pendingCleans++;
       }
     }
     if (this.dirtyPages.size > 0 && !this.failed && !this.closed) {
@@ -527,12 +580,22 @@ export class StateMap {
     setImmediate(() => { this.scheduled = false; void this.commitLoop(); });
   }
 
+  /**
+   * The single writer. Page and header writes are strictly serial (so images of one page never race);
+   * the fdatasync of a batch runs in the background while the next batch's pages are written, up to
+   * MAX_SYNCS at once, and batches are resolved strictly in order (a batch is durable only when every
+   * earlier one is).
+   */
   private async commitLoop(): Promise<void> {
     if (this.committing) return;
     this.committing = true;
     let batch: Batch | null = null;
     try {
       while (this.next !== null || this.lazyWanted) {
+        if (this.syncsInFlight >= MAX_SYNCS) {
+          await this.syncTail;
+          continue;
+        }
         batch = this.next;
         this.next = null;
         this.lazyWanted = false;
@@ -546,13 +609,9 @@ export class StateMap {
             await this.fh.write(encodeHeader(this.header), 0, SLOT_SIZE, slot * SLOT_SIZE);
             this.slot = slot;
           }
-          await this.fh.datasync();
-          this.st.commits++;
-          for (const r of batch.regions) if (this.unsynced.get(r) === batch) this.unsynced.delete(r);
           const b = batch;
           batch = null;
-          b.resolve();
-          for (const cb of b.callbacks) cb();
+          this.startSync(b);
         } else {
           this.st.lazyWrites++;
         }
@@ -564,11 +623,32 @@ export class StateMap {
     }
   }
 
+  private startSync(b: Batch): void {
+    const prev = this.syncTail;
+    this.syncsInFlight++;
+    this.syncTail = this.fh.datasync().then(() => prev).then(() => {
+      this.syncsInFlight--;
+      if (this.failed) {
+        b.reject(this.failed);
+        for (const cb of b.callbacks) cb(this.failed);
+        return;
+      }
+      this.st.commits++;
+      for (const r of b.regions) if (this.unsynced.get(r) === b) this.unsynced.delete(r);
+      b.resolve();
+      for (const cb of b.callbacks) cb();
+    }, (e: unknown) => {
+      this.syncsInFlight--;
+      this.fail(e, b);
+    });
+  }
+
   /** Writes every dirty page, adjacent pages coalesced, from a copy taken now (memory keeps changing). */
   private async writePages(): Promise<void> {
     if (this.dirtyPages.size === 0) return;
     const pages = [...this.dirtyPages].sort((a, b) => a - b);
     this.dirtyPages.clear();
+    this.pendingCleans = 0;
     const runs: Array<{ pos: number; buf: Buffer }> = [];
     for (let i = 0; i < pages.length;) {
       let j = i;
@@ -589,6 +669,7 @@ export class StateMap {
 
   private fail(e: unknown, inFlight: Batch | null): void {
     const err = new StateMapError('STATEMAP_ERR_IO', `state map ${this.path} cannot be written: ${(e as Error).message}; the GMD must stop (writes are refused)`, { cause: e });
+    if (this.failed) return;
     this.failed = err;
     for (const b of [inFlight, this.next]) {
       if (!b) continue;
@@ -607,6 +688,67 @@ export class StateMap {
     if (!(Number.isInteger(first) && Number.isInteger(last) && first >= 0 && first <= last && last < this.regionCount)) {
       throw new StateMapError('STATEMAP_ERR_INVALID', `region range ${first}..${last} outside the map (0..${this.regionCount - 1})`);
     }
+  }
+}
+
+/**
+ * Unify (seed §8.3.5, `gmd_update_state -U`) and local takeover (seed §2.2) when both maps are on
+ * this machine: `into` gets every region non-clean in `from` as stale (durably, first), then `from`
+ * is cleared. Data must then flow from `into`'s side.
+ */
+export async function mergeAndClear(into: StateMap, from: StateMap): Promise<void> {
+  await into.orWith(from);
+  await from.setAll(CELL_CLEAN);
+}
+
+/**
+ * Size follows the device: rewrites a closed map for a new device size (seed §6.5.4, growing a
+ * volume). Existing cells keep their values; regions beyond the old end get `newRegions` — 'stale'
+ * on the side whose data the other must receive (the primary), 'clean' on the other side, or the
+ * two maps diverge. Shrinking drops the cells past the new end. The file is replaced atomically
+ * (write beside, fsync, rename), under the map's lock.
+ */
+export async function resizeStateMap(path: string, deviceSize: number, newRegions: 'stale' | 'clean'): Promise<void> {
+  const lockPath = `${path}.lock`;
+  await acquireLock(path, lockPath);
+  try {
+    let fh: FileHandle;
+    try {
+      fh = await openFile(path, 'r');
+    } catch (e) {
+      throw ioError(e, path, 'open');
+    }
+    let header: StateMapHeader;
+    let cells: Uint8Array;
+    try {
+      ({ header, cells } = await readMap(path, fh, undefined));
+    } finally {
+      await fh.close();
+    }
+    const id = { gmdName: header.gmdName, minor: header.minor, regionSize: header.regionSize, deviceSize };
+    validateIdentity(id);
+    const count = regionCountFor(deviceSize, header.regionSize);
+    const next = new Uint8Array(count).fill(newRegions === 'stale' ? CELL_STALE : CELL_CLEAN, Math.min(count, cells.length));
+    next.set(cells.subarray(0, Math.min(count, cells.length)));
+    // The old last region may have been partial; if it grew, its new part is as unknown as the rest.
+    if (count > cells.length && header.deviceSize % header.regionSize !== 0 && newRegions === 'stale') next[cells.length - 1] = CELL_STALE;
+    const out: StateMapHeader = { ...header, deviceSize, regionCount: count, seq: header.seq + 1n, updatedMs: Date.now() };
+    const tmp = `${path}.resize`;
+    const w = await openFile(tmp, 'w', 0o600);
+    try {
+      await w.write(encodeHeader(out), 0, SLOT_SIZE, 0);
+      await w.write(Buffer.alloc(SLOT_SIZE), 0, SLOT_SIZE, SLOT_SIZE);
+      const packed = packCells(next);
+      await w.write(packed, 0, packed.length, CELLS_OFFSET);
+      await w.truncate(CELLS_OFFSET + packed.length);
+      await w.datasync();
+    } finally {
+      await w.close();
+    }
+    await rename(tmp, path);
+    await syncDir(dirname(path));
+  } finally {
+    await unlink(lockPath).catch(() => undefined);
   }
 }
 
@@ -668,6 +810,7 @@ async function readMap(path: string, fh: FileHandle, expect: Partial<StateMapIde
 
 function ioError(e: unknown, path: string, what: string): StateMapError {
   const code = (e as NodeJS.ErrnoException).code;
+  if (code === 'ENOENT' && what === 'create') return new StateMapError('STATEMAP_ERR_NOT_FOUND', `cannot create state map ${path}: directory ${dirname(path)} does not exist`, { cause: e });
   if (code === 'ENOENT') return new StateMapError('STATEMAP_ERR_NOT_FOUND', `state map ${path} does not exist (create it with 'georm configure')`, { cause: e });
   if (code === 'EEXIST') return new StateMapError('STATEMAP_ERR_EXISTS', `state map ${path} already exists; refusing to overwrite it`, { cause: e });
   return new StateMapError('STATEMAP_ERR_IO', `cannot ${what} state map ${path}: ${(e as Error).message}`, { cause: e });
@@ -690,19 +833,33 @@ async function acquireLock(path: string, lockPath: string): Promise<void> {
   for (let attempt = 0; attempt < 3; attempt++) {
     try {
       const fd = openSync(lockPath, 'wx', 0o600);
-      writeSync(fd, `${process.pid}\n`);
+      writeSync(fd, `${process.pid} ${processStartTime(process.pid) ?? ''}\n`);
       closeSync(fd);
       return;
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw ioError(e, path, 'lock');
     }
-    const pid = Number.parseInt(await readFile(lockPath, 'utf8').catch(() => ''), 10);
-    if (Number.isInteger(pid) && pid > 0 && pidAlive(pid)) {
+    const [pidText, startText] = (await readFile(lockPath, 'utf8').catch(() => '')).trim().split(/\s+/);
+    const pid = Number.parseInt(pidText ?? '', 10);
+    // Same pid but another start time: the owner died and its pid was reused; the lock is stale.
+    const sameProcess = !startText || processStartTime(pid) === null || processStartTime(pid) === startText;
+    if (Number.isInteger(pid) && pid > 0 && pidAlive(pid) && sameProcess) {
       throw new StateMapError('STATEMAP_ERR_LOCKED', `state map ${path} is in use by process ${pid} (lock ${lockPath})`);
     }
     await unlink(lockPath).catch(() => undefined);
   }
   throw new StateMapError('STATEMAP_ERR_LOCKED', `cannot take the lock ${lockPath} of state map ${path}`);
+}
+
+/** Start time of a process in clock ticks since boot (/proc/PID/stat field 22), or null if unknown. */
+function processStartTime(pid: number): string | null {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    // The command name (field 2) may contain spaces and parentheses: count fields after the last ')'.
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19] ?? null;
+  } catch {
+    return null;
+  }
 }
 
 function pidAlive(pid: number): boolean {

@@ -1,8 +1,8 @@
 import t, { type Test } from 'tap';
-import { readFileSync, writeFileSync, truncateSync, statSync } from 'node:fs';
+import { readFileSync, writeFileSync, truncateSync, statSync, unlinkSync, closeSync, openSync } from 'node:fs';
 import { join } from 'node:path';
 import { tempDir } from '../helpers/env.js';
-import { StateMap, readStateMapFile, CELL_CLEAN, CELL_STALE, StateMapError } from '../../src/statemap/index.js';
+import { StateMap, readStateMapFile, mergeAndClear, resizeStateMap, CELL_CLEAN, CELL_STALE, StateMapError } from '../../src/statemap/index.js';
 
 const ID = { gmdName: 'data10gmd', minor: 10, deviceSize: 10 * 1024 * 1024 + 512, regionSize: 32 * 1024 };
 
@@ -76,7 +76,7 @@ t.test('activity log: hot regions are marked once; idle ones are cleaned lazily'
   t.equal(map.stats().activityLog, 0, 'idle regions left the activity log');
   const cells = (await readStateMapFile(path)).cells;
   t.equal(cells.reduce((a, v) => a + (v ? 1 : 0), 0), 0, 'and were cleaned on disk by the background writer');
-  await map.close();
+  await map.close(); // closes the /dev/full descriptor
 });
 
 t.test('group commit: concurrent beginWrite calls share commits', async (t) => {
@@ -104,7 +104,13 @@ t.test('group commit: concurrent beginWrite calls share commits', async (t) => {
   t.ok(map.isClean());
   await t.rejects(map.setAll(3), { code: 'STATEMAP_ERR_INVALID' });
   await map.close();
-  t.throws(() => map.beginWrite(0, 0), { code: 'STATEMAP_ERR_CLOSED' });
+  await t.rejects(map.beginWrite(0, 0), { code: 'STATEMAP_ERR_CLOSED' });
+  const cbErr = await new Promise<Error | undefined>((resolve) => {
+    t.equal(map.beginWriteCb(0, 0, resolve), false, 'callback form reports the error');
+  });
+  t.match(cbErr, { code: 'STATEMAP_ERR_CLOSED' }, 'through the callback');
+  await t.rejects(map.markStale(0, 0), { code: 'STATEMAP_ERR_CLOSED' });
+  t.throws(() => map.endWrite(0, 99999, 'both'), { code: 'STATEMAP_ERR_INVALID' });
 });
 
 t.test('orWith: unify and local takeover', async (t) => {
@@ -126,7 +132,10 @@ t.test('orWith: unify and local takeover', async (t) => {
   const c = await StateMap.create(join(dir, 'c.map'), { ...ID, deviceSize: ID.deviceSize * 2 });
   await t.rejects(a.orWith(c), { code: 'STATEMAP_ERR_MISMATCH' });
   b.endWrite(9, 9, 'both');
-  await b.setAll(CELL_CLEAN); // seed §2.2: the failed machine's map is cleaned after the merge
+  // seed §2.2 / §8.3.5: merge, then the other map is cleared.
+  await mergeAndClear(a, b);
+  t.ok(b.isClean());
+  t.same(a.dirtyRegions(), [1, 2, 3, 9, 20]);
   await Promise.all([a.close(), b.close(), c.close()]);
 });
 
@@ -138,6 +147,14 @@ t.test('refusals: missing, existing, locked, mismatched, corrupt, truncated', as
   await t.rejects(StateMap.create(path, ID), { code: 'STATEMAP_ERR_EXISTS' });
   await t.rejects(StateMap.open(path), { code: 'STATEMAP_ERR_LOCKED', message: /in use by process/ });
   await map.close();
+  // Stale locks: a dead owner, or a live pid whose start time differs (the pid was reused).
+  writeFileSync(`${path}.lock`, '4194303 12345\n');
+  await (await StateMap.open(path)).close();
+  writeFileSync(`${path}.lock`, `${process.pid} 1\n`);
+  await (await StateMap.open(path)).close();
+  writeFileSync(`${path}.lock`, `${process.pid}\n`);
+  await t.rejects(StateMap.open(path), { code: 'STATEMAP_ERR_LOCKED' }, 'a live owner without a start time is respected');
+  unlinkSync(`${path}.lock`);
 
   await t.rejects(StateMap.open(path, { gmdName: 'other' }), { code: 'STATEMAP_ERR_MISMATCH', message: /GMD name 'data10gmd' \(expected 'other'\)/ });
   await t.rejects(StateMap.open(path, { minor: 11 }), { code: 'STATEMAP_ERR_MISMATCH' });
@@ -188,4 +205,81 @@ t.test('no 32 GB limit: a 2 TiB device', async (t) => {
   t.same(map.dirtyRegions(), [map.regionCount - 1]);
   await map.close();
   t.equal((await readStateMapFile(path)).cells[map.regionCount - 1], CELL_STALE);
+});
+
+t.test('resizeStateMap: the map follows a grown or shrunk device', async (t) => {
+  const path = join(setup(t), 'rs.map');
+  const small = { gmdName: 'rs', minor: 2, deviceSize: 100 * 32768, regionSize: 32768 };
+  const map = await StateMap.create(path, small);
+  await map.markStale(10, 10);
+  await t.rejects(resizeStateMap(path, 200 * 32768, 'stale'), { code: 'STATEMAP_ERR_LOCKED' }, 'not while open');
+  await map.close();
+  await resizeStateMap(path, 200 * 32768, 'stale');
+  let snap = await readStateMapFile(path, { ...small, deviceSize: 200 * 32768 });
+  t.equal(snap.cells.length, 200);
+  t.equal(snap.cells[10], CELL_STALE, 'old cells kept');
+  t.equal(snap.cells[50], CELL_CLEAN);
+  t.ok(snap.cells.subarray(100).every((v) => v === CELL_STALE), 'grown part stale on the primary');
+  await resizeStateMap(path, 150 * 32768 + 512, 'clean');
+  snap = await readStateMapFile(path);
+  t.equal(snap.cells.length, 151, 'shrunk (partial last region counts)');
+  t.equal(snap.identity.deviceSize, 150 * 32768 + 512);
+  await resizeStateMap(path, 160 * 32768, 'clean');
+  snap = await readStateMapFile(path);
+  t.ok(snap.cells.subarray(151).every((v) => v === CELL_CLEAN), 'grown part clean on the secondary');
+  const again = await StateMap.open(path, { deviceSize: 160 * 32768 });
+  t.equal(again.regionCount, 160);
+  await again.close();
+  await t.rejects(resizeStateMap(path, 0, 'clean'), { code: 'STATEMAP_ERR_INVALID' });
+  await t.rejects(resizeStateMap(join(setup(t), 'none.map'), 1 << 20, 'clean'), { code: 'STATEMAP_ERR_NOT_FOUND' });
+});
+
+t.test('a map that cannot be written refuses further writes (never issues one unmarked)', async (t) => {
+  const dir = setup(t);
+  await t.rejects(StateMap.create(join(dir, 'no/such/dir.map'), ID), { code: 'STATEMAP_ERR_NOT_FOUND', message: /directory .* does not exist/ });
+  const map = await StateMap.create(join(dir, 'io.map'), ID, { activityLogRegions: 0 });
+  // Put /dev/full under its file descriptor: every later write of the map fails with ENOSPC.
+  // (The fd number is refilled at once, so no other file can ever receive the map's writes.)
+  const fd = (map as unknown as { fh: { fd: number } }).fh.fd;
+  closeSync(fd);
+  const extra: number[] = [];
+  for (let n = openSync('/dev/full', 'w'); ; n = openSync('/dev/full', 'w')) {
+    if (n === fd) break;
+    extra.push(n);
+    if (n > fd + 64) throw new Error('could not refill the descriptor');
+  }
+  t.teardown(() => { for (const n of extra) closeSync(n); });
+  await t.rejects(map.beginWrite(1, 1), { code: 'STATEMAP_ERR_IO', message: /cannot be written: .*(ENOSPC|EINVAL)/ });
+  await t.rejects(map.beginWrite(2, 2), { code: 'STATEMAP_ERR_IO' }, 'and stays failed');
+  await t.rejects(map.flush(), { code: 'STATEMAP_ERR_IO' });
+  await map.close(); // closes the /dev/full descriptor
+});
+
+t.test('counts, isClean and nextDirty stay equal to a full scan under random operations', async (t) => {
+  const path = join(setup(t), 'prop.map');
+  const map = await StateMap.create(path, { gmdName: 'prop', minor: 0, deviceSize: 37 * 4096, regionSize: 4096 }, { activityLogRegions: 4 });
+  const open: Array<[number, number]> = [];
+  let bad = 0;
+  for (let i = 0; i < 3000; i++) {
+    const op = Math.random();
+    const a = Math.floor(Math.random() * 37);
+    const b = Math.min(36, a + Math.floor(Math.random() * 3));
+    if (op < 0.35) { await map.beginWrite(a, b); open.push([a, b]); }
+    else if (op < 0.7 && open.length) {
+      const [x, y] = open.splice(Math.floor(Math.random() * open.length), 1)[0]!;
+      map.endWrite(x, y, Math.random() < 0.8 ? 'both' : 'local-only');
+    } else if (op < 0.75) await map.markStale(a, b);
+    else map.cleanRegion(a);
+    const cells = map.cells();
+    const stale = cells.filter((v) => v === CELL_STALE).length;
+    const clean = cells.filter((v) => v === CELL_CLEAN).length;
+    const want = { regions: 37, clean, inconsistent: 37 - clean - stale, stale };
+    const dirty = [...cells].map((v, r) => (v ? r : -1)).filter((r) => r >= 0);
+    const from = Math.floor(Math.random() * 40);
+    if (JSON.stringify(map.counts()) !== JSON.stringify(want) || map.isClean() !== (clean === 37)
+      || JSON.stringify(map.dirtyRegions()) !== JSON.stringify(dirty) || map.nextDirty(from) !== (dirty.find((r) => r >= from) ?? -1)) bad++;
+  }
+  t.equal(bad, 0, '3000 random operations');
+  for (const [x, y] of open) map.endWrite(x, y, 'both');
+  await map.close();
 });

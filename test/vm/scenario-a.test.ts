@@ -3,14 +3,14 @@ import { closeSync, mkdirSync, openSync, ftruncateSync, writeFileSync } from 'no
 import { join } from 'node:path';
 import type { ChildProcess } from 'node:child_process';
 import { bootVm, buildVm, vmUnavailable } from '../../scripts/vm/vm.js';
-import { geormAvailable, startGeormExport, startNbdkit, type HostServer } from '../../scripts/vm/host.js';
-import { filesystemWorkload, nbdClientConnect, nbdClientDisconnect } from '../../scripts/vm/jobs.js';
+import { demoAvailable, geormAvailable, startGeormDemo, startGeormExport, startNbdkit, type HostServer } from '../../scripts/vm/host.js';
+import { filesystemWorkload, nbdClientDisconnect, nbdtabConnect } from '../../scripts/vm/jobs.js';
 import { missingTools, tempDir } from '../helpers/env.js';
 import { checkFilesystemRun } from './helpers.js';
 
 /**
  * Scenario (a): a real Linux kernel (Debian's cloud kernel under qemu TCG) attaches /dev/nbd0 with
- * Debian's nbd-client to an NBD export on the host, makes ext4 on it, writes files and a fio verify
+ * Debian's nbd-client (configured by an /etc/nbdtab line) to an NBD export on the host, makes ext4 on it, writes files and a fio verify
  * job; the host then finds exactly those bytes in its backing volume.
  */
 const skip = vmUnavailable() || missingTools('qemu-system-x86_64', 'nbd-client', 'busybox', 'cpio', 'mke2fs', 'debugfs', 'fio', 'apt-get');
@@ -38,8 +38,30 @@ t.test('guest nbd-client → host NBD export: mkfs, mount, files, fio verify', {
   const job = join(dir, 'job');
   mkdirSync(job);
   writeFileSync(join(job, 'run.sh'), `set -e
-${nbdClientConnect(server.port, server.exportName)}${filesystemWorkload()}${nbdClientDisconnect()}`);
-  const res = await bootVm({ images, jobDir: job, workDir: join(dir, 'vm'), timeoutMs: 240_000, track: (c) => children.push(c) });
+${nbdtabConnect(server.exportName)}${filesystemWorkload()}${nbdClientDisconnect()}`);
+  const res = await bootVm({ images, jobDir: job, workDir: join(dir, 'vm'), timeoutMs: 240_000, forward: [{ guest: 10809, host: server.port }], track: (c) => children.push(c) });
   await server.stop();
   await checkFilesystemRun(t, 'scenario-a', res, [volume]);
+});
+
+t.test('guest nbd-client → GMD primary on the host (georm demo): both volumes identical', { skip: skip || (!demoAvailable() && '`georm demo` not built yet (gmd module)'), timeout: 300_000 }, async (t) => {
+  const { dir, cleanup } = tempDir('georm-vm-a-gmd-');
+  t.teardown(cleanup);
+  const children: ChildProcess[] = [];
+  let server: HostServer | undefined;
+  t.teardown(async () => {
+    await server?.stop();
+    for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+  });
+  const images = await buildVm();
+  const demo = await startGeormDemo(join(dir, 'demo'), '96M', 'mwc');
+  server = demo;
+  t.comment(`host server: ${demo.kind}, NBD on 127.0.0.1:${demo.port}, export ${demo.exportName}`);
+  const job = join(dir, 'job');
+  mkdirSync(job);
+  writeFileSync(join(job, 'run.sh'), `set -e
+${nbdtabConnect(demo.exportName)}${filesystemWorkload()}${nbdClientDisconnect()}`);
+  const res = await bootVm({ images, jobDir: job, workDir: join(dir, 'vm'), timeoutMs: 240_000, forward: [{ guest: 10809, host: demo.port }], track: (c) => children.push(c) });
+  await demo.stop(); // primary first, then secondary: both volumes final
+  await checkFilesystemRun(t, 'scenario-a-gmd', res, [demo.primaryVolume, demo.secondaryVolume]);
 });

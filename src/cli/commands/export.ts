@@ -1,7 +1,9 @@
 import { basename } from 'node:path';
 import { stat, open } from 'node:fs/promises';
 import { Command, Option } from 'commander';
-import { NbdServer, FileBackend, nbdUri } from '../../../nbd/index.js';
+import { NbdServer, FileBackend, nbdUri, transmissionFlags } from '../../../nbd/index.js';
+import { attachExport, parseAttachTimeout } from '../../native/attach.js';
+import { nativeFileExtensions } from '../../native/extensions.js';
 import { GeormError } from '../../util/errors.js';
 import { createLogger } from '../../util/log.js';
 import { parseSize, formatSize } from '../../util/size.js';
@@ -13,6 +15,9 @@ export interface ExportOptions {
   readOnly?: boolean;
   size?: string;
   json?: boolean;
+  /** /dev/nbdN to attach the export to through the native addon. */
+  attach?: string;
+  attachTimeout?: string;
 }
 
 /**
@@ -30,10 +35,12 @@ export function register(program: Command): void {
     .option('-r, --read-only', 'refuse writes (EPERM)')
     .option('-s, --size <size>', 'create FILE as a sparse file of this size if it does not exist (512, 64K, 1G, 1GiB)')
     .option('--json', 'print the startup line as JSON')
+    .option('-a, --attach <device>', 'also attach the export to a kernel NBD device, e.g. /dev/nbd0 (root; modprobe nbd)')
+    .option('--attach-timeout <seconds>', 'seconds before the kernel fails unanswered I/O on the attached device', '60')
     .addHelpText('after', '\nPrints one line with the NBD URI once listening; SIGINT/SIGTERM stop it cleanly.\n' +
       'Example: georm export /var/lib/disk.img --listen unix:/run/disk.sock --name disk')
     .action(async (file: string, opts: ExportOptions) => {
-      const running = await startExport(file, { ...opts, listen: opts.listen ?? ['tcp://127.0.0.1:10809'] });
+      const running = await startExport(file, { ...opts, listen: opts.listen ?? (opts.attach ? [] : ['tcp://127.0.0.1:10809']) });
       process.stdout.write(opts.json ? `${JSON.stringify(running.info)}\n` : `${running.info.uri}\n`);
       await waitForSignal();
       await running.stop();
@@ -41,7 +48,7 @@ export function register(program: Command): void {
 }
 
 export interface RunningExport {
-  info: { uri: string; uris: string[]; name: string; path: string; size: number; readOnly: boolean };
+  info: { uri: string; uris: string[]; name: string; path: string; size: number; readOnly: boolean; device?: string };
   server: NbdServer;
   stop(): Promise<void>;
 }
@@ -51,7 +58,7 @@ export async function startExport(file: string, opts: ExportOptions): Promise<Ru
   if (opts.size !== undefined) await createIfMissing(file, parseSize(opts.size, 'export size'));
   let backend: FileBackend;
   try {
-    backend = await FileBackend.open(file, { readOnly: !!opts.readOnly });
+    backend = await FileBackend.open(file, { readOnly: !!opts.readOnly, extensions: nativeFileExtensions() });
   } catch (e) {
     throw openError(file, e);
   }
@@ -67,6 +74,7 @@ export async function startExport(file: string, opts: ExportOptions): Promise<Ru
     logger,
   });
   const uris: string[] = [];
+  let attached: { detach(): Promise<void> } | undefined;
   try {
     for (const l of opts.listen) {
       let r;
@@ -77,15 +85,20 @@ export async function startExport(file: string, opts: ExportOptions): Promise<Ru
       }
       uris.push(nbdUri(r.target, name));
     }
+    if (opts.attach) {
+      attached = attachExport(opts.attach, parseAttachTimeout(opts.attachTimeout), backend.size(), transmissionFlags(backend, false),
+        (s) => server.serveSocket(s, name), logger);
+    }
   } catch (e) {
     await server.close();
     await backend.close();
     throw e;
   }
   return {
-    info: { uri: uris[0]!, uris, name, path: file, size: backend.size(), readOnly: !!opts.readOnly },
+    info: { uri: uris[0] ?? opts.attach!, uris, name, path: file, size: backend.size(), readOnly: !!opts.readOnly, ...(opts.attach ? { device: opts.attach } : {}) },
     server,
     async stop() {
+      await attached?.detach();
       await server.close();
       await backend.close();
       logger.info({ name }, 'export stopped');

@@ -1,5 +1,9 @@
 import type { Command } from 'commander';
 import { register as registerExport } from './export.js';
+import { register as registerNetstat } from './netstat.js';
+import { register as registerWanem } from './wanem.js';
+import { register as registerConfig } from './config.js';
+import { register as registerInstallUnits } from './install-units.js';
 import { register as registerGmd } from './gmd.js';
 import { register as registerAix } from './aix.js';
 import { register as registerDemo } from './demo.js';
@@ -9,6 +13,10 @@ import { register as registerDemo } from './demo.js';
  */
 export function registerCommands(program: Command): void {
   registerExport(program);
+  registerNetstat(program);
+  registerWanem(program);
+  registerConfig(program);
+  registerInstallUnits(program);
   registerGmd(program);
   registerAix(program);
   registerDemo(program);

@@ -1,0 +1,84 @@
+import t from 'tap';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { formatNetStats, netStatSocketPath, serveNetStats, readNetStats } from '../../src/geomessage/index.js';
+import { GEORM_BIN, tempDir } from '../helpers/env.js';
+import { runCmd, Procs, watchOutput } from '../helpers/proc.js';
+import { freePorts, loopbackPair, openPair, payloadFor } from './fixtures.js';
+
+t.test('formatNetStats renders detailed and summary reports with filters and interval rates', async (t) => {
+  const { a, b } = await loopbackPair();
+  t.teardown(async () => { await a.close(); await b.close(); });
+  b.handle(1, () => Buffer.from('ok'));
+  const s0 = a.stats();
+  await a.request('b', 1, payloadFor(1, 100_000));
+  const s1 = a.stats();
+  const detailed = formatNetStats(s1, { previous: s0 });
+  t.match(detailed, /Machines\s+RPC statistics/);
+  t.match(detailed, /^b\s+up, epoch \d+, via n1/m);
+  t.match(detailed, /replies\s+failures\s+rpcs\s+fragd\s+frags\s+%frag/);
+  t.match(detailed, /to b\s+up\s+srtt [\d.]+ ms/);
+  const summary = formatNetStats(s1, { summary: true });
+  t.match(summary, /^b\s+up\s+n1\s+1\s/m);
+  t.match(summary, /^n1\s+\d+/m);
+  t.notMatch(formatNetStats(s1, { machines: ['zz'], networks: ['zz'] }), /^b\s+up/m);
+});
+
+t.test('georm netstat / krpcstat read a running process through its stats socket; exit codes 0/1/2', async (t) => {
+  const { dir, cleanup } = tempDir();
+  t.teardown(cleanup);
+  const { a, b } = await loopbackPair();
+  b.handle(1, () => Buffer.from('ok'));
+  await a.request('b', 1, Buffer.alloc(3000));
+  const server = await serveNetStats(() => a.stats(), netStatSocketPath(dir, 'data10gmd'));
+  t.teardown(async () => { server.close(); await a.close(); await b.close(); });
+  t.equal((await readNetStats(netStatSocketPath(dir, 'data10gmd'))).machine, 'a');
+  const run = (...args: string[]) => runCmd(process.execPath, [GEORM_BIN, ...args], { timeoutMs: 20000 });
+  const r = await run('netstat', '--run-dir', dir);
+  t.equal(r.code, 0, r.stderr);
+  t.match(r.stdout, /GeoMessage on a/);
+  const s = await run('krpcstat', '-s', '-m', 'b', '-n', 'n1', '--run-dir', dir);
+  t.equal(s.code, 0, s.stderr);
+  t.match(s.stdout, /^b\s+up/m);
+  const j = await run('netstat', '--json', '-i', '0.2', '-c', '2', '--run-dir', dir);
+  t.equal(j.code, 0, j.stderr);
+  const lines = j.stdout.trim().split('\n').map((l) => JSON.parse(l) as { machine: string });
+  t.equal(lines.length, 2);
+  t.equal(lines[0]!.machine, 'a');
+  const snap = join(dir, 'snap.json');
+  writeFileSync(snap, JSON.stringify(a.stats()));
+  t.equal((await run('netstat', '--source', snap, '-s')).code, 0);
+  t.equal((await run('netstat', '-m', 'nobody', '--run-dir', dir)).code, 2, 'unknown machine: not available');
+  t.equal((await run('netstat', '--run-dir', join(dir, 'empty'))).code, 2, 'no process: not available');
+  t.equal((await run('netstat', '--source', join(dir, 'missing.sock'))).code, 2);
+  t.equal((await run('netstat', '-c', '3', '--run-dir', dir)).code, 1, '-c without -i');
+  t.equal((await run('netstat', '-i', 'x', '--run-dir', dir)).code, 1);
+  t.equal((await run('netstat', '--bogus')).code, 1);
+});
+
+t.test('georm wanem relays with impairments and obeys cut/restore on stdin', async (t) => {
+  const procs = new Procs();
+  t.teardown(() => procs.stopAll());
+  const [pa, pb, la, lb] = await freePorts(4);
+  const em = procs.spawn(process.execPath, [GEORM_BIN, 'wanem', '--a-listen', `127.0.0.1:${la}`, '--a-target', `127.0.0.1:${pa}`,
+    '--b-listen', `127.0.0.1:${lb}`, '--b-target', `127.0.0.1:${pb}`, '--delay', '1', '--loss', '5%', '--seed', '7'], { stdio: ['pipe', 'pipe', 'pipe'] });
+  const out = watchOutput(em);
+  await out.wait(/"started"/);
+  const ep = (port: number) => [{ network: 'n1', address: '127.0.0.1', port }];
+  const { a, b } = await openPair(ep(pa!), ep(pb!), ep(la!), ep(lb!));
+  t.teardown(async () => { await a.close(); await b.close(); });
+  b.handle(1, () => Buffer.from('pong'));
+  for (let i = 0; i < 20; i++) t.equal((await a.request('b', 1, payloadFor(i, 4000))).toString(), 'pong');
+  em.stdin!.write('cut\n');
+  await out.wait(/"event":"cut"/);
+  const p = a.request('b', 1, Buffer.from('later'));
+  await new Promise((r) => setTimeout(r, 300));
+  em.stdin!.write('set loss=0 delay=2\nrestore\nstats\n');
+  t.equal((await p).toString(), 'pong', 'delivered after restore');
+  await out.wait(/"event":"stats".*"forwarded":\d+/);
+  em.stdin!.write('bogus\n');
+  await out.wait(/"event":"error"/);
+  em.stdin!.write('quit\n');
+  const code = await new Promise<number | null>((r) => em.once('exit', (c) => r(c)));
+  t.equal(code, 0);
+});

@@ -1,0 +1,175 @@
+import t from 'tap';
+import { createSocket } from 'node:dgram';
+import { openGeoMessage, type GeoMessage, type IncomingMessage } from '../../src/geomessage/index.js';
+import { sealPacket, machineId, T_DATA, T_PING } from '../../src/geomessage/packet.js';
+import { KEY, freePorts, loopbackPair, openPair, payloadFor, waitFor } from './fixtures.js';
+
+const closeAll = (...gms: (GeoMessage | undefined)[]) => Promise.all(gms.map((g) => g?.close()));
+
+t.test('request/response, one-way, errors and fragmentation on loopback', async (t) => {
+  const { a, b } = await loopbackPair();
+  t.teardown(() => closeAll(a, b));
+  const ups: unknown[] = [];
+  a.on('peer-up', (e) => ups.push(e));
+  b.handle(1, (m) => Buffer.concat([Buffer.from('echo:'), m.payload]));
+  b.handle(2, async (m) => [Buffer.from('len='), Buffer.from(String(m.payload.length))]);
+  b.handle(3, () => { throw new Error('boom'); });
+  const got: IncomingMessage[] = [];
+  b.handle(4, (m) => { got.push(m); });
+  t.equal((await a.request('b', 1, Buffer.from('hi'))).toString(), 'echo:hi');
+  t.equal(a.peerState('b'), 'up');
+  t.equal(a.peerState('nobody'), 'unknown');
+  t.match(ups, [{ peer: 'b' }]);
+  const big = payloadFor(1, 200_000);
+  t.equal((await a.request('b', 2, [big.subarray(0, 1000), big.subarray(1000)])).toString(), 'len=200000');
+  await t.rejects(a.request('b', 3, Buffer.alloc(1)), { code: 'GEOMSG_ERR_REMOTE', message: /boom/ });
+  await t.rejects(a.request('b', 99, Buffer.alloc(1)), { code: 'GEOMSG_ERR_NO_HANDLER' });
+  await t.rejects(a.request('zz', 1, Buffer.alloc(1)), { code: 'GEOMSG_ERR_UNKNOWN_PEER' });
+  await a.send('b', 4, big);
+  t.equal(got.length, 1);
+  t.ok(got[0]!.payload.equals(big), 'fragmented message reassembled intact');
+  // a reply that is itself fragmented
+  b.handle(5, () => payloadFor(5, 100_000));
+  t.ok((await a.request('b', 5, Buffer.alloc(0))).equals(payloadFor(5, 100_000)));
+  const s = a.stats();
+  t.equal(s.machines[0]!.machine, 'b');
+  t.ok(s.machines[0]!.fragmented >= 2);
+  t.ok(s.machines[0]!.replies >= 5);
+  t.ok(s.networks[0]!.packetsOut > 100);
+  t.ok(s.networks[0]!.links[0]!.srttMs! > 0);
+  t.throws(() => a.handle(0xffff, () => {}), { code: 'GEOMSG_ERR_CONFIG' });
+});
+
+t.test('ordered messages are delivered in send order, unordered all exactly once', async (t) => {
+  const { a, b } = await loopbackPair({ mtu: 600 });
+  t.teardown(() => closeAll(a, b));
+  const seen: number[] = [];
+  b.handle(7, (m) => { seen.push(m.payload.readUInt32BE(0)); });
+  const sizes = [10, 3000, 50, 7000, 1, 20000, 4];
+  const ps: Promise<void>[] = [];
+  for (let i = 0; i < 300; i++) ps.push(a.send('b', 7, payloadFor(i, sizes[i % sizes.length]! + 4), { ordered: true }));
+  await Promise.all(ps);
+  t.same(seen, Array.from({ length: 300 }, (_, i) => i));
+});
+
+t.test('timeouts reject, and a peer that never answers is declared down after its PFT, not before', async (t) => {
+  const [pa, pb] = await freePorts(2);
+  const pft = 600;
+  const a = await openGeoMessage({ machine: 'a', key: KEY, keepaliveMs: 100, endpoints: [{ network: 'n1', address: '127.0.0.1', port: pa! }],
+    peers: [{ machine: 'b', endpoints: [{ network: 'n1', address: '127.0.0.1', port: pb! }], promoteFailureTimeoutMs: pft }] });
+  t.teardown(() => closeAll(a));
+  const t0 = Date.now();
+  const downs: { peer: string; reason: string; at: number }[] = [];
+  a.on('peer-down', (e: { peer: string; reason: string }) => downs.push({ ...e, at: Date.now() - t0 }));
+  await t.rejects(a.request('b', 1, Buffer.alloc(1), { timeoutMs: 100 }), { code: 'GEOMSG_ERR_TIMEOUT' });
+  t.equal(a.peerState('b'), 'unknown', 'not down before the PFT');
+  const pending = a.request('b', 1, Buffer.alloc(1));
+  await t.rejects(pending, { code: 'GEOMSG_ERR_PEER_DOWN' });
+  t.equal(downs.length, 1);
+  t.ok(downs[0]!.at >= pft, `declared down after ${downs[0]!.at} ms ≥ PFT ${pft} ms`);
+  t.equal(downs[0]!.reason, 'promote-failure-timeout');
+  await t.rejects(a.send('b', 1, Buffer.alloc(1)), { code: 'GEOMSG_ERR_PEER_DOWN' });
+  t.equal(a.stats().machines[0]!.failures, 2, 'timeout and peer-down counted');
+});
+
+t.test('a silent peer is down after PFT (measured from the last contact); declareDown is immediate', async (t) => {
+  const { a, b } = await loopbackPair({ pftMs: 800, keepaliveMs: 100 });
+  t.teardown(() => closeAll(a, b));
+  b.handle(1, () => Buffer.from('ok'));
+  await a.request('b', 1, Buffer.alloc(0));
+  const events: string[] = [];
+  a.on('peer-down', (e: { reason: string }) => events.push(`down:${e.reason}`));
+  a.on('peer-up', () => events.push('up'));
+  // declareDown: in-flight fails, new sends fail until contact resumes
+  a.declareDown('b');
+  t.equal(a.peerState('b'), 'down');
+  await t.rejects(a.request('b', 1, Buffer.alloc(0)), { code: 'GEOMSG_ERR_PEER_DOWN' });
+  await waitFor(() => a.peerState('b') === 'up', 3000, 'peer back up after contact');
+  t.same(events, ['down:declared', 'up']);
+  // now silence b: close it; a must notice only after ~800 ms
+  const t0 = Date.now();
+  await b.close();
+  await waitFor(() => a.peerState('b') === 'down', 5000, 'peer down');
+  const took = Date.now() - t0;
+  t.ok(took >= 700, `declared down after ${took} ms (PFT 800 ms, last contact shortly before close)`);
+  t.equal(events.at(-1), 'down:promote-failure-timeout');
+});
+
+t.test('forged, truncated, replayed and random packets are dropped and counted', async (t) => {
+  // a reaches b through a tapping relay, so the test can replay genuine packets byte for byte
+  const [pa, pb] = await freePorts(2);
+  const relay = createSocket('udp4');
+  await new Promise<void>((r) => relay.bind(0, '127.0.0.1', () => r()));
+  const captured: Buffer[] = [];
+  relay.on('message', (m) => { captured.push(Buffer.from(m)); relay.send(m, pb!, '127.0.0.1'); });
+  const ep = (port: number) => [{ network: 'n1', address: '127.0.0.1', port }];
+  const { a, b } = await openPair(ep(pa!), ep(pb!), ep(relay.address().port), ep(pa!));
+  t.teardown(async () => { await closeAll(a, b); relay.close(); });
+  let calls = 0;
+  b.handle(1, () => { calls++; return Buffer.from('ok'); });
+  t.equal((await a.request('b', 1, Buffer.from('x'))).toString(), 'ok');
+  t.equal(calls, 1);
+  const send = (buf: Buffer) => new Promise<void>((r) => relay.send(buf, pb!, '127.0.0.1', () => r()));
+  const before = b.stats().networks[0]!;
+  const genuine = captured.filter((p) => p[1] === T_DATA);
+  t.ok(genuine.length >= 1, 'captured the request');
+  const h = {
+    type: T_DATA, flags: 2, srcMachine: machineId('a'), dstMachine: machineId('b'), srcEpoch: a.epoch, dstEpoch: b.epoch, pseq: 999999,
+    msgId: 50, corrId: 0, orderSeq: 0, totalLen: 1, msgFloor: 1, service: 1, fragIndex: 0, fragCount: 1, fragLen: 1,
+  };
+  const forged = Buffer.concat(sealPacket(Buffer.alloc(32, 9), h, Buffer.from('x'), null));
+  const stale = Buffer.concat(sealPacket(KEY, { ...h, srcEpoch: a.epoch - 1, pseq: 999998 }, Buffer.from('x'), null));
+  const stranger = Buffer.concat(sealPacket(KEY, { ...h, srcMachine: machineId('mallory'), type: T_PING, fragLen: 0, pseq: 5 }, null, null));
+  for (const g of genuine) await send(g);                         // replayed
+  await send(forged);                                              // wrong key
+  await send(Buffer.concat([forged.subarray(0, 40), forged.subarray(41)])); // truncated in the middle
+  await send(forged.subarray(0, 30));                              // shorter than a header
+  await send(Buffer.from('random garbage that is long enough to be a header, maybe, or not at all......'));
+  await send(stale);                                               // a previous incarnation of a
+  await send(stranger);                                            // authenticated but from no configured machine
+  const want = { replay: genuine.length, auth: 3, short: 1, stale: 1, unknownPeer: 1 };
+  const delta = () => {
+    const d = b.stats().networks[0]!.dropped;
+    return { replay: d.replay - before.dropped.replay, auth: d.auth - before.dropped.auth, short: d.short - before.dropped.short,
+      stale: d.stale - before.dropped.stale, unknownPeer: d.unknownPeer - before.dropped.unknownPeer };
+  };
+  await waitFor(() => JSON.stringify(delta()) === JSON.stringify(want), 3000, 'drops counted')
+    .catch((e: Error) => { throw new Error(`${e.message}: ${JSON.stringify(delta())}`); });
+  t.same(delta(), want);
+  t.equal(calls, 1, 'no handler ran for any of them');
+  t.equal((await a.request('b', 1, Buffer.from('y'))).toString(), 'ok', 'session unharmed');
+});
+
+t.test('a restarted peer gets a new session; the old in-flight request fails cleanly', async (t) => {
+  const [pa, pb] = await freePorts(2);
+  const mk = (machine: string, port: number, peer: string, peerPort: number, epoch?: number) => openGeoMessage({
+    machine, key: KEY, keepaliveMs: 100, ...(epoch ? { epoch } : {}), endpoints: [{ network: 'n1', address: '127.0.0.1', port }],
+    peers: [{ machine: peer, endpoints: [{ network: 'n1', address: '127.0.0.1', port: peerPort }], promoteFailureTimeoutMs: 0 }],
+  });
+  const a = await mk('a', pa!, 'b', pb!);
+  let b = await mk('b', pb!, 'a', pa!, 1000);
+  t.teardown(() => closeAll(a, b));
+  b.handle(1, () => Buffer.from('first'));
+  b.handle(2, () => new Promise(() => {})); // never answers
+  t.equal((await a.request('b', 1, Buffer.alloc(0))).toString(), 'first');
+  const restarts: unknown[] = [];
+  a.on('peer-restart', (e) => restarts.push(e));
+  const hanging = a.request('b', 2, Buffer.alloc(0));
+  await new Promise((r) => setTimeout(r, 100));
+  await b.close();
+  b = await mk('b', pb!, 'a', pa!, 2000);
+  b.handle(1, () => Buffer.from('second'));
+  await t.rejects(hanging, { code: 'GEOMSG_ERR_PEER_RESTART' });
+  t.same(restarts, [{ peer: 'b', oldEpoch: 1000, newEpoch: 2000 }]);
+  t.equal((await a.request('b', 1, Buffer.alloc(0))).toString(), 'second');
+  t.equal(a.stats().machines[0]!.restarts, 1);
+  t.equal(a.stats().machines[0]!.epoch, 2000);
+});
+
+t.test('bad options are clear errors', async (t) => {
+  await t.rejects(openGeoMessage({ machine: 'a', key: KEY, endpoints: [], peers: [] }), { code: 'GEOMSG_ERR_CONFIG' });
+  await t.rejects(openGeoMessage({ machine: 'a', key: Buffer.alloc(4), endpoints: [{ network: 'n', address: '127.0.0.1', port: 0 }], peers: [] }), { code: 'GEOMSG_ERR_KEY' });
+  await t.rejects(openGeoMessage({ machine: 'a', key: KEY, endpoints: [{ network: 'n', address: '127.0.0.1', port: 0 }],
+    peers: [{ machine: 'b', endpoints: [{ network: 'other', address: '127.0.0.1', port: 1 }], promoteFailureTimeoutMs: 0 }] }), { code: 'GEOMSG_ERR_CONFIG' });
+  await t.rejects(openGeoMessage({ machine: 'a', key: KEY, endpoints: [{ network: 'n', address: '203.0.113.1', port: 0 }], peers: [] }), { code: 'GEOMSG_ERR_CONFIG', message: /cannot bind/ });
+});

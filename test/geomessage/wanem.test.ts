@@ -1,0 +1,119 @@
+import t from 'tap';
+import { startWanEmulator, type WanEmulator } from '../../src/geomessage/wanem.js';
+import type { GeoMessage, NetworkEndpoint } from '../../src/geomessage/index.js';
+import { freePorts, openPair, payloadFor, waitFor } from './fixtures.js';
+
+/**
+ * a ⇄ emulator ⇄ b on loopback. Each network i gets its own emulator; a sends to the emulator's
+ * side-a port, b to its side-b port.
+ */
+async function emulatedPair(nets: number, imp: Parameters<typeof startWanEmulator>[0]['a2b'], extra: { pftMs?: number; mtu?: number } = {}) {
+  const ports = await freePorts(2 * nets);
+  const ems: WanEmulator[] = [];
+  const aEps: NetworkEndpoint[] = [], bEps: NetworkEndpoint[] = [], aSeesB: NetworkEndpoint[] = [], bSeesA: NetworkEndpoint[] = [];
+  for (let i = 0; i < nets; i++) {
+    const network = `n${i + 1}`;
+    const pa = ports[2 * i]!, pb = ports[2 * i + 1]!;
+    const em = await startWanEmulator({
+      a: { listen: { address: '127.0.0.1', port: 0 }, target: { address: '127.0.0.1', port: pa } },
+      b: { listen: { address: '127.0.0.1', port: 0 }, target: { address: '127.0.0.1', port: pb } },
+      a2b: imp, b2a: imp, seed: 1234 + i,
+    });
+    ems.push(em);
+    const rp = em.ports();
+    const mtu = extra.mtu ? { mtu: extra.mtu } : {};
+    aEps.push({ network, address: '127.0.0.1', port: pa, ...mtu });
+    bEps.push({ network, address: '127.0.0.1', port: pb, ...mtu });
+    aSeesB.push({ network, address: '127.0.0.1', port: rp.a, ...mtu });
+    bSeesA.push({ network, address: '127.0.0.1', port: rp.b, ...mtu });
+  }
+  const { a, b } = await openPair(aEps, bEps, aSeesB, bSeesA, { keepaliveMs: 100, ...(extra.pftMs ? { pftMs: extra.pftMs } : {}) });
+  return { a, b, ems };
+}
+
+async function closeAll(gms: GeoMessage[], ems: WanEmulator[]): Promise<void> {
+  await Promise.all(gms.map((g) => g.close()));
+  await Promise.all(ems.map((e) => e.close()));
+}
+
+t.test('exactly once and intact under 10% loss, duplication and reordering (both directions)', async (t) => {
+  const { a, b, ems } = await emulatedPair(1, { delayMs: 2, jitterMs: 1, loss: 0.1, duplicate: 0.1, reorder: 0.1, reorderDelayMs: 4 });
+  t.teardown(() => closeAll([a, b], ems));
+  const seen = new Map<number, number>();
+  let corrupt = 0;
+  const orderedSeen: number[] = [];
+  b.handle(1, (m) => {
+    const i = m.payload.readUInt32BE(0);
+    seen.set(i, (seen.get(i) ?? 0) + 1);
+    if (!m.payload.equals(payloadFor(i, m.payload.length))) corrupt++;
+    return payloadFor(i + 1_000_000, 1 + (i % 5) * 1000);
+  });
+  b.handle(2, (m) => { orderedSeen.push(m.payload.readUInt32BE(0)); });
+  const N = 300;
+  const sizes = [16, 1400, 5000, 64 * 1024];
+  const replies = await Promise.all(Array.from({ length: N }, (_, i) => a.request('b', 1, payloadFor(i, sizes[i % sizes.length]!))));
+  let badReplies = 0;
+  replies.forEach((r, i) => { if (!r.equals(payloadFor(i + 1_000_000, 1 + (i % 5) * 1000))) badReplies++; });
+  await Promise.all(Array.from({ length: 200 }, (_, i) => a.send('b', 2, payloadFor(i, 100 + (i % 7) * 900), { ordered: true })));
+  t.equal(seen.size, N, 'every request delivered');
+  t.ok([...seen.values()].every((c) => c === 1), 'none delivered twice');
+  t.equal(corrupt, 0, 'none corrupted');
+  t.equal(badReplies, 0, 'every reply intact and matched');
+  t.same(orderedSeen, Array.from({ length: 200 }, (_, i) => i), 'ordered stream exactly once, in order');
+  const em = ems[0]!.stats();
+  t.ok(em.a2b.lost > 0 && em.a2b.duplicated > 0 && em.a2b.reordered > 0, `emulator impaired: ${JSON.stringify(em.a2b)}`);
+  const net = a.stats().networks[0]!;
+  t.ok(net.resends > 0, `resends counted (${net.resends})`);
+  t.ok(b.stats().networks[0]!.duplicates > 0, 'duplicates counted at the receiver');
+});
+
+t.test('cutting the active network moves traffic to the other without loss, and it is used again when restored', async (t) => {
+  const { a, b, ems } = await emulatedPair(2, { delayMs: 1 });
+  t.teardown(() => closeAll([a, b], ems));
+  const events: string[] = [];
+  a.on('network-down', (e: { network: string }) => events.push(`down:${e.network}`));
+  a.on('network-up', (e: { network: string }) => events.push(`up:${e.network}`));
+  await waitFor(() => a.stats().networks.every((n) => n.links[0]!.up), 3000, 'both networks up');
+  const got = new Map<number, number>();
+  b.handle(1, (m) => { const i = m.payload.readUInt32BE(0); got.set(i, (got.get(i) ?? 0) + 1); });
+  t.equal(a.stats().machines[0]!.network, 'n1', 'first network preferred on ties');
+  const N = 400;
+  let sent = 0;
+  let cutAt = 0;
+  const ps: Promise<void>[] = [];
+  for (let i = 0; i < N; i++) {
+    ps.push(a.send('b', 1, payloadFor(i, 8000)).then(() => { sent++; }));
+    if (i === 100) {
+      await new Promise((r) => setTimeout(r, 20));
+      cutAt = Date.now();
+      ems[0]!.cut();
+    }
+    if (i % 50 === 0) await new Promise((r) => setImmediate(r));
+  }
+  await Promise.all(ps);
+  const resumedAfter = Date.now() - cutAt;
+  t.equal(sent, N);
+  t.equal(got.size, N, 'every message delivered');
+  t.ok([...got.values()].every((c) => c === 1), 'exactly once');
+  t.ok(resumedAfter < 5000, `all delivered ${resumedAfter} ms after the cut (bound 5 s)`);
+  t.equal(a.stats().machines[0]!.network, 'n2');
+  t.ok(events.includes('down:n1'));
+  ems[0]!.restore();
+  await waitFor(() => a.stats().machines[0]!.network === 'n1', 5000, 'back on n1');
+  t.ok(events.includes('up:n1'));
+});
+
+t.test('with every network cut, messages wait (PFT 0) and flow once a path returns', async (t) => {
+  const { a, b, ems } = await emulatedPair(1, { delayMs: 1 });
+  t.teardown(() => closeAll([a, b], ems));
+  let n = 0;
+  b.handle(1, () => { n++; return Buffer.from('ok'); });
+  await a.request('b', 1, Buffer.alloc(0));
+  ems[0]!.cut();
+  const p = a.request('b', 1, Buffer.alloc(10));
+  await new Promise((r) => setTimeout(r, 1000));
+  t.equal(a.peerState('b'), 'up', 'PFT 0: never declared down');
+  ems[0]!.restore();
+  t.equal((await p).toString(), 'ok');
+  t.equal(n, 2);
+});

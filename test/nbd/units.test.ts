@@ -1,0 +1,137 @@
+/** Pure parts of nbd/: byte queue, wire parsers, errno mapping, listen targets, export registry. */
+import t from 'tap';
+import { ByteQueue } from '../../nbd/protocol/byte-queue.js';
+import { parseInfoRequest, parseMetaContextRequest, readRequestHeader, encodeRequest, encodeHoleChunk, encodeNoneChunk,
+  encodeErrorChunk, type RequestHeader } from '../../nbd/protocol/wire.js';
+import { toNbdErrno, nbdError, parseListenTarget, nbdUri, ExportRegistry, FileBackend, NbdServer } from '../../nbd/index.js';
+import { infoData, metaData } from './raw-protocol.js';
+import { tempDir } from '../helpers/env.js';
+import { sparseFile } from './harness.js';
+import { join } from 'node:path';
+import { writeFileSync, readFileSync } from 'node:fs';
+
+t.test('ByteQueue joins, splits and skips across chunks', async (t) => {
+  const q = new ByteQueue();
+  q.push(Buffer.from('ab'));
+  q.push(Buffer.alloc(0));
+  q.push(Buffer.from('cdef'));
+  q.push(Buffer.from('gh'));
+  t.equal(q.length, 8);
+  t.equal(q.take(1).toString(), 'a');
+  t.equal(q.take(4).toString(), 'bcde', 'straddling range copied');
+  const c = q.contiguous(3);
+  t.equal(c.toString('utf8', q.pos, q.pos + 3), 'fgh');
+  q.skip(2);
+  t.equal(q.take(1).toString(), 'h');
+  t.equal(q.length, 0);
+  t.equal(q.take(0).length, 0);
+  q.push(Buffer.from('xyz'));
+  t.equal(q.discard(10), 3);
+  t.equal(q.length, 0);
+});
+
+t.test('wire parsers', async (t) => {
+  t.same(parseInfoRequest(infoData('disk', [1, 3])), { name: 'disk', requests: [1, 3] });
+  t.equal(parseInfoRequest(Buffer.alloc(3)), null);
+  t.equal(parseInfoRequest(Buffer.concat([infoData('x', [1]), Buffer.alloc(1)])), null, 'trailing byte');
+  t.same(parseMetaContextRequest(metaData('d', ['base:allocation', 'x:'])), { name: 'd', queries: ['base:allocation', 'x:'] });
+  t.equal(parseMetaContextRequest(Buffer.alloc(5)), null);
+  const bad = metaData('d', ['abc']);
+  t.equal(parseMetaContextRequest(bad.subarray(0, bad.length - 1)), null, 'short query');
+  t.equal(parseMetaContextRequest(Buffer.concat([metaData('d', []), Buffer.alloc(2)])), null, 'trailing bytes');
+  const countOnly = metaData('d', []);
+  countOnly.writeUInt32BE(2, 5);
+  t.equal(parseMetaContextRequest(countOnly), null, 'count larger than data');
+  const h: RequestHeader = { magic: 0, flags: 0, type: 0, cookieHi: 0, cookieLo: 0, offset: 0, offsetHi: 0, length: 0 };
+  readRequestHeader(encodeRequest(7, 8, 0x1122334455667788n, 2 ** 40 + 5, 4096), 0, h);
+  t.same(h, { magic: 0x25609513, flags: 8, type: 7, cookieHi: 0x11223344, cookieLo: 0x55667788, offset: 2 ** 40 + 5, offsetHi: 256, length: 4096 });
+  const hole = encodeHoleChunk(0, 9, 4096, 512, true);
+  t.equal(hole.readUInt16BE(6), 2);
+  t.equal(hole.readUInt32BE(28), 512);
+  t.equal(encodeNoneChunk(0, 1).readUInt32BE(16), 0);
+  t.equal(encodeErrorChunk(0, 1, 5, 'boom').readUInt16BE(24), 4);
+});
+
+t.test('errno mapping', async (t) => {
+  t.equal(toNbdErrno(Object.assign(new Error('x'), { code: 'ENOSPC', errno: -28 })), 28, 'Node code wins over negative errno');
+  t.equal(toNbdErrno(Object.assign(new Error('x'), { code: 'EROFS' })), 1);
+  t.equal(toNbdErrno(nbdError(1, 'secondary')), 1);
+  t.equal(toNbdErrno(nbdError(1234, 'odd')), 5, 'unknown errno becomes EIO');
+  t.equal(toNbdErrno('string'), 5);
+  t.equal(toNbdErrno(null), 5);
+});
+
+t.test('listen targets and URIs', async (t) => {
+  t.same(parseListenTarget('tcp://127.0.0.1:10809'), { kind: 'tcp', host: '127.0.0.1', port: 10809 });
+  t.same(parseListenTarget('tcp://[::1]:0'), { kind: 'tcp', host: '::1', port: 0 });
+  t.same(parseListenTarget('0.0.0.0'), { kind: 'tcp', host: '0.0.0.0', port: 10809 });
+  t.same(parseListenTarget('tcp://:7000'), { kind: 'tcp', host: '127.0.0.1', port: 7000 });
+  t.same(parseListenTarget('unix:/run/x.sock'), { kind: 'unix', path: '/run/x.sock' });
+  t.same(parseListenTarget('unix:///run/x.sock'), { kind: 'unix', path: '/run/x.sock' });
+  t.throws(() => parseListenTarget('unix:'));
+  t.throws(() => parseListenTarget('tcp://host:99999'));
+  t.throws(() => parseListenTarget('tcp://a:b:c'));
+  t.equal(nbdUri({ kind: 'tcp', host: '::1', port: 5 }, 'd'), 'nbd://[::1]:5/d');
+  t.equal(nbdUri({ kind: 'unix', path: '/s' }), 'nbd+unix:///?socket=/s');
+});
+
+t.test('export registry', async (t) => {
+  const { dir, cleanup } = tempDir();
+  t.teardown(cleanup);
+  sparseFile(join(dir, 'a'), 4096);
+  const b = await FileBackend.open(join(dir, 'a'), { readOnly: true });
+  t.teardown(() => b.close());
+  t.throws(() => new ExportRegistry([{ name: 'x', backend: b }, { name: 'x', backend: b }]));
+  const r = new ExportRegistry([], undefined);
+  t.equal(r.find(''), undefined);
+  r.add({ name: 'x', backend: b });
+  t.equal(r.find('')?.name, 'x', 'first added export becomes the default');
+  t.throws(() => r.add({ name: 'x', backend: b }));
+  t.equal(r.remove('x')?.name, 'x');
+  t.equal(r.find(''), undefined);
+  const s = new NbdServer({ exports: [] });
+  s.addExport({ name: 'y', backend: b });
+  t.throws(() => s.serveSocket(undefined as never, 'nope'));
+  s.removeExport('y');
+  await s.close();
+});
+
+t.test('FileBackend with platform extensions', async (t) => {
+  const { dir, cleanup } = tempDir();
+  t.teardown(cleanup);
+  const path = join(dir, 'f');
+  writeFileSync(path, Buffer.alloc(64 * 1024, 7));
+  const calls: string[] = [];
+  // Extensions as the addon would provide them; here backed by plain writes so the results are checkable.
+  const fs = await import('node:fs');
+  const ext = {
+    seekData: (_fd: number, off: number) => (off < 32768 ? Math.max(off, 16384) : null),
+    seekHole: (_fd: number, off: number) => (off < 16384 ? 16384 : 32768),
+    punchHole: (fd: number, off: number, len: number) => { calls.push(`punch ${off} ${len}`); fs.writeSync(fd, Buffer.alloc(len), 0, len, off); },
+    zeroRange: (fd: number, off: number, len: number) => { calls.push(`zero ${off} ${len}`); fs.writeSync(fd, Buffer.alloc(len), 0, len, off); },
+  };
+  const b = await FileBackend.open(path, { readOnly: false, extensions: ext });
+  t.teardown(() => b.close());
+  t.equal(b.flags().canExtents, true);
+  t.equal(b.flags().canFastZero, true);
+  t.same(await b.blockStatus(0, 65536), [
+    { length: 16384, flags: 3 }, { length: 16384, flags: 0 }, { length: 32768, flags: 3 },
+  ], 'holes and data from SEEK_DATA/SEEK_HOLE');
+  await b.trim(0, 4096, { fua: true });
+  await b.zero(4096, 4096, { fua: false, noHole: true, fastZero: true });
+  t.same(calls, ['punch 0 4096', 'zero 4096 4096']);
+  t.ok(readFileSync(path).subarray(0, 8192).equals(Buffer.alloc(8192)));
+  await b.cache();
+  await b.close();
+  await b.close();
+
+  const plain = await FileBackend.open(path, { readOnly: false, extensions: {} });
+  await plain.zero(100, 3 * 1024 * 1024 > 65536 ? 1000 : 0, { fua: true, noHole: false, fastZero: false });
+  await plain.trim(0, 10, { fua: false });
+  t.same(await plain.blockStatus(0, 100), [{ length: 100, flags: 0 }]);
+  const short = await plain.read(65536 - 10, 10);
+  t.equal(short.length, 10);
+  await plain.close();
+  await t.rejects(FileBackend.open(dir, { readOnly: true }), 'a directory is refused');
+  await t.rejects(FileBackend.open(join(dir, 'missing'), { readOnly: true }), { code: 'ENOENT' });
+});
