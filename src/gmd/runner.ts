@@ -8,6 +8,7 @@ import {
   type ClusterConfig, type MachineFacts,
 } from './cluster-config.js';
 import { openGeoMessage, loadClusterKey, type GeoMessage, type PeerSpec } from '../geomessage/index.js';
+import { serveNetStats, netStatSocketPath } from '../geomessage/netstat.js';
 import { StateMap, StateMapError } from '../statemap/index.js';
 import { sdNotify } from '../native/index.js';
 import { GeormError } from '../util/errors.js';
@@ -104,15 +105,19 @@ export async function runGmd(name: string, opts: RunOptions): Promise<RunningGmd
       await device.unconfigure().catch(() => undefined);
       await net.close().catch(() => undefined);
       await new Promise<void>((r) => control.close(() => r()));
+      await new Promise<void>((r) => netStats.close(() => r()));
     })();
     return closing;
   };
   const control: Server = await serveControl(controlPath, (op, args) => handleOp(op, args));
+  // `georm netstat` / krpcstat find every GeoMessage process by its stats socket in run_dir.
+  const netStats: Server = await serveNetStats(() => net.stats(), netStatSocketPath(findMachine(cfg, machine).runDir, name));
 
   async function handleOp(op: string, args: Record<string, unknown>): Promise<unknown> {
     switch (op) {
       case 'status': return device.status();
       case 'stat': return { stats: device.status().stats, peer: device.peer, time: Date.now() };
+      case 'netstat': return net.stats();
       case 'configure': await device.configure(); return device.status();
       case 'unconfigure': await device.unconfigure(); return device.status();
       case 'start': {
