@@ -38,6 +38,8 @@ export interface GmdOptions {
   open: () => Promise<GmdResources>;
   configDigest?: string;
   logger: Logger;
+  /** geo_verify facts of this machine (src/config/verify), sent to a peer that verifies. */
+  facts?: () => Promise<unknown>;
   /** How long start waits for a peer's answer before calling it unreachable. */
   helloTimeoutMs?: number;
 }
@@ -90,6 +92,7 @@ export class GeoMirrorDevice implements Backend {
   private readonly openRes: () => Promise<GmdResources>;
   private readonly helloTimeoutMs: number;
   readonly configDigest: string;
+  private readonly facts: (() => Promise<unknown>) | undefined;
 
   private res: GmdResources | null = null;
   private devSize = 0;
@@ -126,6 +129,7 @@ export class GeoMirrorDevice implements Backend {
     this.openRes = opts.open;
     this.helloTimeoutMs = opts.helloTimeoutMs ?? 5000;
     this.configDigest = opts.configDigest ?? '';
+    this.facts = opts.facts;
     this.registerHandlers();
   }
 
@@ -292,6 +296,9 @@ export class GeoMirrorDevice implements Backend {
   peerInfo(peer: string): Promise<PeerInfo> {
     return this.control(peer, { op: 'hello', from: this.info() }, 3000) as Promise<PeerInfo>;
   }
+
+  /** A peer's geo_verify facts. */
+  peerFacts(peer: string): Promise<unknown> { return this.control(peer, { op: 'facts' }, 10000); }
 
   /** Fetches a peer's map cells over GeoMessage. */
   async peerCells(peer: string): Promise<Uint8Array> {
@@ -732,6 +739,9 @@ export class GeoMirrorDevice implements Backend {
         this.needMap();
         for (const r of msg.regions) if (r >= 0 && r < this.res!.map.regionCount) this.res!.map.cleanRegion(r);
         return reply({ ok: true });
+      case 'facts':
+        if (!this.facts) throw new GeormError('GMD_ERR_BAD_MESSAGE', 'verify not supported');
+        return reply(await this.facts());
       case 'resync-done':
         await this.res?.map.flush();
         return reply({ ok: true });

@@ -68,4 +68,5 @@ export type ControlMessage =
   | { op: 'or-map'; cells: string }          // base64, 1 byte per region
   | { op: 'clear-map' }
   | { op: 'clean-regions'; regions: number[] }
-  | { op: 'resync-done' };
+  | { op: 'resync-done' }
+  | { op: 'facts' };
