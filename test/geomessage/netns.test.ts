@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { openGeoMessage, type GeoMessage } from '../../src/geomessage/index.js';
 import { missingTools, needsRoot } from '../helpers/env.js';
-import { Procs, runCmd, watchOutput } from '../helpers/proc.js';
+import { Procs, netnsCommand, runCmd, watchOutput } from '../helpers/proc.js';
 import { KEY, payloadFor, waitFor } from './fixtures.js';
 
 /**
@@ -45,7 +45,7 @@ t.test('cutting the active network mid-transfer loses nothing; traffic resumes o
     machine: 'b', keepaliveMs: 200, endpoints: nets.map((n) => ({ network: n.name, address: `${n.net}.2`, port })),
     peers: [{ machine: 'a', endpoints: nets.map((n) => ({ network: n.name, address: `${n.net}.1`, port })), promoteFailureTimeoutMs: 0 }],
   };
-  const child = procs.spawn('ip', ['netns', 'exec', ns, process.execPath, CHILD, JSON.stringify(bOpts)]);
+  const child = procs.spawn(...netnsCommand(ns, process.execPath, [CHILD, JSON.stringify(bOpts)]));
   const out = watchOutput(child);
   await out.wait(/"ready"/);
   const a: GeoMessage = await openGeoMessage({

@@ -14,7 +14,7 @@ import { renderTwoSiteConfig, type SiteMachine } from '../../src/gmd/demo.js';
 import type { GmdMode } from '../../src/gmd/protocol.js';
 import type { GmdStatus } from '../../src/gmd/device.js';
 import { GEORM_BIN, tempDir } from '../helpers/env.js';
-import { runCmd } from '../helpers/proc.js';
+import { netnsCommand, runCmd } from '../helpers/proc.js';
 
 export type M = 'alpha' | 'beta';
 
@@ -138,7 +138,7 @@ export class TestCluster {
     const args = [...nodeArgs, GEORM_BIN, 'gmd', 'run', this.gmd, '--config', this.cfgPath, '--machine', m, ...extra];
     const fh = await open(this.logs[m]!, 'a');
     const child = this.ns[m]
-      ? spawn('ip', ['netns', 'exec', this.ns[m]!, process.execPath, ...args], { stdio: ['ignore', fh.fd, fh.fd] })
+      ? spawn(...netnsCommand(this.ns[m]!, process.execPath, args), { stdio: ['ignore', fh.fd, fh.fd] })
       : spawn(process.execPath, args, { stdio: ['ignore', fh.fd, fh.fd] });
     await fh.close();
     this.procs.set(m, child);
