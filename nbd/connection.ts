@@ -20,6 +20,7 @@ import {
 import { Handshake, type TransmissionParams } from './handshake.js';
 import { blockSizesOf, type ExportRegistry } from './exports.js';
 import { toNbdErrno } from './errno.js';
+import { getBuffer, isPooled, releaseBuffer } from './protocol/buffer-pool.js';
 
 export interface ConnectionContext {
   registry: ExportRegistry;
@@ -30,8 +31,6 @@ export interface ConnectionContext {
 /** Above this many requests in flight we stop reading from the socket (backpressure). */
 const MAX_INFLIGHT = 256;
 const RESUME_INFLIGHT = 128;
-/** WRITE payloads from this size on may be handed over as a list of received chunks. */
-const GATHER_MIN = 128 * 1024;
 /** Reply batches up to this size are joined into one buffer before writing. */
 const JOIN_LIMIT = 64 * 1024;
 /** Above this many queued reply bytes we stop reading until the socket drains. */
@@ -52,6 +51,10 @@ export class NbdConnection {
   private minBlock = 1;
   private inflight = 0;
   private paused = false;
+  /** A WRITE whose payload is still arriving. */
+  private fill: { buf: Buffer; pos: number; hdr: RequestHeader } | undefined;
+  /** Received chunks are overwritten after each callback (onread mode): keep no views of them. */
+  private readonly transient: boolean;
   private pending: Buffer[] = [];
   private pendingBytes = 0;
   private flushScheduled = false;
@@ -60,12 +63,19 @@ export class NbdConnection {
   readonly peer: string;
   exportName: string | undefined;
 
+  /**
+   * `transient`: the socket delivers data through `onChunk` from one reused buffer (net's `onread`
+   * mode, no allocation per read) instead of 'data' events with fresh buffers.
+   */
   constructor(private readonly socket: Socket, private readonly ctx: ConnectionContext,
-    onClosed: (c: NbdConnection) => void, direct?: TransmissionParams) {
+    onClosed: (c: NbdConnection) => void, direct?: TransmissionParams, transient = false) {
     this.onClosed = onClosed;
+    this.transient = transient;
     this.peer = socket.remoteAddress ? `${socket.remoteAddress}:${socket.remotePort}` : 'unix';
     socket.setNoDelay?.(true);
-    socket.on('data', (chunk: Buffer) => { this.q.push(chunk); this.pump(); });
+    if (!transient) socket.on('data', (chunk: Buffer) => { this.q.push(chunk); this.pump(); });
+    // In onread mode no data flows through the stream, but only a flowing stream emits 'end'.
+    else socket.resume();
     socket.on('end', () => this.onEnd());
     socket.on('error', (err) => this.ctx.log.debug({ peer: this.peer, err: err.message }, 'nbd connection error'));
     socket.on('close', () => this.closed());
@@ -78,6 +88,13 @@ export class NbdConnection {
   }
 
   get inFlight(): number { return this.inflight; }
+
+  /** Data from a reused read buffer (onread mode): parsed now, leftovers copied before returning. */
+  onChunk(chunk: Buffer): void {
+    this.q.push(chunk);
+    this.pump();
+    this.q.retain();
+  }
 
   /** Stops reading new requests, lets in-flight ones finish, then closes (server shutdown). */
   shutdown(): void {
@@ -113,7 +130,7 @@ export class NbdConnection {
 
   private onEnd(): void {
     if (this.phase === 'closed') return;
-    if (this.q.length > 0) {
+    if (this.q.length > 0 || this.fill) {
       this.ctx.log.warn({ peer: this.peer, export: this.exportName, pending: this.q.length }, 'nbd stream ended inside a message: closing connection');
     }
     // The client half-closed: finish what is in flight, then close our side.
@@ -136,12 +153,23 @@ export class NbdConnection {
           else {
             this.ctx.log.debug({ peer: this.peer, reason: outcome.reason }, 'nbd handshake ended');
             this.phase = 'closed';
-            this.flush();
-            this.socket.end();
+            this.endThenDestroy();
           }
           return;
         }
         this.enterTransmission(outcome.params);
+        continue;
+      }
+      if (this.fill) {
+        // Copying a WRITE payload that arrives over several chunks into its own buffer.
+        const f = this.fill;
+        const n = Math.min(q.length, f.buf.length - f.pos);
+        q.copyOut(f.buf, f.pos, n);
+        f.pos += n;
+        if (f.pos < f.buf.length) return;
+        this.fill = undefined;
+        this.dispatch(f.hdr, f.buf);
+        if (this.overloaded()) return;
         continue;
       }
       if (q.length < REQUEST_SIZE) return;
@@ -149,14 +177,23 @@ export class NbdConnection {
       const h = this.hdr;
       readRequestHeader(buf, q.pos, h);
       if (h.magic !== REQUEST_MAGIC) { this.fatal(`bad request magic 0x${h.magic.toString(16)}`); return; }
-      let payload: Buffer | Buffer[] | undefined;
+      let payload: Buffer | undefined;
       if (h.type === Cmd.WRITE) {
         if (h.length > this.ctx.maxPayload) { this.fatal(`WRITE payload of ${h.length} bytes exceeds ${this.ctx.maxPayload}`); return; }
-        if (q.length < REQUEST_SIZE + h.length) return; // wait for the whole payload
         q.skip(REQUEST_SIZE);
-        // A large payload spread over several received chunks goes to a gathered write when the
-        // backend has one (no copy); otherwise, and for small ones (cheap to copy), it is joined once.
-        payload = h.length >= GATHER_MIN && !q.isContiguous(h.length) && this.backend.writevCb ? q.takeVec(h.length) : q.take(h.length);
+        if (!this.transient && q.isContiguous(h.length)) payload = q.take(h.length); // a view: no copy
+        else {
+          // Received chunks are reused (or the payload straddles chunks): copy into a buffer of
+          // its own, pooled when the backend gives it back on completion (writeCb contract).
+          const dst = this.backend.writeCb ? getBuffer(h.length) : Buffer.allocUnsafe(h.length);
+          const n = Math.min(q.length, h.length);
+          q.copyOut(dst, 0, n);
+          if (n < h.length) {
+            this.fill = { buf: dst, pos: n, hdr: { ...h } };
+            return;
+          }
+          payload = dst;
+        }
       } else {
         q.skip(REQUEST_SIZE);
       }
@@ -167,12 +204,16 @@ export class NbdConnection {
         return;
       }
       this.dispatch(h, payload);
-      if (this.inflight >= MAX_INFLIGHT || this.socket.writableLength > MAX_QUEUED_REPLY) {
-        this.paused = true;
-        this.socket.pause();
-        return;
-      }
+      if (this.overloaded()) return;
     }
+  }
+
+  /** Stops reading while too much is in flight or queued (backpressure); true when it did. */
+  private overloaded(): boolean {
+    if (this.inflight < MAX_INFLIGHT && this.socket.writableLength <= MAX_QUEUED_REPLY) return false;
+    this.paused = true;
+    this.socket.pause();
+    return true;
   }
 
   private maybeResume(): void {
@@ -186,9 +227,14 @@ export class NbdConnection {
   private finishIfDrained(): void {
     if (this.phase === 'draining' && this.inflight === 0) {
       this.phase = 'closed';
-      this.flush(); // replies still waiting for the batch go out before the FIN
-      this.socket.end();
+      this.endThenDestroy(); // replies still waiting for the batch go out before the FIN
     }
+  }
+
+  /** Sends what is queued, then FIN; closes once flushed (nothing more is read after DISC). */
+  private endThenDestroy(): void {
+    this.flush();
+    this.socket.end(() => this.socket.destroy());
   }
 
   /**
@@ -211,23 +257,29 @@ export class NbdConnection {
     this.flushScheduled = false;
     const list = this.pending;
     if (list.length === 0 || this.socket.destroyed) { list.length = 0; this.pendingBytes = 0; return; }
-    if (list.length === 1) this.socket.write(list[0]!);
+    if (list.length === 1) this.write(list[0]!);
     else if (this.pendingBytes <= JOIN_LIMIT) {
-      const joined = allocReply(this.pendingBytes);
+      const joined = getBuffer(this.pendingBytes);
       let p = 0;
       for (const b of list) { b.copy(joined, p); p += b.length; }
       this.socket.write(joined);
     }
     else {
       this.socket.cork();
-      for (const b of list) this.socket.write(b);
+      for (const b of list) this.write(b);
       this.socket.uncork();
     }
     this.pending = [];
     this.pendingBytes = 0;
   }
 
-  private dispatch(h: RequestHeader, payload: Buffer | Buffer[] | undefined): void {
+  /** Writes one buffer; a pooled one goes back to the pool once the socket is done with it. */
+  private write(b: Buffer): void {
+    if (isPooled(b)) this.socket.write(b, () => releaseBuffer(b));
+    else this.socket.write(b);
+  }
+
+  private dispatch(h: RequestHeader, payload: Buffer | undefined): void {
     const type = h.type;
     const flags = h.flags;
     const hi = h.cookieHi;
@@ -247,9 +299,9 @@ export class NbdConnection {
         if (b.readInto) {
           // Read straight into the reply buffer, behind room for its header.
           const hl = this.structured ? STRUCTURED_HEADER_SIZE + 8 : SIMPLE_REPLY_SIZE;
-          const reply = allocReply(hl + length);
+          const reply = getBuffer(hl + length);
           b.readInto(offset, length, reply, hl, (e) => {
-            if (e) { this.failed(type, hi, lo, e); return; }
+            if (e) { releaseBuffer(reply); this.failed(type, hi, lo, e); return; }
             if (this.structured) {
               writeStructuredHeader(reply, 0, REPLY_FLAG_DONE, ReplyType.OFFSET_DATA, hi, lo, 8 + length);
               writeU64(reply, STRUCTURED_HEADER_SIZE, offset);
@@ -263,9 +315,13 @@ export class NbdConnection {
         return;
       case Cmd.WRITE: {
         const fua = (flags & CMD_FLAG_FUA) !== 0;
-        if (Array.isArray(payload)) b.writevCb!(offset, payload, fua, (e) => (e ? this.failed(type, hi, lo, e) : this.replyOk(hi, lo)));
-        else if (b.writeCb) b.writeCb(offset, payload!, fua, (e) => (e ? this.failed(type, hi, lo, e) : this.replyOk(hi, lo)));
-        else b.write(offset, payload!, { fua }).then(() => this.replyOk(hi, lo), (e) => this.failed(type, hi, lo, e));
+        const data = payload!;
+        if (b.writeCb) {
+          b.writeCb(offset, data, fua, (e) => {
+            releaseBuffer(data); // only pooled buffers are taken back
+            if (e) this.failed(type, hi, lo, e); else this.replyOk(hi, lo);
+          });
+        } else b.write(offset, data, { fua }).then(() => this.replyOk(hi, lo), (e) => this.failed(type, hi, lo, e));
         return;
       }
       case Cmd.FLUSH:
@@ -326,7 +382,7 @@ export class NbdConnection {
   }
 
   private replyOk(hi: number, lo: number): void {
-    const r = allocReply(SIMPLE_REPLY_SIZE);
+    const r = getBuffer(SIMPLE_REPLY_SIZE);
     writeSimpleReply(r, 0, hi, lo);
     this.out(r);
     this.done();
@@ -369,20 +425,3 @@ export class NbdConnection {
 }
 
 function flushReplies(c: NbdConnection): void { c.flush(); }
-
-/**
- * Reply buffers for small requests are carved from 1 MiB slabs: one allocation per slab instead of
- * one ArrayBuffer per reply (Node pools only buffers below 4 KiB). A slab is freed by the GC once
- * every reply cut from it has been written.
- */
-const SLAB_SIZE = 1024 * 1024;
-const SLAB_MAX_PIECE = 64 * 1024;
-let slab = Buffer.allocUnsafeSlow(SLAB_SIZE);
-let slabPos = 0;
-function allocReply(n: number): Buffer {
-  if (n > SLAB_MAX_PIECE) return Buffer.allocUnsafeSlow(n);
-  if (slabPos + n > SLAB_SIZE) { slab = Buffer.allocUnsafeSlow(SLAB_SIZE); slabPos = 0; }
-  const b = slab.subarray(slabPos, slabPos + n);
-  slabPos = (slabPos + n + 7) & ~7;
-  return b;
-}

@@ -185,13 +185,6 @@ export class FileBackend implements Backend {
     writeFully(fd, data, 0, data.length, offset, (e) => (e ? cb(e) : fs.fdatasync(fd, cb)));
   }
 
-  writevCb(offset: number, data: readonly Buffer[], fua: boolean, cb: (err: Error | null) => void): void {
-    // Large gathered payloads: always the threadpool (a pwritev of many pieces is not an inline job).
-    const fd = this.fd;
-    this.stats.async++;
-    writevFully(fd, data as Buffer[], offset, fua ? (e) => (e ? cb(e) : fs.fdatasync(fd, cb)) : cb);
-  }
-
   write(offset: number, data: Buffer, opts: WriteOptions): Promise<void> {
     return new Promise((resolve, reject) => writeFully(this.fd, data, 0, data.length, offset, (e) => {
       if (e) reject(e);
@@ -268,20 +261,6 @@ function writeFully(fd: number, buf: Buffer, off: number, length: number, pos: n
     if (e) return cb(e);
     if (n === length) return cb(null);
     writeFully(fd, buf, off + n, length - n, pos + n, cb);
-  });
-}
-
-/** pwritev until every piece is written (a short write resumes inside the piece it stopped in). */
-function writevFully(fd: number, bufs: Buffer[], pos: number, cb: (e: Error | null) => void): void {
-  fs.writev(fd, bufs, pos, (e, n) => {
-    if (e) return cb(e);
-    let i = 0;
-    let left = n;
-    while (i < bufs.length && left >= bufs[i]!.length) { left -= bufs[i]!.length; i++; }
-    if (i === bufs.length) return cb(null);
-    const rest = bufs.slice(i);
-    rest[0] = rest[0]!.subarray(left);
-    writevFully(fd, rest, pos + n, cb);
   });
 }
 

@@ -63,7 +63,7 @@ export class NbdServer {
   /** Listens on `tcp://HOST:PORT` (port 0 = any) or `unix:PATH`; resolves with the URI of the default export. */
   async listen(target: string): Promise<{ uri: string; target: ListenTarget }> {
     const t = parseListenTarget(target);
-    const server = net.createServer({ allowHalfOpen: true, noDelay: true, pauseOnConnect: false }, (s) => this.accept(s));
+    const server = net.createServer({ allowHalfOpen: true, noDelay: true, pauseOnConnect: true }, (s) => this.accept(s));
     if (t.kind === 'unix') await removeStaleSocket(t.path);
     await new Promise<void>((resolve, reject) => {
       const onError = (err: Error) => reject(err);
@@ -85,8 +85,16 @@ export class NbdServer {
 
   private accept(socket: net.Socket): void {
     if (this.closing) { socket.destroy(); return; }
+    const adopted = USER_BUFFER_READS ? adoptWithUserBuffer(socket) : undefined;
+    if (adopted) {
+      const c = new NbdConnection(adopted.socket, this.ctx, (x) => this.conns.delete(x), undefined, true);
+      adopted.deliver(c);
+      this.conns.add(c);
+      return;
+    }
     const c = new NbdConnection(socket, this.ctx, (x) => this.conns.delete(x));
     this.conns.add(c);
+    socket.resume();
   }
 
   /** Serves one connected socket in the transmission phase directly (kernel attach via socketpair). */
@@ -111,6 +119,53 @@ export class NbdServer {
     await Promise.all(closes);
     this.servers.length = 0;
   }
+}
+
+/** Per-connection receive buffer in onread mode. */
+const READ_BUFFER_SIZE = 256 * 1024;
+const USER_BUFFER_READS = process.env.GEORM_NBD_ONREAD !== '0';
+
+/**
+ * Re-wraps an accepted (paused) socket's handle in a Socket that reads into one reused buffer
+ * (net's documented `onread` option, which net.Server does not offer for accepted sockets).
+ * Without it every read allocates a fresh 64 KiB ArrayBuffer, and at GB/s the garbage collector
+ * costs more CPU than the protocol. Relies on the `handle` constructor option and `_handle`, which
+ * Node uses internally for exactly this; anything unexpected returns undefined and the caller
+ * keeps the ordinary socket (GEORM_NBD_ONREAD=0 forces that).
+ */
+function adoptWithUserBuffer(socket: net.Socket): { socket: net.Socket; deliver: (c: NbdConnection) => void } | undefined {
+  const inner = socket as unknown as { _handle?: { useUserBuffer?: unknown; readStart?: unknown } | null };
+  const handle = inner._handle;
+  if (!handle || typeof handle.useUserBuffer !== 'function' || typeof handle.readStart !== 'function') return undefined;
+  let target: NbdConnection | undefined;
+  const early: Buffer[] = [];
+  let adopted: net.Socket;
+  try {
+    adopted = new net.Socket({
+      handle, allowHalfOpen: true, readable: true, writable: true,
+      onread: {
+        buffer: Buffer.allocUnsafe(READ_BUFFER_SIZE),
+        callback: (n: number, buf: Uint8Array) => {
+          const chunk = Buffer.from(buf.buffer, buf.byteOffset, n);
+          if (target) target.onChunk(chunk);
+          else early.push(Buffer.from(chunk)); // before the connection exists: keep a copy
+          return true;
+        },
+      },
+    } as net.SocketConstructorOpts);
+  } catch {
+    return undefined;
+  }
+  // The original Socket object gives up the handle and goes away without closing it.
+  inner._handle = null;
+  socket.destroy();
+  return {
+    socket: adopted,
+    deliver: (c) => {
+      target = c;
+      for (const b of early.splice(0)) c.onChunk(b);
+    },
+  };
 }
 
 /** A unix socket path left by a dead server is removed; a live one (or a non-socket) is left alone. */

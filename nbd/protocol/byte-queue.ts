@@ -61,25 +61,30 @@ export class ByteQueue {
     return out;
   }
 
-  /** Removes the next `n` bytes (n <= length) as views of the received chunks: never copies. */
-  takeVec(n: number): Buffer[] {
-    const out: Buffer[] = [];
+  /** Copies the next `n` bytes (n <= length) into `dst` at `dstOffset` and consumes them. */
+  copyOut(dst: Buffer, dstOffset: number, n: number): void {
     this.length -= n;
     while (n > 0) {
       const c = this.chunks[0]!;
-      const avail = c.length - this.head;
-      if (avail <= n) {
-        out.push(this.head === 0 ? c : c.subarray(this.head));
-        this.chunks.shift();
-        this.head = 0;
-        n -= avail;
-      } else {
-        out.push(c.subarray(this.head, this.head + n));
-        this.head += n;
-        n = 0;
-      }
+      const take = Math.min(c.length - this.head, n);
+      c.copy(dst, dstOffset, this.head, this.head + take);
+      dstOffset += take;
+      n -= take;
+      if (this.head + take === c.length) { this.chunks.shift(); this.head = 0; } else this.head += take;
     }
-    return out;
+  }
+
+  /**
+   * Replaces the unread bytes by a private copy: for chunks the socket overwrites after its read
+   * callback returns (onread mode), so nothing may keep pointing into them.
+   */
+  retain(): void {
+    if (this.length === 0) { this.chunks.length = 0; this.head = 0; return; }
+    const own = Buffer.allocUnsafe(this.length);
+    const n = this.length;
+    this.copyOut(own, 0, n);
+    this.chunks = [own];
+    this.length = n;
   }
 
   /** True when the next `n` bytes lie in one received chunk. */

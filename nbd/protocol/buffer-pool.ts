@@ -1,0 +1,54 @@
+/**
+ * Reusable buffers for the I/O path. A fresh Buffer per request means a fresh ArrayBuffer with
+ * external memory, and at hundreds of MB/s V8 spends more time collecting those than the server
+ * spends serving (measured: ~half the CPU of 1 MiB requests). Small pieces are carved from 1 MiB
+ * slabs (freed by the GC once every piece is gone); large ones come from size-class free lists and
+ * go back when the caller releases them (after the socket write or the backend write completed).
+ */
+const SLAB_SIZE = 1024 * 1024;
+/** Pieces up to this size come from slabs. */
+export const SLAB_MAX_PIECE = 64 * 1024;
+const CLASS = 64 * 1024;
+/** Upper bound of idle pooled memory, per process. */
+const POOL_MAX_BYTES = 128 * 1024 * 1024;
+
+let slab = Buffer.allocUnsafeSlow(SLAB_SIZE);
+let slabPos = 0;
+const free = new Map<number, Buffer[]>();
+const bases = new WeakMap<ArrayBuffer, Buffer>();
+let idleBytes = 0;
+
+/** A buffer of exactly `n` bytes (uninitialised): from a slab when small, else from the pool. */
+export function getBuffer(n: number): Buffer {
+  if (n <= SLAB_MAX_PIECE) {
+    if (slabPos + n > SLAB_SIZE) { slab = Buffer.allocUnsafeSlow(SLAB_SIZE); slabPos = 0; }
+    const b = slab.subarray(slabPos, slabPos + n);
+    slabPos = (slabPos + n + 7) & ~7;
+    return b;
+  }
+  const cls = Math.ceil(n / CLASS) * CLASS;
+  const list = free.get(cls);
+  let base = list?.pop();
+  if (base) idleBytes -= cls;
+  else {
+    base = Buffer.allocUnsafeSlow(cls);
+    bases.set(base.buffer as ArrayBuffer, base);
+  }
+  return base.subarray(0, n);
+}
+
+/** True when `b` came from the pool (as opposed to a slab), i.e. should be released after use. */
+export function isPooled(b: Buffer): boolean {
+  return b.length > SLAB_MAX_PIECE && bases.has(b.buffer as ArrayBuffer);
+}
+
+/** Returns a pooled buffer for reuse; the caller must not touch it afterwards. Others are ignored. */
+export function releaseBuffer(b: Buffer): void {
+  const base = bases.get(b.buffer as ArrayBuffer);
+  if (!base || b.length <= SLAB_MAX_PIECE || idleBytes + base.length > POOL_MAX_BYTES) return;
+  let list = free.get(base.length);
+  if (!list) { list = []; free.set(base.length, list); }
+  if (list.includes(base)) return; // double release: keep one entry
+  list.push(base);
+  idleBytes += base.length;
+}
