@@ -380,6 +380,7 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
     if (ordered) flags |= F_ORDERED;
     let msg: OutMsg;
     try {
+      this.checkSize(peer, data.length); // before taking an order slot: a refused message must leave no gap
       msg = this.makeMsg(peer, kind, service, flags, 0, ordered ? peer.nextOrderSeq++ : 0, data);
     } catch (err) {
       return Promise.reject(err as Error);
@@ -395,11 +396,15 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
     });
   }
 
+  private checkSize(peer: Peer, len: number): void {
+    if (len > this.maxMessage) throw new GeoMessageError('GEOMSG_ERR_TOO_LARGE', `message of ${len} bytes exceeds maxMessageBytes ${this.maxMessage}`);
+    if (Math.ceil(len / peer.fragSize) > 0xffff) throw new GeoMessageError('GEOMSG_ERR_TOO_LARGE', `message of ${len} bytes exceeds ${0xffff} fragments`);
+  }
+
   private makeMsg(peer: Peer, kind: MsgKind, service: number, flags: number, corrId: number, orderSeq: number, data: Buffer): OutMsg {
     const fragSize = peer.fragSize;
-    if (data.length > this.maxMessage) throw new GeoMessageError('GEOMSG_ERR_TOO_LARGE', `message of ${data.length} bytes exceeds maxMessageBytes ${this.maxMessage}`);
+    this.checkSize(peer, data.length);
     const fragCount = Math.max(1, Math.ceil(data.length / fragSize));
-    if (fragCount > 0xffff) throw new GeoMessageError('GEOMSG_ERR_TOO_LARGE', `message of ${data.length} bytes exceeds ${0xffff} fragments`);
     return {
       id: peer.nextMsgId++, kind, service, flags, corrId, orderSeq, data, fragSize, fragCount, nextFrag: 0,
       ackedCount: 0, acked: fragCount > 1 ? new Uint8Array(fragCount) : null, done: false, resolve: null, reject: null, timer: null,
@@ -1005,9 +1010,15 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
 
   private reply(peer: Peer, reqId: number, payload: Payload | null, err: { code: string; message: string } | null): void {
     if (this.closed || peer.state === 'down') return;
-    const data = err ? Buffer.from(JSON.stringify(err)) : payload ? toBuffer(payload) : Buffer.alloc(0);
-    const msg = this.makeMsg(peer, 'reply', 0, F_REPLY | (err ? F_ERROR : 0), reqId, 0, data);
-    this.enqueue(peer, msg);
+    let data = err ? Buffer.from(JSON.stringify(err)) : payload ? toBuffer(payload) : Buffer.alloc(0);
+    let flags = F_REPLY | (err ? F_ERROR : 0);
+    try {
+      this.checkSize(peer, data.length);
+    } catch (e) {
+      data = Buffer.from(JSON.stringify({ code: 'GEOMSG_ERR_REMOTE', message: (e as Error).message }));
+      flags = F_REPLY | F_ERROR;
+    }
+    this.enqueue(peer, this.makeMsg(peer, 'reply', 0, flags, reqId, 0, data));
   }
 
   // ---------------------------------------------------------------- statistics
