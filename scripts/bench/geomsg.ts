@@ -211,7 +211,7 @@ async function main(): Promise<void> {
   const rounds = Number(process.env.BENCH_ROUNDS ?? 2);
   const best = <T extends { mbps: number }>(xs: T[]) => xs.reduce((x, y) => (y.mbps > x.mbps ? y : x));
   const raws: Record<number, { mbps: number; sentPps: number; lossPct: number; cpuUsPerMB: number }[]> = { 1400: [], 8900: [] };
-  const gms: Record<number, { mbps: number; msgs: number; resends: number; timeouts: number; cpuUsPerMB: number }[]> = { 1500: [], 9000: [] };
+  const gms: Record<number, { mbps: number; msgs: number; resends: number; timeouts: number; packetsOut: number; packetsIn: number; cpuUsPerMB: number }[]> = { 1500: [], 9000: [] };
   for (let r = 0; r < rounds; r++) {
     for (const [size, mtu] of [[1400, 1500], [8900, 9000]] as const) {
       raws[size]!.push(await rawBlast(size));
@@ -220,7 +220,7 @@ async function main(): Promise<void> {
       const res = await bulk(p.a, SECS, 32);
       const c = process.cpuUsage(c0);
       const st = p.a.stats().networks[0]!;
-      gms[mtu]!.push({ ...res, resends: st.resends, timeouts: st.timeouts, cpuUsPerMB: (c.user + c.system) / (res.mbps * SECS) });
+      gms[mtu]!.push({ ...res, resends: st.resends, timeouts: st.timeouts, packetsOut: st.packetsOut, packetsIn: st.packetsIn, cpuUsPerMB: (c.user + c.system) / (res.mbps * SECS) });
       await p.close();
     }
   }
@@ -235,6 +235,7 @@ async function main(): Promise<void> {
       `${f(100 * r.mbps / (mtu === 1500 ? raw1400.mbps : raw8900.mbps))}% of raw; CPU both ends ${f(r.cpuUsPerMB / 1000, 2)} ms/MB; resends ${r.resends}`]);
   }
 
+  if (only === 'bulk') return printTable(results, rows);
   const n = Number(process.env.BENCH_PINGS ?? 5000);
   const dls: ReturnType<typeof stat>[] = [], gls: ReturnType<typeof stat>[] = [];
   for (let r = 0; r < rounds; r++) {
@@ -274,6 +275,10 @@ async function wanOnly(results: Record<string, unknown>, rows: [string, string, 
   rows.push(['emulator 20 ms RTT, no loss, 64 KiB', `${f(rc.mbps)} MB/s`, '']);
   rows.push(['emulator 20 ms RTT, 1% loss each way', `${f(rl.mbps)} MB/s`, `${f(100 * rl.mbps / rc.mbps)}% of no-loss; resends ${rl.resends}, timeouts ${rl.timeouts}`]);
 
+  printTable(results, rows);
+}
+
+function printTable(results: Record<string, unknown>, rows: [string, string, string][]): void {
   const w0 = Math.max(...rows.map((r) => r[0].length)), w1 = Math.max(...rows.map((r) => r[1].length));
   console.log(`| ${'what'.padEnd(w0)} | ${'result'.padStart(w1)} | notes |`);
   console.log(`|${'-'.repeat(w0 + 2)}|${'-'.repeat(w1 + 2)}|-------|`);

@@ -89,7 +89,8 @@ interface OutMsg {
   fragCount: number;
   nextFrag: number;
   ackedCount: number;
-  acked: Uint8Array;
+  /** Per-fragment ack flags; null for single-fragment messages (ackedCount says it all). */
+  acked: Uint8Array | null;
   done: boolean;
   resolve: ((v: Buffer | undefined) => void) | null;
   reject: ((e: Error) => void) | null;
@@ -187,6 +188,10 @@ class Peer {
 }
 
 function nowMs(): number { return performance.now(); }
+
+function isAcked(m: OutMsg, frag: number): boolean {
+  return m.acked ? m.acked[frag] === 1 : m.ackedCount > 0;
+}
 
 type LookupCb = (err: NodeJS.ErrnoException | null, address: string, family: number) => void;
 function fastLookup(host: string, opts: unknown, cb: LookupCb): void {
@@ -375,6 +380,7 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
     if (ordered) flags |= F_ORDERED;
     let msg: OutMsg;
     try {
+      this.checkSize(peer, data.length); // before taking an order slot: a refused message must leave no gap
       msg = this.makeMsg(peer, kind, service, flags, 0, ordered ? peer.nextOrderSeq++ : 0, data);
     } catch (err) {
       return Promise.reject(err as Error);
@@ -390,14 +396,18 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
     });
   }
 
+  private checkSize(peer: Peer, len: number): void {
+    if (len > this.maxMessage) throw new GeoMessageError('GEOMSG_ERR_TOO_LARGE', `message of ${len} bytes exceeds maxMessageBytes ${this.maxMessage}`);
+    if (Math.ceil(len / peer.fragSize) > 0xffff) throw new GeoMessageError('GEOMSG_ERR_TOO_LARGE', `message of ${len} bytes exceeds ${0xffff} fragments`);
+  }
+
   private makeMsg(peer: Peer, kind: MsgKind, service: number, flags: number, corrId: number, orderSeq: number, data: Buffer): OutMsg {
     const fragSize = peer.fragSize;
-    if (data.length > this.maxMessage) throw new GeoMessageError('GEOMSG_ERR_TOO_LARGE', `message of ${data.length} bytes exceeds maxMessageBytes ${this.maxMessage}`);
+    this.checkSize(peer, data.length);
     const fragCount = Math.max(1, Math.ceil(data.length / fragSize));
-    if (fragCount > 0xffff) throw new GeoMessageError('GEOMSG_ERR_TOO_LARGE', `message of ${data.length} bytes exceeds ${0xffff} fragments`);
     return {
       id: peer.nextMsgId++, kind, service, flags, corrId, orderSeq, data, fragSize, fragCount, nextFrag: 0,
-      ackedCount: 0, acked: new Uint8Array(fragCount), done: false, resolve: null, reject: null, timer: null,
+      ackedCount: 0, acked: fragCount > 1 ? new Uint8Array(fragCount) : null, done: false, resolve: null, reject: null, timer: null,
     };
   }
 
@@ -419,7 +429,7 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
     while (peer.inflight.size < peer.cwnd) {
       const r = peer.retxQ.shift();
       if (r) {
-        if (r.msg.done || r.msg.acked[r.frag]) continue;
+        if (r.msg.done || isAcked(r.msg, r.frag)) continue;
         link.net.c.resends++;
         this.sendFragment(peer, link, r.msg, r.frag);
         continue;
@@ -533,7 +543,7 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
     for (const [pseq, f] of peer.inflight) {
       const link = peer.links[f.link]!;
       if (f.sentAt + link.rtt.rto > now) break;
-      if (f.msg.done || f.msg.acked[f.frag]) { peer.inflight.delete(pseq); continue; }
+      if (f.msg.done || isAcked(f.msg, f.frag)) { peer.inflight.delete(pseq); continue; }
       // Nothing heard on the link for a whole RTO: a stall (the peer busy, a pause, a cut) rather than
       // many separate losses. Probe with the oldest packet only; the rest stay in flight and are
       // resent by the fast-retransmit rule once acks flow again, or moved if the network fails.
@@ -619,7 +629,7 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
     for (const [pseq, f] of peer.inflight) {
       if (f.link !== linkIndex) continue;
       peer.inflight.delete(pseq);
-      if (f.msg.done || f.msg.acked[f.frag]) continue;
+      if (f.msg.done || isAcked(f.msg, f.frag)) continue;
       link.net.c.failures++;
       peer.retxQ.push(f);
     }
@@ -851,7 +861,7 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
       if (pseq > limit) break;
       peer.inflight.delete(pseq);
       peer.intervalLost++;
-      if (f.msg.done || f.msg.acked[f.frag]) continue;
+      if (f.msg.done || isAcked(f.msg, f.frag)) continue;
       peer.retxQ.push(f);
     }
   }
@@ -881,8 +891,8 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
 
   private fragAcked(peer: Peer, f: Inflight): void {
     const m = f.msg;
-    if (m.done || m.acked[f.frag]) return;
-    m.acked[f.frag] = 1;
+    if (m.done || isAcked(m, f.frag)) return;
+    if (m.acked) m.acked[f.frag] = 1;
     if (++m.ackedCount < m.fragCount) return;
     m.done = true;
     peer.active.delete(m.id);
@@ -1000,9 +1010,15 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
 
   private reply(peer: Peer, reqId: number, payload: Payload | null, err: { code: string; message: string } | null): void {
     if (this.closed || peer.state === 'down') return;
-    const data = err ? Buffer.from(JSON.stringify(err)) : payload ? toBuffer(payload) : Buffer.alloc(0);
-    const msg = this.makeMsg(peer, 'reply', 0, F_REPLY | (err ? F_ERROR : 0), reqId, 0, data);
-    this.enqueue(peer, msg);
+    let data = err ? Buffer.from(JSON.stringify(err)) : payload ? toBuffer(payload) : Buffer.alloc(0);
+    let flags = F_REPLY | (err ? F_ERROR : 0);
+    try {
+      this.checkSize(peer, data.length);
+    } catch (e) {
+      data = Buffer.from(JSON.stringify({ code: 'GEOMSG_ERR_REMOTE', message: (e as Error).message }));
+      flags = F_REPLY | F_ERROR;
+    }
+    this.enqueue(peer, this.makeMsg(peer, 'reply', 0, flags, reqId, 0, data));
   }
 
   // ---------------------------------------------------------------- statistics

@@ -39,6 +39,10 @@ t.test('request/response, one-way, errors and fragmentation on loopback', async 
   t.ok(s.networks[0]!.links[0]!.srttMs! > 0);
   t.throws(() => a.handle(0xffff, () => {}), { code: 'GEOMSG_ERR_CONFIG' });
   await t.rejects(a.send('b', 4, Buffer.alloc(65 << 20)), { code: 'GEOMSG_ERR_TOO_LARGE' });
+  await t.rejects(a.send('b', 4, Buffer.alloc(65 << 20), { ordered: true }), { code: 'GEOMSG_ERR_TOO_LARGE' });
+  t.equal((await a.request('b', 1, Buffer.from('z'), { ordered: true, timeoutMs: 5000 })).toString(), 'echo:z', 'refused ordered message left no gap');
+  b.handle(6, () => Buffer.alloc(65 << 20));
+  await t.rejects(a.request('b', 6, Buffer.alloc(0)), { code: 'GEOMSG_ERR_REMOTE', message: /maxMessageBytes/ });
   await t.rejects(a.send('b', 0xffff, Buffer.alloc(1)), { code: 'GEOMSG_ERR_CONFIG' });
 });
 
