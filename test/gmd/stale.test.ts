@@ -25,7 +25,7 @@ t.test('network down between namespaces: Promote Failure Timeout -> gmddown, sta
   await c.ctl('beta', 'stop');
   await c.start('beta');
   await c.waitInSync();
-  const after = await c.status('alpha');
+  const after = await c.waitFor('alpha', (s) => !!s.resync?.complete, 'resync reported complete', 30000);
   t.equal(after.stats.resyncBytesSent, blocks.length * REGION, `only the ${blocks.length} stale regions travelled (${after.stats.resyncBytesSent} bytes)`);
   t.equal(after.resync?.complete, true, 'resync reported complete');
   await c.terminate('alpha');
