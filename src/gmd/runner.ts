@@ -11,6 +11,8 @@ import { openGeoMessage, loadClusterKey, type GeoMessage, type PeerSpec } from '
 import { serveNetStats, netStatSocketPath } from '../geomessage/netstat.js';
 import { StateMap, StateMapError } from '../statemap/index.js';
 import { sdNotify } from '../native/index.js';
+import { attachExport, DEFAULT_ATTACH_TIMEOUT_SEC, type Attached } from '../native/attach.js';
+import { transmissionFlags } from '../../nbd/index.js';
 import { GeormError } from '../util/errors.js';
 import { createLogger, type Logger } from '../util/log.js';
 import { serveControl } from './control.js';
@@ -96,10 +98,25 @@ export async function runGmd(name: string, opts: RunOptions): Promise<RunningGmd
   const nbdUris: string[] = [];
   for (const target of here.nbdListen) nbdUris.push((await nbd.listen(target)).uri);
 
+  // nbd_device: the kernel sees the GMD only while it is AVAILABLE and never on a secondary.
+  let attached: Attached | null = null;
+  const attach = () => {
+    const dev = gmdMachine(findGmd(cfg, name), machine).nbdDevice;
+    if (!dev || attached || device.attrs?.role === 'secondary' || device.state !== 'AVAILABLE') return;
+    try {
+      attached = attachExport(dev, DEFAULT_ATTACH_TIMEOUT_SEC, device.size(), transmissionFlags(device, false), (sock) => nbd.serveSocket(sock, name), log);
+    } catch (e) { device.event('error', `attaching ${dev} failed: ${(e as Error).message}`); }
+  };
+  const detach = async () => {
+    const a = attached;
+    attached = null;
+    if (a) await a.detach().catch((e: unknown) => device.event('error', `detaching ${a.device} failed: ${(e as Error).message}`));
+  };
   const controlPath = controlSocketPath(cfg, name, machine);
   let closing: Promise<void> | null = null;
   const close = (): Promise<void> => {
     closing ??= (async () => {
+      await detach();
       await device.stop('process exit').catch((e: unknown) => log.error({ err: (e as Error).message }, 'stop failed'));
       await nbd.close(2000).catch(() => undefined);
       await device.unconfigure().catch(() => undefined);
@@ -122,9 +139,11 @@ export async function runGmd(name: string, opts: RunOptions): Promise<RunningGmd
       case 'unconfigure': await device.unconfigure(); return device.status();
       case 'start': {
         for (const p of (args.down as string[] | undefined) ?? []) await device.down(p);
-        return device.start();
+        const r = await device.start();
+        attach();
+        return r;
       }
-      case 'stop': await device.stop(); return device.status();
+      case 'stop': await detach(); await device.stop(); return device.status();
       case 'down': return device.down(String(args.peer));
       case 'dirty': await device.dirty(); return device.status();
       case 'clean': await device.clean(); return device.status();
@@ -168,6 +187,7 @@ export async function runGmd(name: string, opts: RunOptions): Promise<RunningGmd
   if (opts.start) {
     for (const p of opts.down ?? []) await device.down(p);
     const r = await device.start();
+    attach();
     log.info({ gmd: name }, r.message);
   }
   sdNotify('READY=1');

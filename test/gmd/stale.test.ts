@@ -88,3 +88,30 @@ t.test('initial synchronisation from the secondary (dirty there): the primary pu
   await c.terminate('beta');
   t.ok((await identical(c.vol.alpha!, c.vol.beta!)).same, 'identical');
 });
+
+t.test('an interrupted resync resumes from the state map', { skip: missingTools('qemu-io', 'cmp') }, async (t) => {
+  const c = await TestCluster.create({ mode: 'sync', size: 8 * 1024 * 1024, rateLimit: '1M', syncRate: '32K' });
+  t.teardown(() => c.cleanup());
+  await c.up();
+  await c.terminate('beta');
+  t.equal((await qio(c.uri, 'write -P 0x61 0 4M')).code, 0);
+  const stale = (await c.status('alpha')).map!.stale;
+  t.equal(stale, 128, '4 MiB stale');
+  await c.run('beta');
+  await c.start('beta');
+  const mid = await c.waitFor('alpha', (s) => (s.resync?.doneBytes ?? 0) >= 1024 * 1024, 'a quarter copied', 20000);
+  await c.kill9('beta');   // interrupted
+  const left = await c.waitFor('alpha', (s) => !s.peers[0]!.active, 'peer dropped', 20000);
+  t.ok(left.map!.stale < stale && left.map!.stale > 0, `map records what is left (${left.map!.stale} of ${stale} regions)`);
+  const sentBefore = left.stats.resyncBytesSent;
+  await c.run('beta');
+  await c.start('beta');
+  await c.waitInSync();
+  const done = await c.waitFor('alpha', (s) => !!s.resync?.complete, 'complete', 30000);
+  t.ok(done.stats.resyncBytesSent - sentBefore <= left.map!.stale * REGION + 8 * REGION,
+    `second run copied only what was left (${done.stats.resyncBytesSent - sentBefore} bytes; first run ${sentBefore})`);
+  t.ok(mid.resync!.etaSec !== null, 'ETA reported');
+  await c.terminate('alpha');
+  await c.terminate('beta');
+  t.ok((await identical(c.vol.alpha!, c.vol.beta!)).same, 'identical');
+});
