@@ -70,4 +70,9 @@ export interface Backend {
   readInto?(offset: number, length: number, buf: Buffer, bufOffset: number, cb: (err: Error | null) => void): void;
   /** Optional fast path, used instead of write() when present; calls `cb` exactly once. */
   writeCb?(offset: number, data: Buffer, fua: boolean, cb: (err: Error | null) => void): void;
+  /**
+   * Optional fast path for payloads that arrived in several socket chunks: the pieces, in order,
+   * as views (a gathered write, no copy). Without it the server joins them and calls writeCb/write.
+   */
+  writevCb?(offset: number, data: readonly Buffer[], fua: boolean, cb: (err: Error | null) => void): void;
 }

@@ -30,8 +30,10 @@ export interface ConnectionContext {
 /** Above this many requests in flight we stop reading from the socket (backpressure). */
 const MAX_INFLIGHT = 256;
 const RESUME_INFLIGHT = 128;
+/** WRITE payloads from this size on may be handed over as a list of received chunks. */
+const GATHER_MIN = 128 * 1024;
 /** Reply batches up to this size are joined into one buffer before writing. */
-const JOIN_LIMIT = 256 * 1024;
+const JOIN_LIMIT = 64 * 1024;
 /** Above this many queued reply bytes we stop reading until the socket drains. */
 const MAX_QUEUED_REPLY = 64 * 1024 * 1024;
 
@@ -147,12 +149,14 @@ export class NbdConnection {
       const h = this.hdr;
       readRequestHeader(buf, q.pos, h);
       if (h.magic !== REQUEST_MAGIC) { this.fatal(`bad request magic 0x${h.magic.toString(16)}`); return; }
-      let payload: Buffer | undefined;
+      let payload: Buffer | Buffer[] | undefined;
       if (h.type === Cmd.WRITE) {
         if (h.length > this.ctx.maxPayload) { this.fatal(`WRITE payload of ${h.length} bytes exceeds ${this.ctx.maxPayload}`); return; }
         if (q.length < REQUEST_SIZE + h.length) return; // wait for the whole payload
         q.skip(REQUEST_SIZE);
-        payload = q.take(h.length);
+        // A large payload spread over several received chunks goes to a gathered write when the
+        // backend has one (no copy); otherwise, and for small ones (cheap to copy), it is joined once.
+        payload = h.length >= GATHER_MIN && !q.isContiguous(h.length) && this.backend.writevCb ? q.takeVec(h.length) : q.take(h.length);
       } else {
         q.skip(REQUEST_SIZE);
       }
@@ -208,7 +212,12 @@ export class NbdConnection {
     const list = this.pending;
     if (list.length === 0 || this.socket.destroyed) { list.length = 0; this.pendingBytes = 0; return; }
     if (list.length === 1) this.socket.write(list[0]!);
-    else if (this.pendingBytes <= JOIN_LIMIT) this.socket.write(Buffer.concat(list, this.pendingBytes));
+    else if (this.pendingBytes <= JOIN_LIMIT) {
+      const joined = allocReply(this.pendingBytes);
+      let p = 0;
+      for (const b of list) { b.copy(joined, p); p += b.length; }
+      this.socket.write(joined);
+    }
     else {
       this.socket.cork();
       for (const b of list) this.socket.write(b);
@@ -218,7 +227,7 @@ export class NbdConnection {
     this.pendingBytes = 0;
   }
 
-  private dispatch(h: RequestHeader, payload: Buffer | undefined): void {
+  private dispatch(h: RequestHeader, payload: Buffer | Buffer[] | undefined): void {
     const type = h.type;
     const flags = h.flags;
     const hi = h.cookieHi;
@@ -252,10 +261,13 @@ export class NbdConnection {
           b.read(offset, length).then((data) => this.replyRead(hi, lo, offset, data), (e) => this.failed(type, hi, lo, e));
         }
         return;
-      case Cmd.WRITE:
-        if (b.writeCb) b.writeCb(offset, payload!, (flags & CMD_FLAG_FUA) !== 0, (e) => (e ? this.failed(type, hi, lo, e) : this.replyOk(hi, lo)));
-        else b.write(offset, payload!, { fua: (flags & CMD_FLAG_FUA) !== 0 }).then(() => this.replyOk(hi, lo), (e) => this.failed(type, hi, lo, e));
+      case Cmd.WRITE: {
+        const fua = (flags & CMD_FLAG_FUA) !== 0;
+        if (Array.isArray(payload)) b.writevCb!(offset, payload, fua, (e) => (e ? this.failed(type, hi, lo, e) : this.replyOk(hi, lo)));
+        else if (b.writeCb) b.writeCb(offset, payload!, fua, (e) => (e ? this.failed(type, hi, lo, e) : this.replyOk(hi, lo)));
+        else b.write(offset, payload!, { fua }).then(() => this.replyOk(hi, lo), (e) => this.failed(type, hi, lo, e));
         return;
+      }
       case Cmd.FLUSH:
         b.flush().then(() => this.replyOk(hi, lo), (e) => this.failed(type, hi, lo, e));
         return;

@@ -19,13 +19,42 @@ export interface FileExtensions {
   punchHole?(fd: number, offset: number, length: number): void;
   zeroRange?(fd: number, offset: number, length: number): void;
   blockDeviceSize?(fd: number): number;
+  /**
+   * preadv2(RWF_NOWAIT) / pwritev2(RWF_NOWAIT): transfer only if it needs no waiting (page cache
+   * hit, no writeback throttling); returns the byte count, or -1 when it would block (EAGAIN).
+   * With these the server never blocks its event loop yet skips the threadpool for cached I/O.
+   */
+  preadNoWait?(fd: number, buf: Buffer, bufOffset: number, length: number, position: number): number;
+  pwriteNoWait?(fd: number, buf: Buffer, bufOffset: number, length: number, position: number): number;
 }
+
+/**
+ * Where reads and writes run. 'async': always the libuv threadpool. 'inline': on the event loop
+ * thread. 'auto' (default): inline while inline transfers stay fast, which is the page-cache case
+ * and saves two thread handoffs per request; a few slow transfers in a row (over 2 ms: real disk
+ * I/O or writeback throttling) send everything to the threadpool for the next second, so the event
+ * loop is blocked by at most about three slow transfers per second. With the RWF_NOWAIT
+ * extensions, inline attempts never block at all.
+ */
+export type IoMode = 'auto' | 'inline' | 'async';
 
 export interface FileBackendOptions {
   readOnly: boolean;
   /** Overrides the process-wide extensions set with setFileExtensions(). */
   extensions?: FileExtensions;
+  /** See IoMode; default from GEORM_NBD_IO ('auto' | 'inline' | 'async'), else 'auto'. */
+  io?: IoMode;
 }
+
+const INLINE_SLOW_MS = 2;
+const INLINE_BACKOFF_MS = 1000;
+/**
+ * Back off once the decaying count of slow inline transfers passes this: a few slow ones in a row
+ * (disk I/O) trigger it, a single one (the thread was preempted on a busy machine) does not.
+ */
+const INLINE_SLOW_SCORE = 2.5;
+/** Larger transfers always use the threadpool: copying them inline would hold the loop too long. */
+const INLINE_MAX = 128 * 1024;
 
 let defaultExtensions: FileExtensions = {};
 /** Installs platform extensions for every FileBackend opened afterwards (the addon calls this). */
@@ -37,9 +66,16 @@ let zeroBuf: Buffer | undefined;
 export class FileBackend implements Backend {
   private closed = false;
   private readonly flagSet: BackendFlags;
+  /** performance.now() until which inline I/O is off ('auto' after a slow inline transfer). */
+  private inlineOffUntil = 0;
+  private slowScore = 0;
+  private readonly inline: boolean;
+  /** Counters for diagnostics and tests. */
+  readonly stats = { inline: 0, async: 0, slowInline: 0 };
 
   private constructor(readonly path: string, readonly fd: number, private readonly bytes: number,
-    readonly readOnly: boolean, readonly isBlockDevice: boolean, private readonly ext: FileExtensions) {
+    readonly readOnly: boolean, readonly isBlockDevice: boolean, private readonly ext: FileExtensions, readonly io: IoMode) {
+    this.inline = io !== 'async';
     this.flagSet = {
       readOnly,
       canFlush: true,
@@ -65,7 +101,9 @@ export class FileBackend implements Backend {
       if (st.isBlockDevice()) size = ext.blockDeviceSize ? ext.blockDeviceSize(fd) : await sysfsBlockSize(st.rdev);
       else if (st.isFile()) size = st.size;
       else throw Object.assign(new Error(`${path} is neither a regular file nor a block device`), { code: 'EINVAL' });
-      return new FileBackend(path, fd, size, opts.readOnly, st.isBlockDevice(), ext);
+      const envIo = process.env.GEORM_NBD_IO;
+      const io: IoMode = opts.io ?? (envIo === 'inline' || envIo === 'async' ? envIo : 'auto');
+      return new FileBackend(path, fd, size, opts.readOnly, st.isBlockDevice(), ext, io);
     } catch (e) {
       fs.closeSync(fd);
       throw e;
@@ -83,14 +121,75 @@ export class FileBackend implements Backend {
     return new Promise((resolve, reject) => readFully(this.fd, buf, 0, length, offset, (e) => (e ? reject(e) : resolve(buf))));
   }
 
+  /** Whether the next transfer of `length` bytes may be tried inline. */
+  private inlineOk(length: number): boolean {
+    if (!this.inline || length > INLINE_MAX) return false;
+    if (this.inlineOffUntil !== 0) {
+      if (performance.now() < this.inlineOffUntil) return false;
+      this.inlineOffUntil = 0;
+    }
+    return true;
+  }
+
+  private inlineTook(start: number): void {
+    if (this.io !== 'auto') return;
+    if (performance.now() - start > INLINE_SLOW_MS) {
+      this.stats.slowInline++;
+      this.slowScore = this.slowScore * 0.9 + 1;
+      if (this.slowScore > INLINE_SLOW_SCORE) {
+        this.slowScore = 0;
+        this.inlineOffUntil = performance.now() + INLINE_BACKOFF_MS;
+      }
+    } else if (this.slowScore !== 0) {
+      this.slowScore = this.slowScore < 0.01 ? 0 : this.slowScore * 0.9;
+    }
+  }
+
   readInto(offset: number, length: number, buf: Buffer, bufOffset: number, cb: (err: Error | null) => void): void {
+    if (this.inlineOk(length)) {
+      let n: number;
+      const t0 = performance.now();
+      try {
+        n = this.ext.preadNoWait ? this.ext.preadNoWait(this.fd, buf, bufOffset, length, offset) : fs.readSync(this.fd, buf, bufOffset, length, offset);
+      } catch (e) {
+        cb(e as Error);
+        return;
+      }
+      this.inlineTook(t0);
+      if (n === length) { this.stats.inline++; cb(null); return; }
+      if (n === 0) { buf.fill(0, bufOffset, bufOffset + length); this.stats.inline++; cb(null); return; }
+      if (n > 0) { bufOffset += n; offset += n; length -= n; }
+    }
+    this.stats.async++;
     readFully(this.fd, buf, bufOffset, length, offset, cb);
   }
 
   writeCb(offset: number, data: Buffer, fua: boolean, cb: (err: Error | null) => void): void {
-    if (!fua) { writeFully(this.fd, data, 0, data.length, offset, cb); return; }
     const fd = this.fd;
+    // FUA waits for fdatasync anyway, which never belongs on the event loop.
+    if (!fua && this.inlineOk(data.length)) {
+      let n: number;
+      const t0 = performance.now();
+      try {
+        n = this.ext.pwriteNoWait ? this.ext.pwriteNoWait(fd, data, 0, data.length, offset) : fs.writeSync(fd, data, 0, data.length, offset);
+      } catch (e) {
+        cb(e as Error);
+        return;
+      }
+      this.inlineTook(t0);
+      if (n === data.length) { this.stats.inline++; cb(null); return; }
+      if (n > 0) { data = data.subarray(n); offset += n; }
+    }
+    this.stats.async++;
+    if (!fua) { writeFully(fd, data, 0, data.length, offset, cb); return; }
     writeFully(fd, data, 0, data.length, offset, (e) => (e ? cb(e) : fs.fdatasync(fd, cb)));
+  }
+
+  writevCb(offset: number, data: readonly Buffer[], fua: boolean, cb: (err: Error | null) => void): void {
+    // Large gathered payloads: always the threadpool (a pwritev of many pieces is not an inline job).
+    const fd = this.fd;
+    this.stats.async++;
+    writevFully(fd, data as Buffer[], offset, fua ? (e) => (e ? cb(e) : fs.fdatasync(fd, cb)) : cb);
   }
 
   write(offset: number, data: Buffer, opts: WriteOptions): Promise<void> {
@@ -169,6 +268,20 @@ function writeFully(fd: number, buf: Buffer, off: number, length: number, pos: n
     if (e) return cb(e);
     if (n === length) return cb(null);
     writeFully(fd, buf, off + n, length - n, pos + n, cb);
+  });
+}
+
+/** pwritev until every piece is written (a short write resumes inside the piece it stopped in). */
+function writevFully(fd: number, bufs: Buffer[], pos: number, cb: (e: Error | null) => void): void {
+  fs.writev(fd, bufs, pos, (e, n) => {
+    if (e) return cb(e);
+    let i = 0;
+    let left = n;
+    while (i < bufs.length && left >= bufs[i]!.length) { left -= bufs[i]!.length; i++; }
+    if (i === bufs.length) return cb(null);
+    const rest = bufs.slice(i);
+    rest[0] = rest[0]!.subarray(left);
+    writevFully(fd, rest, pos + n, cb);
   });
 }
 

@@ -61,6 +61,33 @@ export class ByteQueue {
     return out;
   }
 
+  /** Removes the next `n` bytes (n <= length) as views of the received chunks: never copies. */
+  takeVec(n: number): Buffer[] {
+    const out: Buffer[] = [];
+    this.length -= n;
+    while (n > 0) {
+      const c = this.chunks[0]!;
+      const avail = c.length - this.head;
+      if (avail <= n) {
+        out.push(this.head === 0 ? c : c.subarray(this.head));
+        this.chunks.shift();
+        this.head = 0;
+        n -= avail;
+      } else {
+        out.push(c.subarray(this.head, this.head + n));
+        this.head += n;
+        n = 0;
+      }
+    }
+    return out;
+  }
+
+  /** True when the next `n` bytes lie in one received chunk. */
+  isContiguous(n: number): boolean {
+    const first = this.chunks[0];
+    return first !== undefined && first.length - this.head >= n;
+  }
+
   /** Discards up to `n` bytes; returns how many were discarded. */
   discard(n: number): number {
     const d = Math.min(n, this.length);

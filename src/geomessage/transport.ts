@@ -1,6 +1,7 @@
 import { createSocket, type Socket } from 'node:dgram';
 import { EventEmitter } from 'node:events';
-import { isIPv6 } from 'node:net';
+import { isIP, isIPv6 } from 'node:net';
+import { lookup as dnsLookup, type LookupOneOptions } from 'node:dns';
 import { performance } from 'node:perf_hooks';
 import { silentLogger, type Logger } from '../util/log.js';
 import { GeoMessageError, type GeoMessageErrorCode } from './errors.js';
@@ -33,6 +34,8 @@ export interface GeoMessageOptions {
   rtoMaxMs?: number;
   /** SO_SNDBUF/SO_RCVBUF requested per socket (the kernel may clamp to rmem_max); default 8 MiB. */
   socketBufferBytes?: number;
+  /** Largest message accepted, sent or received (bounds reassembly memory); default 64 MiB. */
+  maxMessageBytes?: number;
   /** Override the incarnation number (tests); default: deciseconds since 2025-01-01. */
   epoch?: number;
 }
@@ -69,6 +72,8 @@ const SVC_TOMBSTONE = 0xffff;
 const REORDER_THRESHOLD = 5;
 const EPOCH_BASE_MS = Date.UTC(2025, 0, 1);
 const REASM_IDLE_MS = 120_000;
+/** Packets in flight before the first RTT measurements let the window grow. */
+const INITIAL_WINDOW = 64;
 
 type MsgKind = 'send' | 'request' | 'reply';
 
@@ -148,6 +153,9 @@ class Peer {
   rtoTimer: NodeJS.Timeout | null = null;
   rtoDue = 0;
   nextWindowAdjust = 0;
+  intervalSent = 0;
+  intervalMinRtt = Infinity;
+  intervalLost = 0;
   // receiving
   replay = new ReplayWindow();
   ranges = new ReceivedRanges();
@@ -172,13 +180,20 @@ class Peer {
     for (const l of links) if (l) mtu = Math.min(mtu, l.net.mtu);
     this.fragSize = fragmentPayloadSize(mtu);
     this.lastHeard = now;
-    this.cwnd = window;
+    this.cwnd = Math.min(window, INITIAL_WINDOW);
   }
 
   get name(): string { return this.spec.machine; }
 }
 
 function nowMs(): number { return performance.now(); }
+
+type LookupCb = (err: NodeJS.ErrnoException | null, address: string, family: number) => void;
+function fastLookup(host: string, opts: unknown, cb: LookupCb): void {
+  const family = isIP(host);
+  if (family) cb(null, host, family);
+  else dnsLookup(host, opts as LookupOneOptions, cb);
+}
 
 function toBuffer(p: Payload): Buffer {
   if (Buffer.isBuffer(p)) return p;
@@ -211,6 +226,7 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
   private readonly window: number;
   private readonly rtoMin: number;
   private readonly rtoMax: number;
+  private readonly maxMessage: number;
 
   constructor(private readonly opts: GeoMessageOptions) {
     super();
@@ -225,6 +241,7 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
     this.window = opts.windowPackets ?? 1024;
     this.rtoMin = opts.rtoMinMs ?? 20;
     this.rtoMax = opts.rtoMaxMs ?? 2000;
+    this.maxMessage = opts.maxMessageBytes ?? 64 << 20;
   }
 
   /** Binds the sockets, greets every peer, starts keepalives. On failure nothing stays bound. */
@@ -254,12 +271,22 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
     for (const [i, ep] of o.endpoints.entries()) {
       const mtu = ep.mtu ?? 1500;
       if (fragmentPayloadSize(mtu) < 64) throw new GeoMessageError('GEOMSG_ERR_CONFIG', `network ${ep.network}: MTU ${mtu} too small`);
-      const socket = createSocket({ type: isIPv6(ep.address) ? 'udp6' : 'udp4' });
+      // Peer addresses are IP literals almost always: resolve them synchronously. dns.lookup would
+      // answer an IP literal on the next tick, costing a tick and a closure per packet.
+      const socket = createSocket({ type: isIPv6(ep.address) ? 'udp6' : 'udp4', lookup: fastLookup });
       const net: Net = {
         index: i, spec: ep, mtu, socket,
         c: { packetsOut: 0, packetsIn: 0, bytesOut: 0, bytesIn: 0, resends: 0, timeouts: 0, failures: 0, duplicates: 0, other: 0, dropped: emptyDrops() },
       };
-      socket.on('message', (buf, rinfo) => this.onPacket(net, buf, rinfo.size));
+      socket.on('message', (buf, rinfo) => {
+        try {
+          this.onPacket(net, buf, rinfo.size);
+        } catch (err) {
+          // A bug must not take the process (and its GMD) down on one odd packet: count and log it.
+          net.c.dropped.malformed++;
+          this.log.error({ err, network: ep.network }, 'packet handling failed');
+        }
+      });
       // Sends are fire-and-forget: an error (ENETUNREACH on a cut link, ENOBUFS) is a lost packet that
       // retransmission recovers; it is counted, never thrown.
       socket.on('error', (err) => { net.c.failures++; this.log.debug({ err, network: ep.network }, 'socket error'); });
@@ -365,6 +392,7 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
 
   private makeMsg(peer: Peer, kind: MsgKind, service: number, flags: number, corrId: number, orderSeq: number, data: Buffer): OutMsg {
     const fragSize = peer.fragSize;
+    if (data.length > this.maxMessage) throw new GeoMessageError('GEOMSG_ERR_TOO_LARGE', `message of ${data.length} bytes exceeds maxMessageBytes ${this.maxMessage}`);
     const fragCount = Math.max(1, Math.ceil(data.length / fragSize));
     if (fragCount > 0xffff) throw new GeoMessageError('GEOMSG_ERR_TOO_LARGE', `message of ${data.length} bytes exceeds ${0xffff} fragments`);
     return {
@@ -442,6 +470,7 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
       }
     }
     const parts = sealPacket(this.key, h, chunk, acks);
+    peer.intervalSent++;
     peer.inflight.set(h.pseq, { msg, frag, sentAt: nowMs(), link: link.net.index });
     this.transmit(link, parts, HEADER_BYTES + chunk.length + (acks ? acks.length : 0) + TAG_BYTES);
   }
@@ -504,9 +533,15 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
     for (const [pseq, f] of peer.inflight) {
       const link = peer.links[f.link]!;
       if (f.sentAt + link.rtt.rto > now) break;
+      if (f.msg.done || f.msg.acked[f.frag]) { peer.inflight.delete(pseq); continue; }
+      // Nothing heard on the link for a whole RTO: a stall (the peer busy, a pause, a cut) rather than
+      // many separate losses. Probe with the oldest packet only; the rest stay in flight and are
+      // resent by the fast-retransmit rule once acks flow again, or moved if the network fails.
+      const stalled = now - link.lastHeard > link.rtt.rto;
+      if (stalled && hitLinks.has(link)) continue;
       peer.inflight.delete(pseq);
-      if (f.msg.done || f.msg.acked[f.frag]) continue;
       link.net.c.timeouts++;
+      peer.intervalLost++;
       hitLinks.add(link);
       peer.retxQ.push(f);
     }
@@ -670,7 +705,7 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
     peer.nextMsgId = 1;
     peer.nextOrderSeq = 1;
     peer.largestAcked = 0;
-    peer.cwnd = this.window;
+    peer.cwnd = Math.min(this.window, INITIAL_WINDOW);
     peer.replay = new ReplayWindow();
     peer.ranges = new ReceivedRanges();
     peer.ackPending = false;
@@ -815,23 +850,32 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
     for (const [pseq, f] of peer.inflight) {
       if (pseq > limit) break;
       peer.inflight.delete(pseq);
+      peer.intervalLost++;
       if (f.msg.done || f.msg.acked[f.frag]) continue;
       peer.retxQ.push(f);
     }
   }
 
   /**
-   * Delay-based window (LEDBAT-like, simplified): once per RTT, shrink by 15% when the smoothed RTT
-   * exceeds the path's minimum by more than max(5 ms, minimum RTT) — our own queue is building in a
-   * socket buffer or a slow link — otherwise grow by 1/8. Random loss does not shrink it (a WAN
-   * with 1% loss keeps its rate); retransmission timeouts halve it (onRto).
+   * Window control, once per RTT: shrink by 20% when our own queue is building (the interval's
+   * smallest RTT sample above the path minimum by more than max(5 ms, min RTT)) or when more than 20% of the interval's packets were
+   * lost (a tail-drop bottleneck); grow by half while the queue is small (start-up), else by 1/8.
+   * Moderate random loss (a WAN with 1–10% loss) does not shrink it; repeated timeouts halve it (onRto).
    */
   private adjustWindow(peer: Peer, link: Link, sample: number, now: number): void {
     if (sample < link.minRtt || now - link.minRttAt > 10_000) { link.minRtt = sample; link.minRttAt = now; }
+    if (sample < peer.intervalMinRtt) peer.intervalMinRtt = sample;
     if (now < peer.nextWindowAdjust) return;
     peer.nextWindowAdjust = now + Math.max(1, link.rtt.srtt);
-    const queueing = link.rtt.srtt - link.minRtt;
-    if (queueing > Math.max(5, link.minRtt)) peer.cwnd = Math.max(16, Math.floor(peer.cwnd * 0.85));
+    // The smallest sample of the interval shows a standing queue; scheduling hiccups only add spikes.
+    const queueing = peer.intervalMinRtt - link.minRtt;
+    peer.intervalMinRtt = Infinity;
+    const target = Math.max(5, link.minRtt);
+    const lossy = peer.intervalSent >= 20 && peer.intervalLost > 0.2 * peer.intervalSent;
+    if (this.log.isLevelEnabled('trace')) this.log.trace({ peer: peer.name, cwnd: peer.cwnd, srtt: link.rtt.srtt, minRtt: link.minRtt, sent: peer.intervalSent, lost: peer.intervalLost, inflight: peer.inflight.size }, 'window');
+    peer.intervalSent = peer.intervalLost = 0;
+    if (queueing > target || lossy) peer.cwnd = Math.max(16, Math.floor(peer.cwnd * 0.8));
+    else if (queueing < target / 2) peer.cwnd = Math.min(this.window, Math.ceil(peer.cwnd * 1.5));
     else peer.cwnd = Math.min(this.window, peer.cwnd + Math.max(1, peer.cwnd >> 3));
   }
 
@@ -866,7 +910,7 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
     } else {
       let r = peer.reasm.get(p.msgId);
       if (!r) {
-        if (p.totalLen > p.fragCount * 0xffff) return this.drop(net, 'malformed');
+        if (p.totalLen > p.fragCount * 0xffff || p.totalLen > this.maxMessage) return this.drop(net, 'malformed');
         r = { buf: Buffer.allocUnsafe(p.totalLen), got: new Uint8Array(p.fragCount), count: p.fragCount, missing: p.fragCount, touched: 0 };
         peer.reasm.set(p.msgId, r);
       }

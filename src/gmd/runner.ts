@@ -2,7 +2,7 @@ import { stat } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import type { Server } from 'node:net';
-import { NbdServer, FileBackend } from '../../nbd/index.js';
+import { NbdServer, FileBackend, transmissionFlags } from '../../nbd/index.js';
 import {
   loadConfig, findGmd, findMachine, gmdMachine, peersOf, endpointsOf, gatherFacts, compareFacts, formatVerify, configDigest,
   type ClusterConfig, type MachineFacts,
@@ -10,9 +10,8 @@ import {
 import { openGeoMessage, loadClusterKey, type GeoMessage, type PeerSpec } from '../geomessage/index.js';
 import { serveNetStats, netStatSocketPath } from '../geomessage/netstat.js';
 import { StateMap, StateMapError } from '../statemap/index.js';
-import { sdNotify } from '../native/index.js';
+import { systemd } from '../native/systemd.js';
 import { attachExport, DEFAULT_ATTACH_TIMEOUT_SEC, type Attached } from '../native/attach.js';
-import { transmissionFlags } from '../../nbd/index.js';
 import { GeormError } from '../util/errors.js';
 import { createLogger, type Logger } from '../util/log.js';
 import { serveControl } from './control.js';
@@ -98,25 +97,19 @@ export async function runGmd(name: string, opts: RunOptions): Promise<RunningGmd
   const nbdUris: string[] = [];
   for (const target of here.nbdListen) nbdUris.push((await nbd.listen(target)).uri);
 
-  // nbd_device: the kernel sees the GMD only while it is AVAILABLE and never on a secondary.
-  let attached: Attached | null = null;
-  const attach = () => {
-    const dev = gmdMachine(findGmd(cfg, name), machine).nbdDevice;
-    if (!dev || attached || device.attrs?.role === 'secondary' || device.state !== 'AVAILABLE') return;
-    try {
-      attached = attachExport(dev, DEFAULT_ATTACH_TIMEOUT_SEC, device.size(), transmissionFlags(device, false), (sock) => nbd.serveSocket(sock, name), log);
-    } catch (e) { device.event('error', `attaching ${dev} failed: ${(e as Error).message}`); }
-  };
-  const detach = async () => {
-    const a = attached;
-    attached = null;
-    if (a) await a.detach().catch((e: unknown) => device.event('error', `detaching ${a.device} failed: ${(e as Error).message}`));
-  };
   const controlPath = controlSocketPath(cfg, name, machine);
   let closing: Promise<void> | null = null;
+  // nbd_device: the kernel's /dev/nbdN follows the GMD while it is AVAILABLE here (not as secondary).
+  let attached: Attached | undefined;
+  const attachDevice = (): void => {
+    if (!here.nbdDevice || attached?.attached || device.state !== 'AVAILABLE' || device.attrs?.role === 'secondary') return;
+    attached = attachExport(here.nbdDevice, DEFAULT_ATTACH_TIMEOUT_SEC, device.size(), transmissionFlags(device, false), (s) => nbd.serveSocket(s, name), log);
+  };
+  const detachDevice = (): Promise<void> => attached?.detach().catch((e: unknown) => log.error({ err: (e as Error).message }, 'detach failed')) ?? Promise.resolve();
   const close = (): Promise<void> => {
     closing ??= (async () => {
-      await detach();
+      systemd.stopping(`${name}: stopping`);
+      await detachDevice();
       await device.stop('process exit').catch((e: unknown) => log.error({ err: (e as Error).message }, 'stop failed'));
       await nbd.close(2000).catch(() => undefined);
       await device.unconfigure().catch(() => undefined);
@@ -139,11 +132,11 @@ export async function runGmd(name: string, opts: RunOptions): Promise<RunningGmd
       case 'unconfigure': await device.unconfigure(); return device.status();
       case 'start': {
         for (const p of (args.down as string[] | undefined) ?? []) await device.down(p);
-        const r = await device.start();
-        attach();
-        return r;
+        const started = await device.start();
+        attachDevice();
+        return started;
       }
-      case 'stop': await detach(); await device.stop(); return device.status();
+      case 'stop': await detachDevice(); await device.stop(); return device.status();
       case 'down': return device.down(String(args.peer));
       case 'dirty': await device.dirty(); return device.status();
       case 'clean': await device.clean(); return device.status();
@@ -187,10 +180,11 @@ export async function runGmd(name: string, opts: RunOptions): Promise<RunningGmd
   if (opts.start) {
     for (const p of opts.down ?? []) await device.down(p);
     const r = await device.start();
-    attach();
     log.info({ gmd: name }, r.message);
+    attachDevice();
   }
-  sdNotify('READY=1');
+  // READY also starts the watchdog pings georm@.service expects (WatchdogSec).
+  systemd.ready(`${name} on ${machine}: ${device.state}`);
   log.info({ gmd: name, machine, nbd: nbdUris, control: controlPath }, 'GMD process ready');
   return { device, nbdUris, controlPath, close };
 }

@@ -79,5 +79,17 @@ t.test('serves, prints the URI, stops cleanly on SIGTERM and SIGINT', { skip: mi
   const plain = procs.spawn('node', [GEORM_BIN, 'export', img, '--listen', `unix:${sock}`]);
   const [uri] = await watchOutput(plain).wait(/nbd\+unix:\S+/);
   t.equal(uri, `nbd+unix:///disk.img?socket=${sock}`, 'plain URI line, name defaults to the file name');
+  // The file is sparse: with the native addon (SEEK_DATA) the map shows holes, otherwise all data.
+  const w = await runCmd('nbdsh', ['-u', uri!, '-c', "h.pwrite(b'x' * 65536, 1048576)"], { env: { ...process.env, PATH: `/usr/bin:/bin:${process.env.PATH}` }, timeoutMs: 20000 });
+  t.equal(w.code, 0, w.stderr);
+  const map = await runCmd('nbdinfo', ['--map', '--json', uri!], { timeoutMs: 20000 });
+  const ext = JSON.parse(map.stdout) as Array<{ offset: number; length: number; type: number }>;
+  const { nativeAvailable } = await import('../../src/native/index.js');
+  if (nativeAvailable) {
+    t.ok(ext.some((e) => e.type === 3), 'holes reported (SEEK_HOLE through the addon)');
+    t.ok(ext.some((e) => e.type === 0 && e.offset <= 1048576 && e.offset + e.length >= 1048576 + 65536), 'written range is data');
+  } else {
+    t.ok(ext.every((e) => e.type === 0), 'without the addon everything is reported as data');
+  }
   t.equal(await procs.stop(plain), 0);
 });

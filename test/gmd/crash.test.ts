@@ -69,7 +69,7 @@ function checkPrefix(t: Test, found: number[], h: History): void {
 
 function startLoad(c: TestCluster, log: string, h: History, seed: number): { writer: ChildProcess; fio: ChildProcess } {
   const writer = spawn(PYTHON, [WRITER, c.uri, log, String(BLOCKS), String(h.nextSeq), '1000000', String(seed)], { stdio: 'ignore' });
-  const fio = spawn('fio', ['--name=verify', '--ioengine=nbd', `--uri=${c.uri}`, '--rw=randwrite', '--bs=4k', '--iodepth=8',
+  const fio = spawn('fio', ['--name=verify', '--verify_state_save=0', '--ioengine=nbd', `--uri=${c.uri}`, '--rw=randwrite', '--bs=4k', '--iodepth=8',
     `--offset=${8 * 1024 * 1024}`, `--size=${4 * 1024 * 1024}`, '--verify=crc32c', '--verify_fatal=1', '--loops=2', '--output=/dev/null'], { stdio: 'ignore' });
   return { writer, fio };
 }

@@ -8,7 +8,7 @@ import { infoData, metaData } from './raw-protocol.js';
 import { tempDir } from '../helpers/env.js';
 import { sparseFile } from './harness.js';
 import { join } from 'node:path';
-import { writeFileSync, readFileSync } from 'node:fs';
+import { writeFileSync, readFileSync, writeSync } from 'node:fs';
 
 t.test('ByteQueue joins, splits and skips across chunks', async (t) => {
   const q = new ByteQueue();
@@ -27,6 +27,16 @@ t.test('ByteQueue joins, splits and skips across chunks', async (t) => {
   t.equal(q.take(0).length, 0);
   q.push(Buffer.from('xyz'));
   t.equal(q.discard(10), 3);
+  t.equal(q.length, 0);
+  t.notOk(q.isContiguous(1));
+  q.push(Buffer.from('0123'));
+  q.push(Buffer.from('4567'));
+  q.push(Buffer.from('89'));
+  q.skip(1);
+  t.ok(q.isContiguous(3));
+  t.notOk(q.isContiguous(4));
+  t.same(q.takeVec(8).map((b) => b.toString()), ['123', '4567', '8'], 'views of the chunks, no copy');
+  t.equal(q.take(1).toString(), '9');
   t.equal(q.length, 0);
 });
 
@@ -134,4 +144,47 @@ t.test('FileBackend with platform extensions', async (t) => {
   await plain.close();
   await t.rejects(FileBackend.open(dir, { readOnly: true }), 'a directory is refused');
   await t.rejects(FileBackend.open(join(dir, 'missing'), { readOnly: true }), { code: 'ENOENT' });
+});
+
+t.test('FileBackend I/O modes: inline, async, and auto backing off after slow inline transfers', async (t) => {
+  const { dir, cleanup } = tempDir();
+  t.teardown(cleanup);
+  const path = join(dir, 'f');
+  writeFileSync(path, Buffer.alloc(65536, 1));
+  const call = (fn: (cb: (e: Error | null) => void) => void) => new Promise<void>((res, rej) => fn((e) => (e ? rej(e) : res())));
+  for (const io of ['inline', 'async'] as const) {
+    const b = await FileBackend.open(path, { readOnly: false, io, extensions: {} });
+    const buf = Buffer.alloc(4096 + 16);
+    await call((cb) => b.writeCb(4096, Buffer.alloc(4096, 9), false, cb));
+    await call((cb) => b.writeCb(8192, Buffer.alloc(512, 8), true, cb));
+    await call((cb) => b.readInto(4096, 4096, buf, 16, cb));
+    t.ok(buf.subarray(16).equals(Buffer.alloc(4096, 9)), `${io}: read back`);
+    await call((cb) => b.readInto(65536 - 100, 100, buf, 0, cb));
+    t.equal(io === 'inline' ? b.stats.inline > 0 : b.stats.async > 0, true, `${io}: used`);
+    await b.close();
+  }
+  // A NOWAIT read that is slow and reports "would block": served by the threadpool, then inline stays off.
+  let nowaitCalls = 0;
+  const slow = {
+    preadNoWait: () => { nowaitCalls++; const end = performance.now() + 3; while (performance.now() < end); return -1; },
+    // A short NOWAIT write: the rest must be completed by the threadpool.
+    pwriteNoWait: (fd: number, buf: Buffer, off: number, len: number, pos: number) => writeSync(fd, buf, off, Math.min(len, 100), pos),
+  };
+  const b = await FileBackend.open(path, { readOnly: false, io: 'auto', extensions: slow });
+  t.teardown(() => b.close());
+  const buf = Buffer.alloc(4096);
+  for (let i = 0; i < 5; i++) await call((cb) => b.readInto(0, 4096, buf, 0, cb));
+  t.equal(nowaitCalls, 3, 'after three slow inline attempts in a row reads go straight to the threadpool');
+  t.equal(b.stats.slowInline, 3);
+  t.ok(buf.equals(Buffer.alloc(4096, 1)));
+  const b2 = await FileBackend.open(path, { readOnly: false, io: 'auto', extensions: slow });
+  await call((cb) => b2.writeCb(0, Buffer.alloc(4096, 5), false, cb));
+  t.ok(readFileSync(path).subarray(0, 4096).equals(Buffer.alloc(4096, 5)), 'partial NOWAIT write completed by the threadpool');
+  await call((cb) => b2.writevCb(100, [Buffer.from('ab'), Buffer.from('cd')], true, cb));
+  t.equal(readFileSync(path).toString('latin1', 100, 104), 'abcd', 'gathered write');
+  await b2.close();
+  const ro = await FileBackend.open(path, { readOnly: true, io: 'inline' });
+  await t.rejects(call((cb) => ro.writeCb(0, Buffer.alloc(1), false, cb)), 'inline write error reported');
+  await t.rejects(call((cb) => ro.readInto(0, 10, Buffer.alloc(5), 0, cb)), 'inline read error reported');
+  await ro.close();
 });
