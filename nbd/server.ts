@@ -12,6 +12,11 @@ export interface NbdServerOptions {
   logger?: NbdLogger;
   /** Largest READ/WRITE payload accepted (default 32 MiB); larger WRITEs end the connection. */
   maxPayload?: number;
+  /**
+   * Read accepted sockets into one reused buffer per connection (default true, or
+   * GEORM_NBD_ONREAD=0 for false): no allocation per socket read. False uses plain 'data' events.
+   */
+  userBufferReads?: boolean;
 }
 
 export type ListenTarget = { kind: 'tcp'; host: string; port: number } | { kind: 'unix'; path: string };
@@ -49,8 +54,10 @@ export class NbdServer {
   private readonly servers: Array<{ server: net.Server; target: ListenTarget }> = [];
   private readonly conns = new Set<NbdConnection>();
   private closing = false;
+  private readonly userBufferReads: boolean;
 
   constructor(opts: NbdServerOptions) {
+    this.userBufferReads = opts.userBufferReads ?? process.env.GEORM_NBD_ONREAD !== '0';
     this.registry = new ExportRegistry(opts.exports, opts.defaultExport);
     this.ctx = { registry: this.registry, log: opts.logger ?? silentNbdLogger, maxPayload: opts.maxPayload ?? DEFAULT_MAX_PAYLOAD };
   }
@@ -85,7 +92,7 @@ export class NbdServer {
 
   private accept(socket: net.Socket): void {
     if (this.closing) { socket.destroy(); return; }
-    const adopted = USER_BUFFER_READS ? adoptWithUserBuffer(socket) : undefined;
+    const adopted = this.userBufferReads ? adoptWithUserBuffer(socket) : undefined;
     if (adopted) {
       const c = new NbdConnection(adopted.socket, this.ctx, (x) => this.conns.delete(x), undefined, true);
       adopted.deliver(c);
@@ -123,7 +130,6 @@ export class NbdServer {
 
 /** Per-connection receive buffer in onread mode. */
 const READ_BUFFER_SIZE = 256 * 1024;
-const USER_BUFFER_READS = process.env.GEORM_NBD_ONREAD !== '0';
 
 /**
  * Re-wraps an accepted (paused) socket's handle in a Socket that reads into one reused buffer

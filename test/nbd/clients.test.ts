@@ -56,8 +56,8 @@ t.test('nbdcopy round trip', { skip: missingTools('nbdcopy') }, async (t) => {
   }
 });
 
-t.test('fio verify=crc32c over ioengine=nbd', { skip: missingTools('fio') }, async (t) => {
-  const h = await startHarness({ exports: { disk: 64 * MiB }, tcp: true });
+for (const userBufferReads of [true, false]) t.test(`fio verify=crc32c over ioengine=nbd (${userBufferReads ? 'reused read buffer' : "'data' events"})`, { skip: missingTools('fio') }, async (t) => {
+  const h = await startHarness({ exports: { disk: 64 * MiB }, tcp: true, userBufferReads });
   t.teardown(() => h.close());
   const jobs: Array<[string, string[]]> = [
     [h.tcpUri!, ['--rw=randwrite', '--bs=4k', '--iodepth=32', '--size=16M']],

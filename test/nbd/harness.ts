@@ -30,6 +30,8 @@ export interface HarnessOptions {
   readOnly?: string[];
   tcp?: boolean;
   extensions?: FileExtensions;
+  /** NbdServerOptions.userBufferReads (default: the server's default). */
+  userBufferReads?: boolean;
 }
 
 export function sparseFile(path: string, size: number): void {
@@ -57,6 +59,7 @@ export async function startHarness(opts: HarnessOptions = {}): Promise<Harness> 
   const server = new NbdServer({
     exports: Object.keys(exportsSpec).map((name) => ({ name, description: `test export ${name}`, backend: backends[name]! })),
     logger,
+    ...(opts.userBufferReads !== undefined ? { userBufferReads: opts.userBufferReads } : {}),
   });
   const socketPath = join(dir, 'nbd.sock');
   await server.listen(`unix:${socketPath}`);
