@@ -168,7 +168,8 @@ class Peer {
   delivered = new Set<number>();
   nextDeliverOrder = 1;
   held = new Map<number, HeldOrdered>();
-  lastEpochPing = 0;
+  /** last unscheduled ping (probe) */
+  lastEpochPing = -Infinity;
   lastPing = -Infinity;
   readonly s: Omit<MachineStats, 'machine' | 'state' | 'epoch' | 'network'> = {
     rpcsOut: 0, rpcsIn: 0, bytesOut: 0, bytesIn: 0, replies: 0, failures: 0, fragmented: 0, fragments: 0, restarts: 0,
@@ -370,7 +371,16 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
     if (this.closed) return Promise.reject(new GeoMessageError('GEOMSG_ERR_CLOSED', 'GeoMessage closed'));
     const peer = this.peers.get(peerName);
     if (!peer) return Promise.reject(new GeoMessageError('GEOMSG_ERR_UNKNOWN_PEER', `unknown peer ${peerName}`));
-    if (peer.state === 'down') return Promise.reject(new GeoMessageError('GEOMSG_ERR_PEER_DOWN', `peer ${peerName} is down`));
+    if (peer.state === 'down') {
+      // Probe at once: if the peer is back, the pong brings it up without waiting for the keepalive.
+      this.probe(peer);
+      // A message with its own deadline waits for the peer to come back within it (a start-up
+      // "hello" after a network repair); without one, a down peer refuses at once (seed: no retries
+      // after the Promote Failure Timeout).
+      if (!(opts?.timeoutMs && opts.timeoutMs > 0)) {
+        return Promise.reject(new GeoMessageError('GEOMSG_ERR_PEER_DOWN', `peer ${peerName} is down`));
+      }
+    }
     if (!Number.isInteger(service) || service < 0 || service >= SVC_TOMBSTONE) {
       return Promise.reject(new GeoMessageError('GEOMSG_ERR_CONFIG', `bad service ${service}`));
     }
@@ -511,6 +521,14 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
 
   private pingAll(peer: Peer): void {
     for (const l of peer.links) if (l) this.ping(peer, l);
+  }
+
+  /** Pings every network of a peer now (at most every 50 ms). */
+  private probe(peer: Peer): void {
+    const now = nowMs();
+    if (now - peer.lastEpochPing < 50) return;
+    peer.lastEpochPing = now;
+    this.pingAll(peer);
   }
 
   private ping(peer: Peer, link: Link): void {
@@ -778,8 +796,7 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
     }
     if (p.type !== T_PING && p.dstEpoch !== this.epoch) {
       // Meant for our previous incarnation: tell the peer who we are now (rate-limited).
-      const now = nowMs();
-      if (now - peer.lastEpochPing > 50) { peer.lastEpochPing = now; this.pingAll(peer); }
+      this.probe(peer);
       return this.drop(net, 'stale');
     }
     if (!peer.replay.check(p.pseq)) { c.duplicates++; return this.drop(net, 'replay'); }
