@@ -848,22 +848,21 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
   }
 
   private onAcks(peer: Peer, acks: number[], now: number): void {
-    if (peer.inflight.size === 0) return;
-    let minPending = 0;
-    for (const k of peer.inflight.keys()) { minPending = k; break; }
-    const maxSent = peer.nextPseq - 1;
+    if (peer.inflight.size === 0 || acks.length === 0) return;
     let newest: Inflight | null = null;
     let newestPseq = 0;
-    for (let i = 0; i < acks.length; i += 2) {
-      const hi = Math.min(acks[i]!, maxSent);
-      const lo = Math.max(acks[i + 1]!, minPending);
-      for (let n = hi; n >= lo; n--) {
-        const f = peer.inflight.get(n);
-        if (!f) continue;
-        peer.inflight.delete(n);
-        if (n > newestPseq) { newestPseq = n; newest = f; }
-        this.fragAcked(peer, f);
-      }
+    // Merge the in-flight packets (ascending) with the ranges (descending, walked from the lowest):
+    // only packets actually in flight are looked at, never the already-acknowledged span of a range.
+    const maxHi = acks[0]!;
+    let ri = acks.length - 2;
+    for (const [pseq, f] of peer.inflight) {
+      if (pseq > maxHi) break;
+      while (ri >= 0 && acks[ri]! < pseq) ri -= 2;
+      if (ri < 0) break;
+      if (pseq < acks[ri + 1]!) continue; // in a hole below range ri
+      peer.inflight.delete(pseq);
+      if (pseq > newestPseq) { newestPseq = pseq; newest = f; }
+      this.fragAcked(peer, f);
     }
     if (!newest) return;
     const link = peer.links[newest.link]!;
