@@ -168,7 +168,8 @@ class Peer {
   delivered = new Set<number>();
   nextDeliverOrder = 1;
   held = new Map<number, HeldOrdered>();
-  lastEpochPing = 0;
+  /** last unscheduled ping (probe) */
+  lastEpochPing = -Infinity;
   lastPing = -Infinity;
   readonly s: Omit<MachineStats, 'machine' | 'state' | 'epoch' | 'network'> = {
     rpcsOut: 0, rpcsIn: 0, bytesOut: 0, bytesIn: 0, replies: 0, failures: 0, fragmented: 0, fragments: 0, restarts: 0,
@@ -370,7 +371,16 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
     if (this.closed) return Promise.reject(new GeoMessageError('GEOMSG_ERR_CLOSED', 'GeoMessage closed'));
     const peer = this.peers.get(peerName);
     if (!peer) return Promise.reject(new GeoMessageError('GEOMSG_ERR_UNKNOWN_PEER', `unknown peer ${peerName}`));
-    if (peer.state === 'down') return Promise.reject(new GeoMessageError('GEOMSG_ERR_PEER_DOWN', `peer ${peerName} is down`));
+    if (peer.state === 'down') {
+      // Probe at once: if the peer is back, the pong brings it up without waiting for the keepalive.
+      this.probe(peer);
+      // A message with its own deadline waits for the peer to come back within it (a start-up
+      // "hello" after a network repair); without one, a down peer refuses at once (seed: no retries
+      // after the Promote Failure Timeout).
+      if (!(opts?.timeoutMs && opts.timeoutMs > 0)) {
+        return Promise.reject(new GeoMessageError('GEOMSG_ERR_PEER_DOWN', `peer ${peerName} is down`));
+      }
+    }
     if (!Number.isInteger(service) || service < 0 || service >= SVC_TOMBSTONE) {
       return Promise.reject(new GeoMessageError('GEOMSG_ERR_CONFIG', `bad service ${service}`));
     }
@@ -511,6 +521,14 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
 
   private pingAll(peer: Peer): void {
     for (const l of peer.links) if (l) this.ping(peer, l);
+  }
+
+  /** Pings every network of a peer now (at most every 50 ms). */
+  private probe(peer: Peer): void {
+    const now = nowMs();
+    if (now - peer.lastEpochPing < 50) return;
+    peer.lastEpochPing = now;
+    this.pingAll(peer);
   }
 
   private ping(peer: Peer, link: Link): void {
@@ -778,8 +796,7 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
     }
     if (p.type !== T_PING && p.dstEpoch !== this.epoch) {
       // Meant for our previous incarnation: tell the peer who we are now (rate-limited).
-      const now = nowMs();
-      if (now - peer.lastEpochPing > 50) { peer.lastEpochPing = now; this.pingAll(peer); }
+      this.probe(peer);
       return this.drop(net, 'stale');
     }
     if (!peer.replay.check(p.pseq)) { c.duplicates++; return this.drop(net, 'replay'); }
@@ -831,22 +848,21 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
   }
 
   private onAcks(peer: Peer, acks: number[], now: number): void {
-    if (peer.inflight.size === 0) return;
-    let minPending = 0;
-    for (const k of peer.inflight.keys()) { minPending = k; break; }
-    const maxSent = peer.nextPseq - 1;
+    if (peer.inflight.size === 0 || acks.length === 0) return;
     let newest: Inflight | null = null;
     let newestPseq = 0;
-    for (let i = 0; i < acks.length; i += 2) {
-      const hi = Math.min(acks[i]!, maxSent);
-      const lo = Math.max(acks[i + 1]!, minPending);
-      for (let n = hi; n >= lo; n--) {
-        const f = peer.inflight.get(n);
-        if (!f) continue;
-        peer.inflight.delete(n);
-        if (n > newestPseq) { newestPseq = n; newest = f; }
-        this.fragAcked(peer, f);
-      }
+    // Merge the in-flight packets (ascending) with the ranges (descending, walked from the lowest):
+    // only packets actually in flight are looked at, never the already-acknowledged span of a range.
+    const maxHi = acks[0]!;
+    let ri = acks.length - 2;
+    for (const [pseq, f] of peer.inflight) {
+      if (pseq > maxHi) break;
+      while (ri >= 0 && acks[ri]! < pseq) ri -= 2;
+      if (ri < 0) break;
+      if (pseq < acks[ri + 1]!) continue; // in a hole below range ri
+      peer.inflight.delete(pseq);
+      if (pseq > newestPseq) { newestPseq = pseq; newest = f; }
+      this.fragAcked(peer, f);
     }
     if (!newest) return;
     const link = peer.links[newest.link]!;

@@ -7,7 +7,7 @@ import { freePorts, openPair, payloadFor, waitFor } from './fixtures.js';
  * a ⇄ emulator ⇄ b on loopback. Each network i gets its own emulator; a sends to the emulator's
  * side-a port, b to its side-b port.
  */
-async function emulatedPair(nets: number, imp: Parameters<typeof startWanEmulator>[0]['a2b'], extra: { pftMs?: number; mtu?: number } = {}) {
+async function emulatedPair(nets: number, imp: Parameters<typeof startWanEmulator>[0]['a2b'], extra: { pftMs?: number; mtu?: number; keepaliveMs?: number } = {}) {
   const ports = await freePorts(2 * nets);
   const ems: WanEmulator[] = [];
   const aEps: NetworkEndpoint[] = [], bEps: NetworkEndpoint[] = [], aSeesB: NetworkEndpoint[] = [], bSeesA: NetworkEndpoint[] = [];
@@ -27,7 +27,7 @@ async function emulatedPair(nets: number, imp: Parameters<typeof startWanEmulato
     aSeesB.push({ network, address: '127.0.0.1', port: rp.a, ...mtu });
     bSeesA.push({ network, address: '127.0.0.1', port: rp.b, ...mtu });
   }
-  const { a, b } = await openPair(aEps, bEps, aSeesB, bSeesA, { keepaliveMs: 100, ...(extra.pftMs ? { pftMs: extra.pftMs } : {}) });
+  const { a, b } = await openPair(aEps, bEps, aSeesB, bSeesA, { keepaliveMs: extra.keepaliveMs ?? 100, ...(extra.pftMs ? { pftMs: extra.pftMs } : {}) });
   return { a, b, ems };
 }
 
@@ -129,6 +129,20 @@ t.test('an abandoned ordered message does not block the order stream (tombstone)
   ems[0]!.restore();
   await a.send('b', 3, Buffer.from('three'), { ordered: true, timeoutMs: 10000 });
   t.same(seen, ['one', 'three'], 'the timed-out slot was skipped, the stream continued in order');
+});
+
+t.test('after the PFT declared a peer down, a request with a deadline probes and reaches it once the path is back', async (t) => {
+  // keepalives every 5 s: only the probe sent by the request can bring the peer back within its deadline
+  const { a, b, ems } = await emulatedPair(1, { delayMs: 1 }, { pftMs: 500, keepaliveMs: 5000 });
+  t.teardown(() => closeAll([a, b], ems));
+  b.handle(1, () => Buffer.from('hello'));
+  await a.request('b', 1, Buffer.alloc(0));
+  ems[0]!.cut();
+  await waitFor(() => a.peerState('b') === 'down', 5000, 'down after PFT');
+  await t.rejects(a.request('b', 1, Buffer.alloc(0)), { code: 'GEOMSG_ERR_PEER_DOWN' }, 'no deadline: refused at once');
+  ems[0]!.restore();
+  t.equal((await a.request('b', 1, Buffer.alloc(0), { timeoutMs: 3000 })).toString(), 'hello');
+  t.equal(a.peerState('b'), 'up');
 });
 
 t.test('with every network cut, messages wait (PFT 0) and flow once a path returns', async (t) => {
