@@ -152,7 +152,9 @@ export async function startDemo(o: DemoOptions): Promise<Demo> {
   const logs = { primary: join(dir, 'alpha.log'), secondary: join(dir, 'beta.log') };
   const spawnGmd = async (m: 'alpha' | 'beta', logPath: string) => {
     const fh = await open(logPath, 'a');
-    const child = spawn(process.execPath, [BIN, 'gmd', 'run', GMD, '--config', cfgPath, '--machine', m], {
+    // GEORM_GMD_NODE_ARGS: extra node flags for profiling (e.g. --cpu-prof), which NODE_OPTIONS refuses.
+    const nodeArgs = (process.env.GEORM_GMD_NODE_ARGS ?? '').split(' ').filter(Boolean);
+    const child = spawn(process.execPath, [...nodeArgs, BIN, 'gmd', 'run', GMD, '--config', cfgPath, '--machine', m], {
       // Own process group: a terminal's Ctrl-C reaches only the demo, which stops the primary first.
       stdio: ['ignore', fh.fd, fh.fd], env: { ...process.env }, detached: true,
     });
