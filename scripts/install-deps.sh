@@ -4,6 +4,8 @@
 # the tests that need a missing tool then report SKIP with the reason.
 set -u
 
+# The VM tests also need Debian's linux-image-cloud-amd64 kernel package: scripts/vm/build.sh fetches it
+# with `apt-get download` into its cache (never installed on this machine).
 PKGS=(
   nbdkit              # reference NBD server (benchmarks, VM tests)
   libnbd-bin          # nbdinfo, nbdcopy, nbdfuse
@@ -21,6 +23,7 @@ PKGS=(
   cpio                # building the VM initramfs
   systemd             # systemd-analyze verify for unit files
   nbd-server          # reference server for conformance comparisons
+  python3             # plays systemd's notify socket in tests (Node has no unix datagram sockets)
 )
 
 missing=()

@@ -11,10 +11,16 @@ import { mkdtemp, rm, stat, truncate, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseSize } from '../../src/util/size.js';
-import { FIO_WORKLOADS, fioNbd, type FioResult } from './fio.js';
+import { runFio } from './lib/fio.js';
 import { startQemuMirror } from './qemu-mirror.js';
 
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 8);
+/** DESIGN §8 write workloads. */
+const WORKLOADS = [
+  { name: '4k randwrite qd32', rw: 'randwrite', bs: '4k', iodepth: 32 },
+  { name: '1M write qd8', rw: 'write', bs: '1M', iodepth: 8 },
+] as const;
+interface Row { target: string; job: string; iops: number; bytesPerSec: number; latMeanUs: number }
 const SIZE = process.env.BENCH_SIZE ?? '1G';
 
 async function nbdkitFile(file: string, sock: string): Promise<{ uri: string; stop: () => Promise<void> }> {
@@ -35,7 +41,7 @@ async function nbdkitFile(file: string, sock: string): Promise<{ uri: string; st
 
 async function main(): Promise<void> {
   const dir = await mkdtemp(join(process.env.BENCH_DIR ?? tmpdir(), 'georm-bench-qm-'));
-  const results: Array<{ target: string } & FioResult> = [];
+  const results: Row[] = [];
   try {
     const file = join(dir, 'local.img');
     const peer = join(dir, 'peer.img');
@@ -48,7 +54,12 @@ async function main(): Promise<void> {
     for (const t of targets) {
       const s = await t.start();
       try {
-        for (const w of FIO_WORKLOADS) results.push({ target: t.name, ...(await fioNbd(s.uri, w, { runtimeSec: SECONDS, size: SIZE })) });
+        for (const w of WORKLOADS) {
+          const r = await runFio({ name: w.name.replace(/\s+/g, '-'), options: {
+            ioengine: 'nbd', uri: s.uri, rw: w.rw, bs: w.bs, iodepth: w.iodepth, runtime: SECONDS, time_based: true, size: SIZE, randrepeat: 0,
+          } });
+          results.push({ target: t.name, job: w.name, iops: Math.round(r.write.iops), bytesPerSec: r.write.bw, latMeanUs: Math.round(r.write.latMeanUs) });
+        }
       } finally {
         await s.stop();
       }

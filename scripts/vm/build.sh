@@ -76,8 +76,8 @@ if [ ! -e "$out/.done" ]; then
   rm -rf "$td"
   touch "$out/.done"
 fi
-# Keep only the current build.
-for old in "$cache"/build-*; do [ "$old" = "$out" ] || rm -rf "$old"; done
+# Keep only the current build and kernel.
+for old in "$cache"/build-* "$cache"/kernel-*; do [ "$old" = "$out" ] || [ "$old" = "$kdir" ] || rm -rf "$old"; done
 
 echo "KVER=$kver"
 echo "KERNEL=$kdir/vmlinuz"

@@ -88,6 +88,8 @@ export interface BootOptions {
   cpus?: number;
   /** Guest connections to 10.0.2.100:<guest> are forwarded to the host's 127.0.0.1:<host>. */
   forward?: Array<{ guest: number; host: number }>;
+  /** UDP datagrams to the host's 127.0.0.1:<host> are forwarded to the guest's 10.0.2.15:<guest>. */
+  udpIn?: Array<{ guest: number; host: number }>;
   /** Free space on the job disk beyond its files (the guest may create volumes there). */
   jobSpaceMb?: number;
   timeoutMs?: number;
@@ -115,7 +117,8 @@ export async function bootVm(o: BootOptions): Promise<BootResult> {
     '-display', 'none', '-monitor', 'none', '-no-reboot', '-serial', 'stdio',
     '-kernel', o.images.kernel, '-initrd', o.images.initrd,
     '-append', 'console=ttyS0 panic=-1 rdinit=/init loglevel=4 nbd.nbds_max=4',
-    '-netdev', ['user,id=n0', ...(o.forward ?? []).map((f) => `guestfwd=tcp:10.0.2.100:${f.guest}-tcp:127.0.0.1:${f.host}`)].join(','), '-device', 'virtio-net-pci,netdev=n0',
+    '-netdev', ['user,id=n0', ...(o.forward ?? []).map((f) => `guestfwd=tcp:10.0.2.100:${f.guest}-tcp:127.0.0.1:${f.host}`),
+      ...(o.udpIn ?? []).map((f) => `hostfwd=udp:127.0.0.1:${f.host}-10.0.2.15:${f.guest}`)].join(','), '-device', 'virtio-net-pci,netdev=n0',
     '-drive', `file=${o.images.tools},if=virtio,format=raw,readonly=on`,
     '-drive', `file=${jobImage},if=virtio,format=raw`,
   ];

@@ -1,6 +1,7 @@
 import { createSocket, type Socket } from 'node:dgram';
 import { EventEmitter } from 'node:events';
-import { isIPv6 } from 'node:net';
+import { isIP, isIPv6 } from 'node:net';
+import { lookup as dnsLookup, type LookupOneOptions } from 'node:dns';
 import { performance } from 'node:perf_hooks';
 import { silentLogger, type Logger } from '../util/log.js';
 import { GeoMessageError, type GeoMessageErrorCode } from './errors.js';
@@ -33,6 +34,8 @@ export interface GeoMessageOptions {
   rtoMaxMs?: number;
   /** SO_SNDBUF/SO_RCVBUF requested per socket (the kernel may clamp to rmem_max); default 8 MiB. */
   socketBufferBytes?: number;
+  /** Largest message accepted, sent or received (bounds reassembly memory); default 64 MiB. */
+  maxMessageBytes?: number;
   /** Override the incarnation number (tests); default: deciseconds since 2025-01-01. */
   epoch?: number;
 }
@@ -69,6 +72,8 @@ const SVC_TOMBSTONE = 0xffff;
 const REORDER_THRESHOLD = 5;
 const EPOCH_BASE_MS = Date.UTC(2025, 0, 1);
 const REASM_IDLE_MS = 120_000;
+/** Packets in flight before the first RTT measurements let the window grow. */
+const INITIAL_WINDOW = 64;
 
 type MsgKind = 'send' | 'request' | 'reply';
 
@@ -84,7 +89,8 @@ interface OutMsg {
   fragCount: number;
   nextFrag: number;
   ackedCount: number;
-  acked: Uint8Array;
+  /** Per-fragment ack flags; null for single-fragment messages (ackedCount says it all). */
+  acked: Uint8Array | null;
   done: boolean;
   resolve: ((v: Buffer | undefined) => void) | null;
   reject: ((e: Error) => void) | null;
@@ -148,6 +154,9 @@ class Peer {
   rtoTimer: NodeJS.Timeout | null = null;
   rtoDue = 0;
   nextWindowAdjust = 0;
+  intervalSent = 0;
+  intervalMinRtt = Infinity;
+  intervalLost = 0;
   // receiving
   replay = new ReplayWindow();
   ranges = new ReceivedRanges();
@@ -159,7 +168,8 @@ class Peer {
   delivered = new Set<number>();
   nextDeliverOrder = 1;
   held = new Map<number, HeldOrdered>();
-  lastEpochPing = 0;
+  /** last unscheduled ping (probe) */
+  lastEpochPing = -Infinity;
   lastPing = -Infinity;
   readonly s: Omit<MachineStats, 'machine' | 'state' | 'epoch' | 'network'> = {
     rpcsOut: 0, rpcsIn: 0, bytesOut: 0, bytesIn: 0, replies: 0, failures: 0, fragmented: 0, fragments: 0, restarts: 0,
@@ -172,13 +182,24 @@ class Peer {
     for (const l of links) if (l) mtu = Math.min(mtu, l.net.mtu);
     this.fragSize = fragmentPayloadSize(mtu);
     this.lastHeard = now;
-    this.cwnd = window;
+    this.cwnd = Math.min(window, INITIAL_WINDOW);
   }
 
   get name(): string { return this.spec.machine; }
 }
 
 function nowMs(): number { return performance.now(); }
+
+function isAcked(m: OutMsg, frag: number): boolean {
+  return m.acked ? m.acked[frag] === 1 : m.ackedCount > 0;
+}
+
+type LookupCb = (err: NodeJS.ErrnoException | null, address: string, family: number) => void;
+function fastLookup(host: string, opts: unknown, cb: LookupCb): void {
+  const family = isIP(host);
+  if (family) cb(null, host, family);
+  else dnsLookup(host, opts as LookupOneOptions, cb);
+}
 
 function toBuffer(p: Payload): Buffer {
   if (Buffer.isBuffer(p)) return p;
@@ -211,6 +232,7 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
   private readonly window: number;
   private readonly rtoMin: number;
   private readonly rtoMax: number;
+  private readonly maxMessage: number;
 
   constructor(private readonly opts: GeoMessageOptions) {
     super();
@@ -225,6 +247,7 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
     this.window = opts.windowPackets ?? 1024;
     this.rtoMin = opts.rtoMinMs ?? 20;
     this.rtoMax = opts.rtoMaxMs ?? 2000;
+    this.maxMessage = opts.maxMessageBytes ?? 64 << 20;
   }
 
   /** Binds the sockets, greets every peer, starts keepalives. On failure nothing stays bound. */
@@ -254,12 +277,22 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
     for (const [i, ep] of o.endpoints.entries()) {
       const mtu = ep.mtu ?? 1500;
       if (fragmentPayloadSize(mtu) < 64) throw new GeoMessageError('GEOMSG_ERR_CONFIG', `network ${ep.network}: MTU ${mtu} too small`);
-      const socket = createSocket({ type: isIPv6(ep.address) ? 'udp6' : 'udp4' });
+      // Peer addresses are IP literals almost always: resolve them synchronously. dns.lookup would
+      // answer an IP literal on the next tick, costing a tick and a closure per packet.
+      const socket = createSocket({ type: isIPv6(ep.address) ? 'udp6' : 'udp4', lookup: fastLookup });
       const net: Net = {
         index: i, spec: ep, mtu, socket,
         c: { packetsOut: 0, packetsIn: 0, bytesOut: 0, bytesIn: 0, resends: 0, timeouts: 0, failures: 0, duplicates: 0, other: 0, dropped: emptyDrops() },
       };
-      socket.on('message', (buf, rinfo) => this.onPacket(net, buf, rinfo.size));
+      socket.on('message', (buf, rinfo) => {
+        try {
+          this.onPacket(net, buf, rinfo.size);
+        } catch (err) {
+          // A bug must not take the process (and its GMD) down on one odd packet: count and log it.
+          net.c.dropped.malformed++;
+          this.log.error({ err, network: ep.network }, 'packet handling failed');
+        }
+      });
       // Sends are fire-and-forget: an error (ENETUNREACH on a cut link, ENOBUFS) is a lost packet that
       // retransmission recovers; it is counted, never thrown.
       socket.on('error', (err) => { net.c.failures++; this.log.debug({ err, network: ep.network }, 'socket error'); });
@@ -338,7 +371,16 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
     if (this.closed) return Promise.reject(new GeoMessageError('GEOMSG_ERR_CLOSED', 'GeoMessage closed'));
     const peer = this.peers.get(peerName);
     if (!peer) return Promise.reject(new GeoMessageError('GEOMSG_ERR_UNKNOWN_PEER', `unknown peer ${peerName}`));
-    if (peer.state === 'down') return Promise.reject(new GeoMessageError('GEOMSG_ERR_PEER_DOWN', `peer ${peerName} is down`));
+    if (peer.state === 'down') {
+      // Probe at once: if the peer is back, the pong brings it up without waiting for the keepalive.
+      this.probe(peer);
+      // A message with its own deadline waits for the peer to come back within it (a start-up
+      // "hello" after a network repair); without one, a down peer refuses at once (seed: no retries
+      // after the Promote Failure Timeout).
+      if (!(opts?.timeoutMs && opts.timeoutMs > 0)) {
+        return Promise.reject(new GeoMessageError('GEOMSG_ERR_PEER_DOWN', `peer ${peerName} is down`));
+      }
+    }
     if (!Number.isInteger(service) || service < 0 || service >= SVC_TOMBSTONE) {
       return Promise.reject(new GeoMessageError('GEOMSG_ERR_CONFIG', `bad service ${service}`));
     }
@@ -348,6 +390,7 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
     if (ordered) flags |= F_ORDERED;
     let msg: OutMsg;
     try {
+      this.checkSize(peer, data.length); // before taking an order slot: a refused message must leave no gap
       msg = this.makeMsg(peer, kind, service, flags, 0, ordered ? peer.nextOrderSeq++ : 0, data);
     } catch (err) {
       return Promise.reject(err as Error);
@@ -363,13 +406,18 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
     });
   }
 
+  private checkSize(peer: Peer, len: number): void {
+    if (len > this.maxMessage) throw new GeoMessageError('GEOMSG_ERR_TOO_LARGE', `message of ${len} bytes exceeds maxMessageBytes ${this.maxMessage}`);
+    if (Math.ceil(len / peer.fragSize) > 0xffff) throw new GeoMessageError('GEOMSG_ERR_TOO_LARGE', `message of ${len} bytes exceeds ${0xffff} fragments`);
+  }
+
   private makeMsg(peer: Peer, kind: MsgKind, service: number, flags: number, corrId: number, orderSeq: number, data: Buffer): OutMsg {
     const fragSize = peer.fragSize;
+    this.checkSize(peer, data.length);
     const fragCount = Math.max(1, Math.ceil(data.length / fragSize));
-    if (fragCount > 0xffff) throw new GeoMessageError('GEOMSG_ERR_TOO_LARGE', `message of ${data.length} bytes exceeds ${0xffff} fragments`);
     return {
       id: peer.nextMsgId++, kind, service, flags, corrId, orderSeq, data, fragSize, fragCount, nextFrag: 0,
-      ackedCount: 0, acked: new Uint8Array(fragCount), done: false, resolve: null, reject: null, timer: null,
+      ackedCount: 0, acked: fragCount > 1 ? new Uint8Array(fragCount) : null, done: false, resolve: null, reject: null, timer: null,
     };
   }
 
@@ -391,7 +439,7 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
     while (peer.inflight.size < peer.cwnd) {
       const r = peer.retxQ.shift();
       if (r) {
-        if (r.msg.done || r.msg.acked[r.frag]) continue;
+        if (r.msg.done || isAcked(r.msg, r.frag)) continue;
         link.net.c.resends++;
         this.sendFragment(peer, link, r.msg, r.frag);
         continue;
@@ -442,6 +490,7 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
       }
     }
     const parts = sealPacket(this.key, h, chunk, acks);
+    peer.intervalSent++;
     peer.inflight.set(h.pseq, { msg, frag, sentAt: nowMs(), link: link.net.index });
     this.transmit(link, parts, HEADER_BYTES + chunk.length + (acks ? acks.length : 0) + TAG_BYTES);
   }
@@ -474,6 +523,14 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
     for (const l of peer.links) if (l) this.ping(peer, l);
   }
 
+  /** Pings every network of a peer now (at most every 50 ms). */
+  private probe(peer: Peer): void {
+    const now = nowMs();
+    if (now - peer.lastEpochPing < 50) return;
+    peer.lastEpochPing = now;
+    this.pingAll(peer);
+  }
+
   private ping(peer: Peer, link: Link): void {
     const ts = Buffer.allocUnsafe(8);
     ts.writeDoubleBE(nowMs(), 0);
@@ -504,9 +561,15 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
     for (const [pseq, f] of peer.inflight) {
       const link = peer.links[f.link]!;
       if (f.sentAt + link.rtt.rto > now) break;
+      if (f.msg.done || isAcked(f.msg, f.frag)) { peer.inflight.delete(pseq); continue; }
+      // Nothing heard on the link for a whole RTO: a stall (the peer busy, a pause, a cut) rather than
+      // many separate losses. Probe with the oldest packet only; the rest stay in flight and are
+      // resent by the fast-retransmit rule once acks flow again, or moved if the network fails.
+      const stalled = now - link.lastHeard > link.rtt.rto;
+      if (stalled && hitLinks.has(link)) continue;
       peer.inflight.delete(pseq);
-      if (f.msg.done || f.msg.acked[f.frag]) continue;
       link.net.c.timeouts++;
+      peer.intervalLost++;
       hitLinks.add(link);
       peer.retxQ.push(f);
     }
@@ -584,7 +647,7 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
     for (const [pseq, f] of peer.inflight) {
       if (f.link !== linkIndex) continue;
       peer.inflight.delete(pseq);
-      if (f.msg.done || f.msg.acked[f.frag]) continue;
+      if (f.msg.done || isAcked(f.msg, f.frag)) continue;
       link.net.c.failures++;
       peer.retxQ.push(f);
     }
@@ -670,7 +733,7 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
     peer.nextMsgId = 1;
     peer.nextOrderSeq = 1;
     peer.largestAcked = 0;
-    peer.cwnd = this.window;
+    peer.cwnd = Math.min(this.window, INITIAL_WINDOW);
     peer.replay = new ReplayWindow();
     peer.ranges = new ReceivedRanges();
     peer.ackPending = false;
@@ -733,8 +796,7 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
     }
     if (p.type !== T_PING && p.dstEpoch !== this.epoch) {
       // Meant for our previous incarnation: tell the peer who we are now (rate-limited).
-      const now = nowMs();
-      if (now - peer.lastEpochPing > 50) { peer.lastEpochPing = now; this.pingAll(peer); }
+      this.probe(peer);
       return this.drop(net, 'stale');
     }
     if (!peer.replay.check(p.pseq)) { c.duplicates++; return this.drop(net, 'replay'); }
@@ -786,22 +848,21 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
   }
 
   private onAcks(peer: Peer, acks: number[], now: number): void {
-    if (peer.inflight.size === 0) return;
-    let minPending = 0;
-    for (const k of peer.inflight.keys()) { minPending = k; break; }
-    const maxSent = peer.nextPseq - 1;
+    if (peer.inflight.size === 0 || acks.length === 0) return;
     let newest: Inflight | null = null;
     let newestPseq = 0;
-    for (let i = 0; i < acks.length; i += 2) {
-      const hi = Math.min(acks[i]!, maxSent);
-      const lo = Math.max(acks[i + 1]!, minPending);
-      for (let n = hi; n >= lo; n--) {
-        const f = peer.inflight.get(n);
-        if (!f) continue;
-        peer.inflight.delete(n);
-        if (n > newestPseq) { newestPseq = n; newest = f; }
-        this.fragAcked(peer, f);
-      }
+    // Merge the in-flight packets (ascending) with the ranges (descending, walked from the lowest):
+    // only packets actually in flight are looked at, never the already-acknowledged span of a range.
+    const maxHi = acks[0]!;
+    let ri = acks.length - 2;
+    for (const [pseq, f] of peer.inflight) {
+      if (pseq > maxHi) break;
+      while (ri >= 0 && acks[ri]! < pseq) ri -= 2;
+      if (ri < 0) break;
+      if (pseq < acks[ri + 1]!) continue; // in a hole below range ri
+      peer.inflight.delete(pseq);
+      if (pseq > newestPseq) { newestPseq = pseq; newest = f; }
+      this.fragAcked(peer, f);
     }
     if (!newest) return;
     const link = peer.links[newest.link]!;
@@ -815,30 +876,39 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
     for (const [pseq, f] of peer.inflight) {
       if (pseq > limit) break;
       peer.inflight.delete(pseq);
-      if (f.msg.done || f.msg.acked[f.frag]) continue;
+      peer.intervalLost++;
+      if (f.msg.done || isAcked(f.msg, f.frag)) continue;
       peer.retxQ.push(f);
     }
   }
 
   /**
-   * Delay-based window (LEDBAT-like, simplified): once per RTT, shrink by 15% when the smoothed RTT
-   * exceeds the path's minimum by more than max(5 ms, minimum RTT) — our own queue is building in a
-   * socket buffer or a slow link — otherwise grow by 1/8. Random loss does not shrink it (a WAN
-   * with 1% loss keeps its rate); retransmission timeouts halve it (onRto).
+   * Window control, once per RTT: shrink by 20% when our own queue is building (the interval's
+   * smallest RTT sample above the path minimum by more than max(5 ms, min RTT)) or when more than 20% of the interval's packets were
+   * lost (a tail-drop bottleneck); grow by half while the queue is small (start-up), else by 1/8.
+   * Moderate random loss (a WAN with 1–10% loss) does not shrink it; repeated timeouts halve it (onRto).
    */
   private adjustWindow(peer: Peer, link: Link, sample: number, now: number): void {
     if (sample < link.minRtt || now - link.minRttAt > 10_000) { link.minRtt = sample; link.minRttAt = now; }
+    if (sample < peer.intervalMinRtt) peer.intervalMinRtt = sample;
     if (now < peer.nextWindowAdjust) return;
     peer.nextWindowAdjust = now + Math.max(1, link.rtt.srtt);
-    const queueing = link.rtt.srtt - link.minRtt;
-    if (queueing > Math.max(5, link.minRtt)) peer.cwnd = Math.max(16, Math.floor(peer.cwnd * 0.85));
+    // The smallest sample of the interval shows a standing queue; scheduling hiccups only add spikes.
+    const queueing = peer.intervalMinRtt - link.minRtt;
+    peer.intervalMinRtt = Infinity;
+    const target = Math.max(5, link.minRtt);
+    const lossy = peer.intervalSent >= 20 && peer.intervalLost > 0.2 * peer.intervalSent;
+    if (this.log.isLevelEnabled('trace')) this.log.trace({ peer: peer.name, cwnd: peer.cwnd, srtt: link.rtt.srtt, minRtt: link.minRtt, sent: peer.intervalSent, lost: peer.intervalLost, inflight: peer.inflight.size }, 'window');
+    peer.intervalSent = peer.intervalLost = 0;
+    if (queueing > target || lossy) peer.cwnd = Math.max(16, Math.floor(peer.cwnd * 0.8));
+    else if (queueing < target / 2) peer.cwnd = Math.min(this.window, Math.ceil(peer.cwnd * 1.5));
     else peer.cwnd = Math.min(this.window, peer.cwnd + Math.max(1, peer.cwnd >> 3));
   }
 
   private fragAcked(peer: Peer, f: Inflight): void {
     const m = f.msg;
-    if (m.done || m.acked[f.frag]) return;
-    m.acked[f.frag] = 1;
+    if (m.done || isAcked(m, f.frag)) return;
+    if (m.acked) m.acked[f.frag] = 1;
     if (++m.ackedCount < m.fragCount) return;
     m.done = true;
     peer.active.delete(m.id);
@@ -866,7 +936,7 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
     } else {
       let r = peer.reasm.get(p.msgId);
       if (!r) {
-        if (p.totalLen > p.fragCount * 0xffff) return this.drop(net, 'malformed');
+        if (p.totalLen > p.fragCount * 0xffff || p.totalLen > this.maxMessage) return this.drop(net, 'malformed');
         r = { buf: Buffer.allocUnsafe(p.totalLen), got: new Uint8Array(p.fragCount), count: p.fragCount, missing: p.fragCount, touched: 0 };
         peer.reasm.set(p.msgId, r);
       }
@@ -956,9 +1026,15 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
 
   private reply(peer: Peer, reqId: number, payload: Payload | null, err: { code: string; message: string } | null): void {
     if (this.closed || peer.state === 'down') return;
-    const data = err ? Buffer.from(JSON.stringify(err)) : payload ? toBuffer(payload) : Buffer.alloc(0);
-    const msg = this.makeMsg(peer, 'reply', 0, F_REPLY | (err ? F_ERROR : 0), reqId, 0, data);
-    this.enqueue(peer, msg);
+    let data = err ? Buffer.from(JSON.stringify(err)) : payload ? toBuffer(payload) : Buffer.alloc(0);
+    let flags = F_REPLY | (err ? F_ERROR : 0);
+    try {
+      this.checkSize(peer, data.length);
+    } catch (e) {
+      data = Buffer.from(JSON.stringify({ code: 'GEOMSG_ERR_REMOTE', message: (e as Error).message }));
+      flags = F_REPLY | F_ERROR;
+    }
+    this.enqueue(peer, this.makeMsg(peer, 'reply', 0, flags, reqId, 0, data));
   }
 
   // ---------------------------------------------------------------- statistics

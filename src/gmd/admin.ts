@@ -130,17 +130,14 @@ export const gmdAdmin = {
     const c = await ctx(t);
     const names = name ? [name] : localGmds(c);
     let errors = 0;
-    const all: Array<{ gmd: string; lines: string[]; errors: number }> = [];
+    const all: Array<{ gmd: string; text: string; errors: number; findings: unknown[] }> = [];
     for (const n of names) {
-      const r = await call(c, n, 'verify', {}, 30000) as { lines: string[]; errors: number };
+      const r = await call(c, n, 'verify', {}, 30000) as { text: string; errors: number; findings: unknown[] };
       errors += r.errors;
       all.push({ gmd: n, ...r });
     }
-    if (c.json) out(JSON.stringify({ errors, gmds: all }));
-    else {
-      out(all.map((a) => a.lines.join('\n')).join('\n\n'));
-      out(errors ? `${errors} ERROR(S) found.` : 'No ERRORS:.');
-    }
+    if (c.json) out(JSON.stringify({ errors, gmds: all.map((a) => ({ gmd: a.gmd, errors: a.errors, findings: a.findings })) }));
+    else out(all.map((a) => `Verifying ${a.gmd} from ${c.machine} (and its peers through GeoMessage)\n${a.text}`).join('\n'));
     if (errors) process.exitCode = 1;
   },
 

@@ -8,6 +8,8 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { GeormError } from '../util/errors.js';
+import { parseSize } from '../util/size.js';
+import { renderConfig } from './cluster-config.js';
 import { callControl } from './control.js';
 import type { GmdMode } from './protocol.js';
 
@@ -86,23 +88,23 @@ export interface TwoSiteConfig {
   resyncRateLimit?: string; promoteFailureTimeout: number; machines: SiteMachine[];
 }
 
-/** The cluster file for one GMD over two sites (demo, tests, benchmarks). */
+/** The cluster file for one GMD over two sites (demo, tests, benchmarks), rendered by src/config. */
 export function renderTwoSiteConfig(c: TwoSiteConfig): string {
   const nets = c.machines[0]!.addresses.map((_, i) => `geo${i + 1}`);
-  const sites = [...new Set(c.machines.map((m) => m.site))];
-  const q = JSON.stringify;
-  let t = `# georm cluster: written by georm (demo/test harness)\n[cluster]\nname = "demo"\nkey_file = ${q(c.keyFile)}\n`;
-  for (const s of sites) t += `\n[[site]]\nname = ${q(s)}\n`;
-  for (const n of nets) t += `\n[[network]]\nname = ${q(n)}\nmtu = 1500\n`;
-  for (const m of c.machines) {
-    t += `\n[[machine]]\nname = ${q(m.name)}\nsite = ${q(m.site)}\npromote_failure_timeout = ${c.promoteFailureTimeout}\nrun_dir = ${q(m.runDir)}\n`;
-    m.addresses.forEach((a, i) => { t += `  [[machine.interface]]\n  network = ${q(nets[i])}\n  address = ${q(a)}\n  port = ${m.port}\n`; });
-  }
-  t += `\n[[gmd]]\nname = ${q(c.gmd)}\nminor = ${c.minor}\nmode = ${q(c.mode)}\nregion_size = ${q(c.regionSize)}\nsync_rate = ${q(c.syncRate)}\nhwm = ${q(c.hwm)}\nresync_rate_limit = ${q(c.resyncRateLimit ?? '0')}\n`;
-  for (const m of c.machines) {
-    t += `  [[gmd.machine]]\n  machine = ${q(m.name)}\n  volume = ${q(m.volume)}\n  state_map = ${q(m.stateMap)}\n  role = ${q(m.role)}\n  nbd_listen = ${q(m.nbdListen)}\n`;
-  }
-  return t;
+  return renderConfig({
+    cluster: { name: 'demo', keyFile: c.keyFile },
+    sites: [...new Set(c.machines.map((m) => m.site))].map((name) => ({ name })),
+    networks: nets.map((name) => ({ name, mtu: 1500 })),
+    machines: c.machines.map((m) => ({
+      name: m.name, site: m.site, promoteFailureTimeout: c.promoteFailureTimeout, runDir: m.runDir,
+      interfaces: m.addresses.map((address, i) => ({ network: nets[i]!, address, port: m.port })),
+    })),
+    gmds: [{
+      name: c.gmd, minor: c.minor, mode: c.mode, regionSize: parseSize(c.regionSize), syncRate: parseSize(c.syncRate),
+      hwm: parseSize(c.hwm), resyncRateLimit: parseSize(c.resyncRateLimit ?? '0'),
+      machines: c.machines.map((m) => ({ machine: m.name, volume: m.volume, stateMap: m.stateMap, role: m.role, nbdListen: m.nbdListen })),
+    }],
+  });
 }
 
 /**

@@ -3,10 +3,11 @@ import { GeormError } from '../util/errors.js';
 import type { Logger } from '../util/log.js';
 import type { MapPort, NetMessage, PeerTransport } from './ports.js';
 import {
-  SVC_CONTROL, SVC_FLUSH, SVC_READ, SVC_WRITE, SVC_ZERO, KIND_APP, KIND_RESYNC, FLAG_FUA, FLAG_TRIM,
+  SVC_CONTROL, SVC_FLUSH, SVC_READ, SVC_WRITE, SVC_WRITEV, SVC_ZERO, KIND_APP, KIND_RESYNC, FLAG_FUA, FLAG_TRIM,
   encodeHeader, decodeHeader, type ControlMessage, type GmdMode, type GmdRole, type GmdState, type PeerInfo,
 } from './protocol.js';
 import { RangeLock } from './rangelock.js';
+import { WriteBatcher } from './batcher.js';
 import { Resync, type ResyncProgress } from './resync.js';
 
 const CELL_CLEAN = 0x0;
@@ -38,6 +39,8 @@ export interface GmdOptions {
   open: () => Promise<GmdResources>;
   configDigest?: string;
   logger: Logger;
+  /** geo_verify facts of this machine (src/config/verify), sent to a peer that verifies. */
+  facts?: () => Promise<unknown>;
   /** How long start waits for a peer's answer before calling it unreachable. */
   helloTimeoutMs?: number;
 }
@@ -90,6 +93,7 @@ export class GeoMirrorDevice implements Backend {
   private readonly openRes: () => Promise<GmdResources>;
   private readonly helloTimeoutMs: number;
   readonly configDigest: string;
+  private readonly facts: (() => Promise<unknown>) | undefined;
 
   private res: GmdResources | null = null;
   private devSize = 0;
@@ -107,6 +111,8 @@ export class GeoMirrorDevice implements Backend {
   private hwmMode = false;
   private attrOverrides: Partial<GmdAttributes> = {};
   private resyncEngine: Resync | null = null;
+  private batcher: WriteBatcher | null = null;
+  private batcherPeer: string | null = null;
   private lastResync: ResyncProgress | null = null;
   private readonly events: GmdEvent[] = [];
   readonly stats: GmdStats = {
@@ -126,6 +132,7 @@ export class GeoMirrorDevice implements Backend {
     this.openRes = opts.open;
     this.helloTimeoutMs = opts.helloTimeoutMs ?? 5000;
     this.configDigest = opts.configDigest ?? '';
+    this.facts = opts.facts;
     this.registerHandlers();
   }
 
@@ -199,7 +206,15 @@ export class GeoMirrorDevice implements Backend {
       const infos = new Map<string, PeerInfo>();
       const unreachable: string[] = [];
       await Promise.all(this.peers.map(async (p) => {
-        try { infos.set(p, await this.control(p, { op: 'hello', from: this.info() }, this.helloTimeoutMs) as PeerInfo); } catch { unreachable.push(p); }
+        // A peer GeoMessage still holds for down (after a Promote Failure Timeout) is refused at once
+        // until its next keepalive gets through: keep asking until the hello timeout.
+        const deadline = Date.now() + this.helloTimeoutMs;
+        for (;;) {
+          try { infos.set(p, await this.control(p, { op: 'hello', from: this.info() }, Math.max(100, deadline - Date.now())) as PeerInfo); break; } catch {
+            if (Date.now() + 200 >= deadline) { unreachable.push(p); break; }
+            await new Promise((r) => setTimeout(r, 200));
+          }
+        }
       }));
       for (const [p, info] of infos) {
         const diff: string[] = [];
@@ -292,6 +307,9 @@ export class GeoMirrorDevice implements Backend {
   peerInfo(peer: string): Promise<PeerInfo> {
     return this.control(peer, { op: 'hello', from: this.info() }, 3000) as Promise<PeerInfo>;
   }
+
+  /** A peer's geo_verify facts. */
+  peerFacts(peer: string): Promise<unknown> { return this.control(peer, { op: 'facts' }, 10000); }
 
   /** Fetches a peer's map cells over GeoMessage. */
   async peerCells(peer: string): Promise<Uint8Array> {
@@ -428,12 +446,12 @@ export class GeoMirrorDevice implements Backend {
       }
       let ok: boolean;
       if (mode === 'sync') {
-        ok = await this.remote(peer, SVC_WRITE, KIND_APP, offset, data, flags, false);
+        ok = await this.remote(peer, KIND_APP, offset, data, flags);
         await this.localWrite(res, first, last, () => res.local.write(offset, data, opts));
       } else {
         const [, r] = await Promise.all([
           this.localWrite(res, first, last, () => res.local.write(offset, data, opts)),
-          this.remote(peer, SVC_WRITE, KIND_APP, offset, data, flags, false),
+          this.remote(peer, KIND_APP, offset, data, flags),
         ]);
         ok = r;
       }
@@ -509,11 +527,18 @@ export class GeoMirrorDevice implements Backend {
     map.endWrite(first, last, 'local-only');
   }
 
-  /** One remote data request; false (and the peer dropped) on failure. */
-  private remote(peer: string, svc: number, kind: number, offset: number, data: Buffer, flags: number, ordered: boolean): Promise<boolean> {
+  /** One mirrored application write (batched per event-loop turn); false (and the peer dropped) on failure. */
+  private remote(peer: string, kind: number, offset: number, data: Buffer, flags: number): Promise<boolean> {
     this.stats.remoteWrites++; this.stats.remoteWriteBytes += data.length;
-    return this.net.request(peer, svc, [encodeHeader(kind, flags, offset, data.length), data], { ordered })
-      .then(() => true, (e: unknown) => { this.peerFailed(peer, e); return false; });
+    if (!this.batcher || this.batcherPeer !== peer) {
+      this.batcher = new WriteBatcher(this.net, peer, this.res?.attrs.mode === 'async');
+      this.batcherPeer = peer;
+    }
+    return this.batcher.write(kind, flags, offset, data).then((r) => {
+      if (r === true) return true;
+      this.peerFailed(peer, r);
+      return false;
+    });
   }
 
   private asyncRemote(res: GmdResources, peer: string, first: number, last: number, offset: number, data: Buffer, flags: number, keepStale: boolean): Promise<void> {
@@ -521,7 +546,7 @@ export class GeoMirrorDevice implements Backend {
     this.asyncInflight += len;
     this.stats.asyncInflightBytes = this.asyncInflight;
     if (this.asyncInflight > this.stats.asyncInflightMax) this.stats.asyncInflightMax = this.asyncInflight;
-    return this.remote(peer, SVC_WRITE, KIND_APP, offset, data, flags, true).then((ok) => {
+    return this.remote(peer, KIND_APP, offset, data, flags).then((ok) => {
       if (ok && !keepStale) res.map.endWrite(first, last, 'both'); else this.markLocalOnly(res.map, first, last);
       this.asyncInflight -= len;
       this.stats.asyncInflightBytes = this.asyncInflight;
@@ -633,6 +658,7 @@ export class GeoMirrorDevice implements Backend {
 
   private registerHandlers(): void {
     this.net.handle(SVC_WRITE, (m) => this.onWrite(m));
+    this.net.handle(SVC_WRITEV, (m) => this.onWriteV(m));
     this.net.handle(SVC_READ, (m) => this.onRead(m));
     this.net.handle(SVC_FLUSH, async () => { if (this.res) await this.res.local.flush(); return Buffer.alloc(0); });
     this.net.handle(SVC_ZERO, (m) => this.onZero(m));
@@ -661,6 +687,41 @@ export class GeoMirrorDevice implements Backend {
           resolve(Buffer.alloc(0));
         }, (e: unknown) => { this.lock.release(h.offset, end); reject(e as Error); });
       });
+    });
+  }
+
+  /** A batch of mirrored writes: all validated first (bad input changes no data), then applied in order. */
+  private onWriteV(m: NetMessage): Promise<Buffer> {
+    const res = this.res;
+    if (!res || this.stateValue !== 'AVAILABLE') return Promise.reject(new GeormError('GMD_ERR_NOT_AVAILABLE', `${this.name} on ${this.machine} is ${this.stateValue}`));
+    if (this.activePeer !== m.peer) return Promise.reject(new GeormError('GMD_ERR_NOT_AVAILABLE', `${m.peer} is not the active peer of ${this.name}`));
+    const p = m.payload;
+    const bad = () => Promise.reject(new GeormError('GMD_ERR_BAD_MESSAGE', 'malformed write batch'));
+    if (p.length < 4) return bad();
+    const n = p.readUInt32BE(0);
+    const items: Array<{ offset: number; end: number; data: Buffer; fua: boolean }> = [];
+    let pos = 4;
+    for (let i = 0; i < n; i++) {
+      const h = decodeHeader(p.subarray(pos, pos + 16), this.devSize);
+      if (!h || pos + 16 + h.length > p.length) return bad();
+      items.push({ offset: h.offset, end: h.offset + h.length, data: p.subarray(pos + 16, pos + 16 + h.length), fua: (h.flags & FLAG_FUA) !== 0 });
+      pos += 16 + h.length;
+    }
+    if (pos !== p.length) return bad();
+    return new Promise<Buffer>((resolve, reject) => {
+      let left = items.length;
+      let failed: unknown = null;
+      if (left === 0) { resolve(Buffer.alloc(0)); return; }
+      // Locks are requested now, in batch order: overlapping writes apply in the order sent.
+      for (const it of items) {
+        this.lock.acquire(it.offset, it.end, () => {
+          res.local.write(it.offset, it.data, { fua: it.fua }).then(() => undefined, (e: unknown) => { failed = e; }).then(() => {
+            this.lock.release(it.offset, it.end);
+            this.stats.incomingWrites++; this.stats.incomingWriteBytes += it.data.length;
+            if (--left === 0) { if (failed) reject(failed as Error); else resolve(Buffer.alloc(0)); }
+          });
+        });
+      }
     });
   }
 
@@ -732,6 +793,9 @@ export class GeoMirrorDevice implements Backend {
         this.needMap();
         for (const r of msg.regions) if (r >= 0 && r < this.res!.map.regionCount) this.res!.map.cleanRegion(r);
         return reply({ ok: true });
+      case 'facts':
+        if (!this.facts) throw new GeormError('GMD_ERR_BAD_MESSAGE', 'verify not supported');
+        return reply(await this.facts());
       case 'resync-done':
         await this.res?.map.flush();
         return reply({ ok: true });

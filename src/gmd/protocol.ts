@@ -7,7 +7,8 @@ export const SVC_WRITE = 0x21;     // mirror or resync write: header + data
 export const SVC_READ = 0x22;      // resync pull: header (offset, length) -> data
 export const SVC_FLUSH = 0x23;     // flush the peer's volume
 export const SVC_ZERO = 0x24;      // zero / trim a range on the peer
-export const SVC_CONTROL = 0x25;   // JSON: hello, join, leave, down, cells, or-map, clear-map, clean-regions, info
+export const SVC_CONTROL = 0x25;
+export const SVC_WRITEV = 0x26;    // several mirror writes in one message: u32 count, then (header + data) each   // JSON: hello, join, leave, down, cells, or-map, clear-map, clean-regions, info
 
 export const KIND_APP = 0;         // application write being mirrored
 export const KIND_RESYNC = 1;      // resync copy (counted separately in statistics)
@@ -68,4 +69,5 @@ export type ControlMessage =
   | { op: 'or-map'; cells: string }          // base64, 1 byte per region
   | { op: 'clear-map' }
   | { op: 'clean-regions'; regions: number[] }
-  | { op: 'resync-done' };
+  | { op: 'resync-done' }
+  | { op: 'facts' };

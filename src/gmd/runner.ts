@@ -1,18 +1,21 @@
-import { createHash } from 'node:crypto';
-import { readFile, stat } from 'node:fs/promises';
+import { stat } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import type { Server } from 'node:net';
-import { NbdServer, FileBackend } from '../../nbd/index.js';
-import { loadConfig, findGmd, findMachine, gmdMachine, peersOf, type ClusterConfig } from './cluster-config.js';
-import { openGeoMessage, loadClusterKey, type GeoMessage, type NetworkEndpoint, type PeerSpec } from '../geomessage/index.js';
+import { NbdServer, FileBackend, transmissionFlags } from '../../nbd/index.js';
+import {
+  loadConfig, findGmd, findMachine, gmdMachine, peersOf, endpointsOf, gatherFacts, compareFacts, formatVerify, configDigest,
+  type ClusterConfig, type MachineFacts,
+} from './cluster-config.js';
+import { openGeoMessage, loadClusterKey, type GeoMessage, type PeerSpec } from '../geomessage/index.js';
+import { serveNetStats, netStatSocketPath } from '../geomessage/netstat.js';
 import { StateMap, StateMapError } from '../statemap/index.js';
-import { sdNotify } from '../native/index.js';
+import { systemd } from '../native/systemd.js';
+import { attachExport, DEFAULT_ATTACH_TIMEOUT_SEC, type Attached } from '../native/attach.js';
 import { GeormError } from '../util/errors.js';
 import { createLogger, type Logger } from '../util/log.js';
 import { serveControl } from './control.js';
 import { GeoMirrorDevice, type GmdAttributes, type GmdResources } from './device.js';
-import type { PeerInfo } from './protocol.js';
 
 export interface RunOptions {
   config: string;
@@ -42,20 +45,11 @@ export function defaultMachine(machine?: string): string {
   return machine ?? process.env.GEORM_MACHINE ?? hostname();
 }
 
-function endpointsOf(cfg: ClusterConfig, machine: string, minor: number): NetworkEndpoint[] {
-  const m = findMachine(cfg, machine);
-  return m.interfaces.map((i) => {
-    const net = cfg.networks.find((n) => n.name === i.network);
-    return { network: i.network, address: i.address, port: i.port + minor, ...(net?.mtu ? { mtu: net.mtu } : {}) };
-  });
-}
-
 /** Runs one GMD in this process: GeoMessage endpoint, NBD server, control socket (`georm gmd run`). */
 export async function runGmd(name: string, opts: RunOptions): Promise<RunningGmd> {
   const log = opts.logger ?? createLogger(`gmd:${name}`);
-  const configText = await readFile(opts.config, 'utf8');
-  const digest = createHash('sha256').update(configText).digest('hex').slice(0, 16);
   let cfg = await loadConfig(opts.config);
+  const digest = configDigest(cfg);
   const machine = defaultMachine(opts.machine);
   const gmd = findGmd(cfg, name);
   const here = gmdMachine(gmd, machine);
@@ -90,6 +84,7 @@ export async function runGmd(name: string, opts: RunOptions): Promise<RunningGmd
 
   const device = new GeoMirrorDevice({
     name, minor: gmd.minor, machine, peers: peerMachines.map((p) => p.name), net, open, configDigest: digest, logger: log,
+    facts: () => gatherFacts(cfg, machine),
   });
   device.attachNetEvents();
   if (!opts.defined) {
@@ -104,29 +99,44 @@ export async function runGmd(name: string, opts: RunOptions): Promise<RunningGmd
 
   const controlPath = controlSocketPath(cfg, name, machine);
   let closing: Promise<void> | null = null;
+  // nbd_device: the kernel's /dev/nbdN follows the GMD while it is AVAILABLE here (not as secondary).
+  let attached: Attached | undefined;
+  const attachDevice = (): void => {
+    if (!here.nbdDevice || attached?.attached || device.state !== 'AVAILABLE' || device.attrs?.role === 'secondary') return;
+    attached = attachExport(here.nbdDevice, DEFAULT_ATTACH_TIMEOUT_SEC, device.size(), transmissionFlags(device, false), (s) => nbd.serveSocket(s, name), log);
+  };
+  const detachDevice = (): Promise<void> => attached?.detach().catch((e: unknown) => log.error({ err: (e as Error).message }, 'detach failed')) ?? Promise.resolve();
   const close = (): Promise<void> => {
     closing ??= (async () => {
+      systemd.stopping(`${name}: stopping`);
+      await detachDevice();
       await device.stop('process exit').catch((e: unknown) => log.error({ err: (e as Error).message }, 'stop failed'));
       await nbd.close(2000).catch(() => undefined);
       await device.unconfigure().catch(() => undefined);
       await net.close().catch(() => undefined);
       await new Promise<void>((r) => control.close(() => r()));
+      await new Promise<void>((r) => netStats.close(() => r()));
     })();
     return closing;
   };
   const control: Server = await serveControl(controlPath, (op, args) => handleOp(op, args));
+  // `georm netstat` / krpcstat find every GeoMessage process by its stats socket in run_dir.
+  const netStats: Server = await serveNetStats(() => net.stats(), netStatSocketPath(findMachine(cfg, machine).runDir, name));
 
   async function handleOp(op: string, args: Record<string, unknown>): Promise<unknown> {
     switch (op) {
       case 'status': return device.status();
       case 'stat': return { stats: device.status().stats, peer: device.peer, time: Date.now() };
+      case 'netstat': return net.stats();
       case 'configure': await device.configure(); return device.status();
       case 'unconfigure': await device.unconfigure(); return device.status();
       case 'start': {
         for (const p of (args.down as string[] | undefined) ?? []) await device.down(p);
-        return device.start();
+        const started = await device.start();
+        attachDevice();
+        return started;
       }
-      case 'stop': await device.stop(); return device.status();
+      case 'stop': await detachDevice(); await device.stop(); return device.status();
       case 'down': return device.down(String(args.peer));
       case 'dirty': await device.dirty(); return device.status();
       case 'clean': await device.clean(); return device.status();
@@ -155,52 +165,26 @@ export async function runGmd(name: string, opts: RunOptions): Promise<RunningGmd
     }
   }
 
-  /** geo_verify (seed §6.4) for this GMD, across the machines through GeoMessage. */
-  async function verify(): Promise<{ lines: string[]; errors: number; warnings: number }> {
-    const lines: string[] = [];
-    let errors = 0;
-    let warnings = 0;
-    const err = (s: string) => { errors++; lines.push(`ERROR: ${s}`); };
-    const ok = (s: string) => lines.push(`ok: ${s}`);
-    const g = findGmd(cfg, name);
-    const mine = device.info();
-    lines.push(`Verifying GeoMirror device ${name} (minor ${g.minor}) from ${machine}`);
-    try {
-      const st = await stat(cfg.cluster.keyFile);
-      if (st.mode & 0o077) err(`cluster key ${cfg.cluster.keyFile} is readable by group or others`); else ok('cluster key file permissions');
-    } catch { err(`cluster key ${cfg.cluster.keyFile} missing`); }
-    const localMap = device.map;
-    if (localMap && device.attrs) {
-      if (localMap.regionCount * device.attrs.regionSize >= device.size()) ok(`state map covers the device (${localMap.regionCount} regions)`);
-      else err('state map is too small for the device');
-    } else { warnings++; lines.push('WARNING: GMD is DEFINED here; volume and state map not checked'); }
-    const mySite = findMachine(cfg, machine).site;
+  /** geo_verify (seed §6.4): facts of this machine and of every peer (asked over GeoMessage), compared. */
+  async function verify(): Promise<{ text: string; errors: number; warnings: number; findings: unknown[] }> {
+    const facts: MachineFacts[] = [await gatherFacts(cfg, machine)];
     for (const p of device.peers) {
-      const pm = findMachine(cfg, p);
-      if (pm.site === mySite) err(`remote peer ${p} is at the same site (${mySite})`); else ok(`remote peer ${p} is at site ${pm.site}`);
-      let info: PeerInfo;
-      try {
-        info = await device.peerInfo(p);
-      } catch (e) { err(`remote peer ${p} not reachable through GeoMessage (${(e as Error).message})`); continue; }
-      if (info.configDigest !== mine.configDigest) err(`configuration on ${p} differs from ${machine}'s (digest ${info.configDigest} vs ${mine.configDigest})`); else ok(`configuration identical on ${p}`);
-      if (info.minor !== mine.minor) err(`minor ${mine.minor} here, ${info.minor} on ${p}`); else ok(`same minor number on ${p}`);
-      if (info.state !== 'DEFINED' && mine.state !== 'DEFINED' && info.size !== mine.size) err(`size ${mine.size} here, ${info.size} on ${p}`); else ok(`same size on ${p}`);
-      if (info.mode !== mine.mode) err(`mode ${mine.mode} here, ${info.mode} on ${p}`); else ok(`same mode on ${p}`);
-      if (info.role === 'primary' && mine.role === 'primary') err(`both ${machine} and ${p} are primary`);
-      else if (mine.mode === 'async' && !(new Set([info.role, mine.role]).has('primary') && new Set([info.role, mine.role]).has('secondary'))) err('an async GMD needs one primary and one secondary');
-      else ok(`roles ${mine.role} here, ${info.role} on ${p}`);
-      if (info.regionSize !== mine.regionSize && info.regionSize && mine.regionSize) err(`region size differs on ${p}`);
+      const f = await device.peerFacts(p).catch(() => null);
+      if (f) facts.push(f as MachineFacts);
     }
-    lines.push(errors ? `${errors} ERROR(S) found.` : 'No ERRORS:.');
-    return { lines, errors, warnings };
+    const findings = compareFacts(cfg, facts);
+    const errors = findings.filter((f) => f.level === 'error').length;
+    return { text: formatVerify(findings), errors, warnings: findings.length - errors, findings };
   }
 
   if (opts.start) {
     for (const p of opts.down ?? []) await device.down(p);
     const r = await device.start();
     log.info({ gmd: name }, r.message);
+    attachDevice();
   }
-  sdNotify('READY=1');
+  // READY also starts the watchdog pings georm@.service expects (WatchdogSec).
+  systemd.ready(`${name} on ${machine}: ${device.state}`);
   log.info({ gmd: name, machine, nbd: nbdUris, control: controlPath }, 'GMD process ready');
   return { device, nbdUris, controlPath, close };
 }

@@ -54,6 +54,9 @@ t.test('georm netstat / krpcstat read a running process through its stats socket
   t.equal((await run('netstat', '-c', '3', '--run-dir', dir)).code, 1, '-c without -i');
   t.equal((await run('netstat', '-i', 'x', '--run-dir', dir)).code, 1);
   t.equal((await run('netstat', '--bogus')).code, 1);
+  const v = await run('krpcstat', '-v');
+  t.equal(v.code, 0);
+  t.match(v.stdout, /georm netstat \(krpcstat\) \d+\.\d+/);
 });
 
 t.test('georm wanem relays with impairments and obeys cut/restore on stdin', async (t) => {

@@ -3,7 +3,7 @@ import { chmodSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import {
-  openPacket, sealPacket, encodeAckBlock, machineId, HEADER_BYTES, TAG_BYTES, T_DATA, T_ACK, F_ACKS, F_ORDERED,
+  openPacket, sealPacket, encodeAckBlock, computeTag, machineId, HEADER_BYTES, TAG_BYTES, T_DATA, T_ACK, F_ACKS, F_ORDERED,
   type PacketHeader,
 } from '../../src/geomessage/packet.js';
 import { loadClusterKey } from '../../src/geomessage/key.js';
@@ -74,6 +74,17 @@ t.test('fuzz: random and mutated packets never throw and never pass authenticati
       t.ok(r.payload.length === r.fragLen && r.fragLen <= full.length, 'decoded within bounds');
     }
   }
+});
+
+t.test('the one-shot HMAC equals crypto HMAC-SHA-256 for short, block-sized and long keys', async (t) => {
+  const { createHmac } = await import('node:crypto');
+  for (const len of [16, 32, 64, 65, 200]) {
+    const key = randomBytes(len);
+    const parts = [randomBytes(52), randomBytes(1404), randomBytes(18)];
+    const want = createHmac('sha256', key).update(Buffer.concat(parts)).digest().subarray(0, TAG_BYTES);
+    t.ok(computeTag(key, parts).equals(want), `key of ${len} bytes`);
+  }
+  t.equal(openPacket(KEY, Buffer.alloc(70000)), 'malformed', 'larger than any datagram');
 });
 
 t.test('replay window accepts each number once, inside the window', async (t) => {

@@ -38,6 +38,12 @@ t.test('request/response, one-way, errors and fragmentation on loopback', async 
   t.ok(s.networks[0]!.packetsOut > 100);
   t.ok(s.networks[0]!.links[0]!.srttMs! > 0);
   t.throws(() => a.handle(0xffff, () => {}), { code: 'GEOMSG_ERR_CONFIG' });
+  await t.rejects(a.send('b', 4, Buffer.alloc(65 << 20)), { code: 'GEOMSG_ERR_TOO_LARGE' });
+  await t.rejects(a.send('b', 4, Buffer.alloc(65 << 20), { ordered: true }), { code: 'GEOMSG_ERR_TOO_LARGE' });
+  t.equal((await a.request('b', 1, Buffer.from('z'), { ordered: true, timeoutMs: 5000 })).toString(), 'echo:z', 'refused ordered message left no gap');
+  b.handle(6, () => Buffer.alloc(65 << 20));
+  await t.rejects(a.request('b', 6, Buffer.alloc(0)), { code: 'GEOMSG_ERR_REMOTE', message: /maxMessageBytes/ });
+  await t.rejects(a.send('b', 0xffff, Buffer.alloc(1)), { code: 'GEOMSG_ERR_CONFIG' });
 });
 
 t.test('ordered messages are delivered in send order, unordered all exactly once', async (t) => {
@@ -172,4 +178,41 @@ t.test('bad options are clear errors', async (t) => {
   await t.rejects(openGeoMessage({ machine: 'a', key: KEY, endpoints: [{ network: 'n', address: '127.0.0.1', port: 0 }],
     peers: [{ machine: 'b', endpoints: [{ network: 'other', address: '127.0.0.1', port: 1 }], promoteFailureTimeoutMs: 0 }] }), { code: 'GEOMSG_ERR_CONFIG' });
   await t.rejects(openGeoMessage({ machine: 'a', key: KEY, endpoints: [{ network: 'n', address: '203.0.113.1', port: 0 }], peers: [] }), { code: 'GEOMSG_ERR_CONFIG', message: /cannot bind/ });
+});
+
+t.test('fuzz: authenticated packets with random fields never crash a live transport', async (t) => {
+  const [pa, pb] = await freePorts(2);
+  const ep = (port: number) => [{ network: 'n1', address: '127.0.0.1', port }];
+  const mkA = (epoch: number) => openGeoMessage({ machine: 'a', key: KEY, keepaliveMs: 100, epoch, endpoints: ep(pa!),
+    peers: [{ machine: 'b', endpoints: ep(pb!), promoteFailureTimeoutMs: 0 }] });
+  let a = await mkA(5000);
+  const b = await openGeoMessage({ machine: 'b', key: KEY, keepaliveMs: 100, endpoints: ep(pb!), ...(process.env.GEOMSG_DEBUG ? { logger: (await import('../../src/util/log.js')).createLogger('b', 'error') } : {}),
+    peers: [{ machine: 'a', endpoints: ep(pa!), promoteFailureTimeoutMs: 0 }] });
+  t.teardown(async () => { await a.close(); await b.close(); });
+  let calls = 0;
+  b.handle(1, () => { calls++; return Buffer.from('ok'); });
+  await a.request('b', 1, Buffer.alloc(1));
+  const sock = createSocket('udp4');
+  await new Promise<void>((r) => sock.bind(0, '127.0.0.1', () => r()));
+  t.teardown(() => sock.close());
+  const r32 = () => (Math.random() * 2 ** 32) >>> 0;
+  const r16 = () => (Math.random() * 2 ** 16) >>> 0;
+  for (let i = 0; i < 3000; i++) {
+    const payload = Buffer.alloc(Math.floor(Math.random() * 200), i & 0xff);
+    const h = {
+      type: 1 + (i % 4), flags: r16() & 0x7f, srcMachine: machineId('a'), dstMachine: machineId('b'), srcEpoch: 5000, dstEpoch: b.epoch,
+      pseq: r32(), msgId: i % 3 ? r32() : r16() & 7, corrId: r32(), orderSeq: i % 2 ? r16() : 0, totalLen: i % 3 ? r32() : payload.length + (r16() & 3),
+      msgFloor: i % 5 ? 0 : r32(), service: r16() & 7, fragIndex: r16() & 3, fragCount: r16() & 3, fragLen: payload.length,
+    };
+    sock.send(Buffer.concat(sealPacket(KEY, h, payload, null)), pb!, '127.0.0.1');
+    if (i % 100 === 0) await new Promise((r) => setImmediate(r));
+  }
+  await new Promise((r) => setTimeout(r, 300));
+  const d = b.stats().networks[0]!.dropped;
+  t.ok(d.malformed + d.replay + d.stale > 0, `refused: ${JSON.stringify(d)}`);
+  // The fuzz may have wrecked that session (it holds the key); a new incarnation of a must work.
+  await a.close();
+  a = await mkA(6000);
+  t.equal((await a.request('b', 1, Buffer.alloc(1), { timeoutMs: 10000 })).toString(), 'ok', 'b survived and serves a new session');
+  t.ok(calls >= 2);
 });

@@ -7,7 +7,7 @@ import { freePorts, openPair, payloadFor, waitFor } from './fixtures.js';
  * a ⇄ emulator ⇄ b on loopback. Each network i gets its own emulator; a sends to the emulator's
  * side-a port, b to its side-b port.
  */
-async function emulatedPair(nets: number, imp: Parameters<typeof startWanEmulator>[0]['a2b'], extra: { pftMs?: number; mtu?: number } = {}) {
+async function emulatedPair(nets: number, imp: Parameters<typeof startWanEmulator>[0]['a2b'], extra: { pftMs?: number; mtu?: number; keepaliveMs?: number } = {}) {
   const ports = await freePorts(2 * nets);
   const ems: WanEmulator[] = [];
   const aEps: NetworkEndpoint[] = [], bEps: NetworkEndpoint[] = [], aSeesB: NetworkEndpoint[] = [], bSeesA: NetworkEndpoint[] = [];
@@ -27,7 +27,7 @@ async function emulatedPair(nets: number, imp: Parameters<typeof startWanEmulato
     aSeesB.push({ network, address: '127.0.0.1', port: rp.a, ...mtu });
     bSeesA.push({ network, address: '127.0.0.1', port: rp.b, ...mtu });
   }
-  const { a, b } = await openPair(aEps, bEps, aSeesB, bSeesA, { keepaliveMs: 100, ...(extra.pftMs ? { pftMs: extra.pftMs } : {}) });
+  const { a, b } = await openPair(aEps, bEps, aSeesB, bSeesA, { keepaliveMs: extra.keepaliveMs ?? 100, ...(extra.pftMs ? { pftMs: extra.pftMs } : {}) });
   return { a, b, ems };
 }
 
@@ -76,17 +76,19 @@ t.test('cutting the active network moves traffic to the other without loss, and 
   await waitFor(() => a.stats().networks.every((n) => n.links[0]!.up), 3000, 'both networks up');
   const got = new Map<number, number>();
   b.handle(1, (m) => { const i = m.payload.readUInt32BE(0); got.set(i, (got.get(i) ?? 0) + 1); });
-  t.equal(a.stats().machines[0]!.network, 'n1', 'first network preferred on ties');
+  t.comment(`chosen at start: ${a.stats().machines[0]!.network} (n1 expected on RTT ties; not asserted, timing)`);
   const N = 400;
   let sent = 0;
   let cutAt = 0;
+  let cutName = 'n1';
   const ps: Promise<void>[] = [];
   for (let i = 0; i < N; i++) {
     ps.push(a.send('b', 1, payloadFor(i, 8000)).then(() => { sent++; }));
     if (i === 100) {
       await new Promise((r) => setTimeout(r, 20));
       cutAt = Date.now();
-      ems[0]!.cut();
+      cutName = a.stats().machines[0]!.network ?? 'n1'; // the network carrying the traffic now
+      ems[cutName === 'n1' ? 0 : 1]!.cut();
     }
     if (i % 50 === 0) await new Promise((r) => setImmediate(r));
   }
@@ -96,11 +98,51 @@ t.test('cutting the active network moves traffic to the other without loss, and 
   t.equal(got.size, N, 'every message delivered');
   t.ok([...got.values()].every((c) => c === 1), 'exactly once');
   t.ok(resumedAfter < 5000, `all delivered ${resumedAfter} ms after the cut (bound 5 s)`);
-  t.equal(a.stats().machines[0]!.network, 'n2');
-  t.ok(events.includes('down:n1'));
+  await waitFor(() => events.includes(`down:${cutName}`), 5000, `network-down ${cutName}`);
+  t.not(a.stats().machines[0]!.network, cutName, `traffic moved off ${cutName}`);
+  ems[cutName === 'n1' ? 0 : 1]!.restore();
+  await waitFor(() => events.includes(`up:${cutName}`), 5000, `network-up ${cutName}`);
+  await waitFor(() => a.stats().machines[0]!.network === 'n1', 10000, 'n1 (first on ties) used again');
+});
+
+t.test('a bandwidth cap with a small bottleneck queue: the window adapts and everything arrives once', async (t) => {
+  const { a, b, ems } = await emulatedPair(1, { delayMs: 5, rateBytesPerSec: 2 << 20, queueBytes: 128 << 10 });
+  t.teardown(() => closeAll([a, b], ems));
+  const got = new Map<number, number>();
+  b.handle(1, (m) => { const i = m.payload.readUInt32BE(0); if (m.payload.equals(payloadFor(i, m.payload.length))) got.set(i, (got.get(i) ?? 0) + 1); });
+  const N = 64;
+  await Promise.all(Array.from({ length: N }, (_, i) => a.send('b', 1, payloadFor(i, 64 * 1024))));
+  t.equal(got.size, N, 'all 4 MiB delivered intact');
+  t.ok([...got.values()].every((c) => c === 1), 'exactly once');
+  const em = ems[0]!.stats().a2b;
+  t.comment(`bottleneck queue drops ${em.queueDrops} of ${em.received} packets; resends ${a.stats().networks[0]!.resends}`);
+});
+
+t.test('an abandoned ordered message does not block the order stream (tombstone)', async (t) => {
+  const { a, b, ems } = await emulatedPair(1, { delayMs: 1 });
+  t.teardown(() => closeAll([a, b], ems));
+  const seen: string[] = [];
+  b.handle(3, (m) => { seen.push(m.payload.toString()); });
+  await a.send('b', 3, Buffer.from('one'), { ordered: true });
+  ems[0]!.cut();
+  await t.rejects(a.send('b', 3, Buffer.from('two'), { ordered: true, timeoutMs: 200 }), { code: 'GEOMSG_ERR_TIMEOUT' });
   ems[0]!.restore();
-  await waitFor(() => a.stats().machines[0]!.network === 'n1', 5000, 'back on n1');
-  t.ok(events.includes('up:n1'));
+  await a.send('b', 3, Buffer.from('three'), { ordered: true, timeoutMs: 10000 });
+  t.same(seen, ['one', 'three'], 'the timed-out slot was skipped, the stream continued in order');
+});
+
+t.test('after the PFT declared a peer down, a request with a deadline probes and reaches it once the path is back', async (t) => {
+  // keepalives every 5 s: only the probe sent by the request can bring the peer back within its deadline
+  const { a, b, ems } = await emulatedPair(1, { delayMs: 1 }, { pftMs: 500, keepaliveMs: 5000 });
+  t.teardown(() => closeAll([a, b], ems));
+  b.handle(1, () => Buffer.from('hello'));
+  await a.request('b', 1, Buffer.alloc(0));
+  ems[0]!.cut();
+  await waitFor(() => a.peerState('b') === 'down', 5000, 'down after PFT');
+  await t.rejects(a.request('b', 1, Buffer.alloc(0)), { code: 'GEOMSG_ERR_PEER_DOWN' }, 'no deadline: refused at once');
+  ems[0]!.restore();
+  t.equal((await a.request('b', 1, Buffer.alloc(0), { timeoutMs: 3000 })).toString(), 'hello');
+  t.equal(a.peerState('b'), 'up');
 });
 
 t.test('with every network cut, messages wait (PFT 0) and flow once a path returns', async (t) => {

@@ -14,7 +14,7 @@ import { renderTwoSiteConfig, type SiteMachine } from '../../src/gmd/demo.js';
 import type { GmdMode } from '../../src/gmd/protocol.js';
 import type { GmdStatus } from '../../src/gmd/device.js';
 import { GEORM_BIN, tempDir } from '../helpers/env.js';
-import { runCmd } from '../helpers/proc.js';
+import { netnsCommand, runCmd } from '../helpers/proc.js';
 
 export type M = 'alpha' | 'beta';
 
@@ -28,6 +28,8 @@ export interface ClusterOptions {
   hwm?: string;
   rateLimit?: string;
   roles?: [SiteMachine['role'], SiteMachine['role']];
+  /** Geographic networks (veth pairs / loopback addresses), default 2. */
+  networks?: 1 | 2;
   /** Extra machines at the west site (start rule: more than one remote peer). */
   extraWest?: string[];
 }
@@ -84,7 +86,7 @@ export class TestCluster {
       const sub = 2 * (1 + Math.floor(Math.random() * 120));
       const nsA = `gmd${tag}a`, nsB = `gmd${tag}b`;
       for (const n of [nsA, nsB]) { await sh('ip', ['netns', 'add', n]); this.nsCreated.push(n); await sh('ip', ['-n', n, 'link', 'set', 'lo', 'up']); }
-      for (let k = 0; k < 2; k++) {
+      for (let k = 0; k < (o.networks ?? 2); k++) {
         const va = `gmd${tag}a${k}`, vb = `gmd${tag}b${k}`;
         await sh('ip', ['link', 'add', va, 'netns', nsA, 'type', 'veth', 'peer', 'name', vb, 'netns', nsB]);
         await sh('ip', ['-n', nsA, 'addr', 'add', `10.202.${sub + k}.1/24`, 'dev', va]);
@@ -96,13 +98,13 @@ export class TestCluster {
         if (k === 0) { this.veth.alpha = va; this.veth.beta = vb; }
       }
       this.ns.alpha = nsA;
-      addrs.alpha = [`10.202.${sub}.1`, `10.202.${sub + 1}.1`];
-      names.slice(1).forEach((m, i) => {
+      addrs.alpha = [`10.202.${sub}.1`, `10.202.${sub + 1}.1`].slice(0, o.networks ?? 2);
+      for (const m of names.slice(1)) {
         this.ns[m] = nsB;
-        addrs[m] = [`10.202.${sub}.${2 + i * 0}`, `10.202.${sub + 1}.2`];
-      });
+        addrs[m] = [`10.202.${sub}.2`, `10.202.${sub + 1}.2`].slice(0, o.networks ?? 2);
+      }
     } else {
-      for (const m of names) addrs[m] = ['127.0.0.1', '127.0.0.2'];
+      for (const m of names) addrs[m] = ['127.0.0.1', '127.0.0.2'].slice(0, o.networks ?? 2);
     }
     const machines: SiteMachine[] = [];
     let port = 21000 + Math.floor(Math.random() * 30000);
@@ -131,10 +133,12 @@ export class TestCluster {
 
   /** Starts the `gmd run` process for machine m (STOPPED state) and waits for its control socket. */
   async run(m: string, extra: string[] = []): Promise<ChildProcess> {
-    const args = [GEORM_BIN, 'gmd', 'run', this.gmd, '--config', this.cfgPath, '--machine', m, ...extra];
+    // GEORM_GMD_NODE_ARGS: extra node flags for profiling (e.g. --cpu-prof), which NODE_OPTIONS refuses.
+    const nodeArgs = (process.env.GEORM_GMD_NODE_ARGS ?? '').split(' ').filter(Boolean);
+    const args = [...nodeArgs, GEORM_BIN, 'gmd', 'run', this.gmd, '--config', this.cfgPath, '--machine', m, ...extra];
     const fh = await open(this.logs[m]!, 'a');
     const child = this.ns[m]
-      ? spawn('ip', ['netns', 'exec', this.ns[m]!, process.execPath, ...args], { stdio: ['ignore', fh.fd, fh.fd] })
+      ? spawn(...netnsCommand(this.ns[m]!, process.execPath, args), { stdio: ['ignore', fh.fd, fh.fd] })
       : spawn(process.execPath, args, { stdio: ['ignore', fh.fd, fh.fd] });
     await fh.close();
     this.procs.set(m, child);

@@ -25,7 +25,7 @@ t.test('network down between namespaces: Promote Failure Timeout -> gmddown, sta
   await c.ctl('beta', 'stop');
   await c.start('beta');
   await c.waitInSync();
-  const after = await c.status('alpha');
+  const after = await c.waitFor('alpha', (s) => !!s.resync?.complete, 'resync reported complete', 30000);
   t.equal(after.stats.resyncBytesSent, blocks.length * REGION, `only the ${blocks.length} stale regions travelled (${after.stats.resyncBytesSent} bytes)`);
   t.equal(after.resync?.complete, true, 'resync reported complete');
   await c.terminate('alpha');
@@ -84,6 +84,33 @@ t.test('initial synchronisation from the secondary (dirty there): the primary pu
   t.equal(s.resync?.direction, 'pull');
   await c.waitFor('beta', (s) => s.map?.stale === 0, 'beta map clean after pull', 60000);
   await c.waitFor('alpha', (s) => !!s.resync?.complete, 'pull complete', 60000);
+  await c.terminate('alpha');
+  await c.terminate('beta');
+  t.ok((await identical(c.vol.alpha!, c.vol.beta!)).same, 'identical');
+});
+
+t.test('an interrupted resync resumes from the state map', { skip: missingTools('qemu-io', 'cmp') }, async (t) => {
+  const c = await TestCluster.create({ mode: 'sync', size: 8 * 1024 * 1024, rateLimit: '1M', syncRate: '32K' });
+  t.teardown(() => c.cleanup());
+  await c.up();
+  await c.terminate('beta');
+  t.equal((await qio(c.uri, 'write -P 0x61 0 4M')).code, 0);
+  const stale = (await c.status('alpha')).map!.stale;
+  t.equal(stale, 128, '4 MiB stale');
+  await c.run('beta');
+  await c.start('beta');
+  const mid = await c.waitFor('alpha', (s) => (s.resync?.doneBytes ?? 0) >= 1024 * 1024, 'a quarter copied', 20000);
+  await c.kill9('beta');   // interrupted
+  const left = await c.waitFor('alpha', (s) => !s.peers[0]!.active, 'peer dropped', 20000);
+  t.ok(left.map!.stale < stale && left.map!.stale > 0, `map records what is left (${left.map!.stale} of ${stale} regions)`);
+  const sentBefore = left.stats.resyncBytesSent;
+  await c.run('beta');
+  await c.start('beta');
+  await c.waitInSync();
+  const done = await c.waitFor('alpha', (s) => !!s.resync?.complete, 'complete', 30000);
+  t.ok(done.stats.resyncBytesSent - sentBefore <= left.map!.stale * REGION + 8 * REGION,
+    `second run copied only what was left (${done.stats.resyncBytesSent - sentBefore} bytes; first run ${sentBefore})`);
+  t.ok(mid.resync!.etaSec !== null, 'ETA reported');
   await c.terminate('alpha');
   await c.terminate('beta');
   t.ok((await identical(c.vol.alpha!, c.vol.beta!)).same, 'identical');

@@ -69,3 +69,13 @@ export async function runCmd(cmd: string, args: string[], opts: SpawnOptions & {
   clearTimeout(timer);
   return { code, signal, stdout, stderr };
 }
+
+/**
+ * Command line that runs `cmd` inside the named network namespace and nothing else.
+ * `ip netns exec` also makes a private copy of the mount table for the child; a filesystem that another
+ * test mounts meanwhile then lives on in that copy after its umount (e2fsck: "in use"). nsenter --net
+ * joins only the network namespace, and execs, so the pid is the command's own.
+ */
+export function netnsCommand(ns: string, cmd: string, args: readonly string[]): [string, string[]] {
+  return ['nsenter', [`--net=/run/netns/${ns}`, '--', cmd, ...args]];
+}

@@ -65,7 +65,7 @@ for (const userBufferReads of [true, false]) t.test(`fio verify=crc32c over ioen
     [h.uri('disk'), ['--rw=randrw', '--bsrange=512-128k', '--iodepth=16', '--size=32M', '--offset=32M']],
   ];
   for (const [uri, extra] of jobs) {
-    const r = await runCmd('fio', ['--name=verify', '--ioengine=nbd', `--uri=${uri}`, '--verify=crc32c', '--do_verify=1',
+    const r = await runCmd('fio', ['--name=verify', '--verify_state_save=0', '--ioengine=nbd', `--uri=${uri}`, '--verify=crc32c', '--do_verify=1',
       '--verify_fatal=1', ...extra, '--output-format=json'], { env, timeoutMs: 50000 });
     t.equal(r.code, 0, `fio ${extra.join(' ')}: ${r.stderr.slice(-2000)}`);
     const j = JSON.parse(r.stdout.slice(r.stdout.indexOf('{'))) as { jobs: Array<{ error: number; write: { io_bytes: number } }> };

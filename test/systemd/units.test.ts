@@ -2,7 +2,7 @@ import t from 'tap';
 import { readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { GEORM_BIN, missingTools, tempDir } from '../helpers/env.js';
-import { runCmd } from '../helpers/proc.js';
+import { Procs, runCmd, watchOutput } from '../helpers/proc.js';
 import { renderUnit } from '../../src/cli/commands/install-units.js';
 import { SystemdNotifier } from '../../src/native/systemd.js';
 
@@ -77,4 +77,31 @@ t.test('SystemdNotifier: READY/STATUS/STOPPING/WATCHDOG messages, watchdog perio
   const failing = new SystemdNotifier({ env, send: () => { throw new Error('gone'); } });
   failing.status('x'); // must not throw
   failing.stopping();
+});
+
+t.test('a running GMD speaks the notify protocol georm@.service expects (READY, WATCHDOG, STOPPING)', { skip: missingTools('python3') }, async (t) => {
+  const { dir, cleanup } = tempDir();
+  t.teardown(cleanup);
+  const procs = new Procs();
+  t.teardown(() => procs.stopAll());
+  const sock = join(dir, 'notify');
+  // Plays systemd's side: a unix datagram socket (Node has none) printing each message on one line.
+  const py = procs.spawn('python3', ['-u', '-c', `
+import socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); s.bind(sys.argv[1])
+print('bound', flush=True)
+while True: print('MSG ' + s.recv(4096).decode().replace('\\n', '|'), flush=True)
+`, sock]);
+  const msgs = watchOutput(py);
+  await msgs.wait(/bound/);
+  // georm demo runs two `georm gmd run` processes, which inherit the notify environment.
+  const demo = procs.spawn(process.execPath, [GEORM_BIN, 'demo', '--dir', join(dir, 'demo'), '--size', '1M'],
+    { env: { ...process.env, NOTIFY_SOCKET: sock, WATCHDOG_USEC: '400000', GEORM_LOG_LEVEL: 'warn' } });
+  const out = watchOutput(demo);
+  await out.wait(/"uri"/, 60_000);
+  await msgs.wait(/MSG READY=1\|STATUS=demo0gmd on alpha/, 30_000);
+  await msgs.wait(/MSG WATCHDOG=1/, 30_000);
+  await procs.stop(demo, 'SIGTERM', 30_000);
+  await msgs.wait(/MSG STOPPING=1/, 30_000);
+  t.pass('READY with STATUS, WATCHDOG pings and STOPPING received');
 });

@@ -1,3 +1,4 @@
+import { readFile } from 'node:fs/promises';
 import { Command, Option } from 'commander';
 import { GeormError } from '../../util/errors.js';
 import { findNetStatSockets, formatNetStats, readNetStats } from '../../geomessage/netstat.js';
@@ -7,7 +8,7 @@ const DEFAULT_RUN_DIR = process.env.GEORM_RUN_DIR ?? '/run/georm';
 
 interface NetStatOpts {
   summary?: boolean; machine?: string[]; network?: string[]; interval?: string; count?: string;
-  json?: boolean; source?: string[]; runDir: string;
+  json?: boolean; source?: string[]; runDir: string; version?: boolean;
 }
 
 function positive(name: string, v: string | undefined, dflt: number, integer: boolean): number {
@@ -30,11 +31,17 @@ export function register(program: Command): void {
     .option('-i, --interval <seconds>', 'sampling interval (rates over the interval)')
     .option('-c, --count <n>', 'number of intervals to report')
     .option('--json', 'print the raw statistics as JSON, one line per report')
+    .option('-v, --version', 'print the georm version and exit')
     .addOption(new Option('--source <paths...>', 'stats sockets (*.netstat.sock) or JSON snapshot files; default: every socket in --run-dir'))
     .option('--run-dir <dir>', 'where georm processes put their stats sockets', DEFAULT_RUN_DIR)
     .addHelpText('after', '\nSwitches follow AIX krpcstat: -s summary, -m machine…, -n network…, -i interval, -c count.\n' +
       'A running GMD serves its statistics on <run-dir>/<gmd>.netstat.sock.')
     .action(async (o: NetStatOpts) => {
+      if (o.version) {
+        const pkg = JSON.parse(await readFile(new URL('../../../../package.json', import.meta.url), 'utf8')) as { version: string };
+        process.stdout.write(`georm netstat (krpcstat) ${pkg.version}\n`);
+        return;
+      }
       if (o.count !== undefined && o.interval === undefined && Number(o.count) > 1) {
         throw new GeormError('GEORM_ERR_USAGE', '-c needs -i (the interval between reports)', { exitCode: 1 });
       }

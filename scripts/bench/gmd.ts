@@ -1,0 +1,203 @@
+/**
+ * `npm run bench:gmd`: the GeoMirror device against its baselines, side by side in one run.
+ *
+ *   fio (ioengine=nbd) 4 KiB randwrite iodepth 32 and 1 MiB sequential write iodepth 8 on:
+ *     - georm export of the same file (no mirroring: the NBD layer's own speed)
+ *     - the GMD in sync, mwc and async mode, peer on loopback, GeoMessage MTU 1500 (georm demo setup)
+ *     - qemu-storage-daemon blockdev-mirror copy-mode=write-blocking to an NBD peer (direct and writeback)
+ *   plus resync of 1 GiB of stale regions between two network namespaces over a veth capped with
+ *   `tc qdisc tbf rate 1gbit`.
+ *
+ * Prints a table with ratios and, with --json, one JSON document. Options: --runtime SEC (10),
+ * --size SIZE (256M), --skip-resync, --only sync,mwc,… , --dir DIR.
+ */
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { once } from 'node:events';
+import { copyFileSync, closeSync, mkdtempSync, openSync, rmSync, writeSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { tmpdir } from 'node:os';
+import { join, resolve, dirname } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { runFio, type FioResult } from './lib/fio.js';
+import { startQemuMirror } from './qemu-mirror.js';
+import { startDemo } from '../../src/gmd/demo.js';
+import { parseSize } from '../../src/util/size.js';
+import { TestCluster } from '../../test/gmd/cluster.js';
+import type { GmdMode } from '../../src/gmd/protocol.js';
+import { processCpuSeconds } from './lib/cpu.js';
+
+const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
+const GEORM = join(ROOT, 'bin', 'georm.js');
+const argv = process.argv.slice(2);
+const arg = (name: string, dflt: string): string => { const i = argv.indexOf(`--${name}`); return i >= 0 ? argv[i + 1]! : dflt; };
+const flag = (name: string): boolean => argv.includes(`--${name}`);
+const runtime = Number(arg('runtime', '10'));
+const size = parseSize(arg('size', '256M'));
+const only = arg('only', 'export,sync,mwc,async,qemu-direct,qemu-writeback').split(',');
+const json = flag('json');
+const say = (s: string) => process.stderr.write(`${s}\n`);
+
+interface Workload { key: string; rw: string; bs: string; iodepth: number; unit: 'IOPS' | 'MB/s' }
+const WORKLOADS: Workload[] = [
+  { key: '4k-randwrite-qd32', rw: 'randwrite', bs: '4k', iodepth: 32, unit: 'IOPS' },
+  { key: '1m-write-qd8', rw: 'write', bs: '1M', iodepth: 8, unit: 'MB/s' },
+];
+
+interface Target { name: string; uri: string; pids: () => number[]; stop: () => Promise<void> }
+interface Cell { value: number; p99Us: number; cpuUsPerIo: number | null }
+
+async function fio(uri: string, w: Workload): Promise<FioResult> {
+  return runFio({
+    name: w.key,
+    options: {
+      ioengine: 'nbd', uri, rw: w.rw, bs: w.bs, iodepth: w.iodepth, size: String(size), runtime, time_based: true,
+      randrepeat: 0, norandommap: true, ramp_time: 1,
+    },
+  });
+}
+
+function fill(path: string): void {
+  const fd = openSync(path, 'w');
+  const chunk = randomBytes(1024 * 1024);
+  for (let off = 0; off < size; off += chunk.length) writeSync(fd, chunk, 0, Math.min(chunk.length, size - off), off);
+  closeSync(fd);
+}
+
+async function stopProc(p: ChildProcess): Promise<void> {
+  if (p.exitCode !== null || p.signalCode !== null) return;
+  const e = once(p, 'exit');
+  p.kill('SIGTERM');
+  const t = setTimeout(() => p.kill('SIGKILL'), 5000);
+  await e;
+  clearTimeout(t);
+}
+
+async function exportTarget(file: string, dir: string): Promise<Target> {
+  const sock = join(dir, 'export.sock');
+  const proc = spawn(process.execPath, [GEORM, 'export', file, '--listen', `unix:${sock}`, '--name', 'bench'],
+    { stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, GEORM_LOG_LEVEL: 'warn' } });
+  let out = '';
+  proc.stdout!.setEncoding('utf8').on('data', (d: string) => { out += d; });
+  const end = Date.now() + 15000;
+  while (!out.includes('\n')) { if (Date.now() > end) throw new Error('georm export did not start'); await new Promise((r) => setTimeout(r, 50)); }
+  return { name: 'georm export', uri: `nbd+unix:///bench?socket=${sock}`, pids: () => [proc.pid!], stop: () => stopProc(proc) };
+}
+
+async function gmdTarget(mode: GmdMode, file: string, dir: string): Promise<Target> {
+  const d = join(dir, `gmd-${mode}`);
+  spawnSync('mkdir', ['-p', d]);
+  copyFileSync(file, join(d, 'alpha.img'));
+  copyFileSync(file, join(d, 'beta.img'));
+  process.env.GEORM_LOG_LEVEL = 'warn';
+  const demo = await startDemo({ dir: d, mode, size, syncRate: '1M', hwm: '128K' });
+  return { name: `GMD ${mode}`, uri: demo.info.unixUri, pids: () => demo.children.map((c) => c.pid!), stop: () => demo.stop() };
+}
+
+async function qemuTarget(file: string, dir: string, cache: 'direct' | 'writeback'): Promise<Target> {
+  const f = join(dir, `qemu-${cache}.img`);
+  const peer = join(dir, `qemu-${cache}-peer.img`);
+  copyFileSync(file, f);
+  copyFileSync(file, peer);
+  const m = await startQemuMirror({ file: f, peerFile: peer, cache });
+  return { name: `qemu mirror (${cache})`, uri: m.uri, pids: () => [], stop: () => m.stop() };
+}
+
+async function measure(t: Target): Promise<Record<string, Cell>> {
+  const out: Record<string, Cell> = {};
+  for (const w of WORKLOADS) {
+    const pids = t.pids();
+    const cpu0 = pids.reduce((s, p) => s + processCpuSeconds(p), 0);
+    const r = await fio(t.uri, w);
+    const cpu1 = pids.reduce((s, p) => s + processCpuSeconds(p), 0);
+    const d = r.write;
+    out[w.key] = {
+      value: w.unit === 'IOPS' ? d.iops : d.bw / 1e6, p99Us: d.latP99Us,
+      cpuUsPerIo: pids.length && d.ios ? ((cpu1 - cpu0) * 1e6) / d.ios : null,
+    };
+    say(`  ${t.name.padEnd(22)} ${w.key.padEnd(18)} ${out[w.key]!.value.toFixed(w.unit === 'IOPS' ? 0 : 1)} ${w.unit}`);
+  }
+  return out;
+}
+
+/** Resync of 1 GiB of stale regions between namespaces over a 1 Gbit/s tbf-capped veth. */
+async function resyncBench(): Promise<{ bytes: number; seconds: number; mbPerSec: number; linkMbPerSec: number; ratio: number }> {
+  const bytes = 1024 * 1024 * 1024;
+  const c = await TestCluster.create({ mode: 'mwc', size: bytes, netns: true, networks: 1, syncRate: '1M' });
+  try {
+    await c.run('alpha');
+    await c.run('beta');
+    await c.ctl('alpha', 'dirty');
+    const run = async (cmd: string[]) => { const r = spawnSync('ip', cmd, { encoding: 'utf8' }); if (r.status !== 0) throw new Error(`ip ${cmd.join(' ')}: ${r.stderr}`); };
+    await run(['netns', 'exec', c.ns.alpha!, 'tc', 'qdisc', 'add', 'dev', c.veth.alpha!, 'root', 'tbf', 'rate', '1gbit', 'burst', '256kb', 'latency', '50ms']);
+    await run(['netns', 'exec', c.ns.beta!, 'tc', 'qdisc', 'add', 'dev', c.veth.beta!, 'root', 'tbf', 'rate', '1gbit', 'burst', '256kb', 'latency', '50ms']);
+    await c.start('alpha', ['beta']);
+    await c.start('beta');
+    const s = await c.waitFor('alpha', (st) => !!st.resync?.complete, 'resync complete', 300000);
+    const seconds = s.resync!.elapsedSec;
+    const mb = s.resync!.doneBytes / seconds / 1e6;
+    return { bytes: s.resync!.doneBytes, seconds, mbPerSec: mb, linkMbPerSec: 125, ratio: mb / 125 };
+  } finally {
+    await c.cleanup();
+  }
+}
+
+async function main(): Promise<void> {
+  for (const tool of ['fio', 'qemu-storage-daemon', 'nbdkit']) {
+    if (spawnSync('sh', ['-c', `command -v ${tool}`]).status !== 0) throw new Error(`${tool} is not installed (run scripts/install-deps.sh as root)`);
+  }
+  const dir = mkdtempSync(join(arg('dir', tmpdir()), 'georm-bench-gmd-'));
+  const results: Record<string, Record<string, Cell>> = {};
+  try {
+    const file = join(dir, 'base.img');
+    say(`preparing ${size} bytes of random data; fio ${runtime}s per run`);
+    fill(file);
+    const makers: Array<[string, () => Promise<Target>]> = [
+      ['export', () => exportTarget(file, dir)],
+      ['sync', () => gmdTarget('sync', file, dir)],
+      ['mwc', () => gmdTarget('mwc', file, dir)],
+      ['async', () => gmdTarget('async', file, dir)],
+      ['qemu-direct', () => qemuTarget(file, dir, 'direct')],
+      ['qemu-writeback', () => qemuTarget(file, dir, 'writeback')],
+    ];
+    for (const [key, make] of makers) {
+      if (!only.includes(key)) continue;
+      const t = await make();
+      try { results[t.name] = await measure(t); } finally { await t.stop(); }
+    }
+    let resync: Awaited<ReturnType<typeof resyncBench>> | null = null;
+    if (!flag('skip-resync')) {
+      if (process.getuid?.() !== 0) say('resync benchmark skipped: needs root (network namespaces)');
+      else { say('resync: 1 GiB stale, netns, veth tbf 1gbit'); resync = await resyncBench(); }
+    }
+    const v = (name: string, w: string) => results[name]?.[w]?.value ?? NaN;
+    const qemuBest = (w: string) => Math.max(v('qemu mirror (direct)', w) || 0, v('qemu mirror (writeback)', w) || 0) || NaN;
+    const ratios = {
+      mwcVsQemuDirect4k: v('GMD mwc', WORKLOADS[0]!.key) / v('qemu mirror (direct)', WORKLOADS[0]!.key),
+      mwcVsQemuBest4k: v('GMD mwc', WORKLOADS[0]!.key) / qemuBest(WORKLOADS[0]!.key),
+      asyncVsExport4k: v('GMD async', WORKLOADS[0]!.key) / v('georm export', WORKLOADS[0]!.key),
+      mwcVsQemuBest1m: v('GMD mwc', WORKLOADS[1]!.key) / qemuBest(WORKLOADS[1]!.key),
+    };
+    if (json) {
+      process.stdout.write(JSON.stringify({ runtimeSec: runtime, size, results, ratios, resync }, null, 2) + '\n');
+      return;
+    }
+    const lines: string[] = [];
+    lines.push(`| target | 4k randwrite qd32 (IOPS) | p99 µs | CPU µs/IO | 1M write qd8 (MB/s) |`);
+    lines.push('|---|---|---|---|---|');
+    for (const [name, r] of Object.entries(results)) {
+      const a = r[WORKLOADS[0]!.key]!, b = r[WORKLOADS[1]!.key]!;
+      lines.push(`| ${name} | ${a.value.toFixed(0)} | ${a.p99Us.toFixed(0)} | ${a.cpuUsPerIo === null ? '-' : a.cpuUsPerIo.toFixed(0)} | ${b.value.toFixed(0)} |`);
+    }
+    lines.push('');
+    lines.push(`mwc / qemu mirror (direct), 4k randwrite: ${ratios.mwcVsQemuDirect4k.toFixed(2)}×   (target ≥ 1.0×, want 2×)`);
+    lines.push(`mwc / best qemu mirror, 4k randwrite:     ${ratios.mwcVsQemuBest4k.toFixed(2)}×`);
+    lines.push(`async / georm export, 4k randwrite:       ${ratios.asyncVsExport4k.toFixed(2)}×   (target ≥ 0.7×)`);
+    lines.push(`mwc / best qemu mirror, 1M write:         ${ratios.mwcVsQemuBest1m.toFixed(2)}×`);
+    if (resync) lines.push(`resync 1 GiB stale over tbf 1gbit veth: ${resync.mbPerSec.toFixed(1)} MB/s in ${resync.seconds.toFixed(1)} s = ${(resync.ratio * 100).toFixed(0)}% of 125 MB/s   (target ≥ 80%)`);
+    process.stdout.write(lines.join('\n') + '\n');
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+main().then(() => process.exit(0), (e: unknown) => { process.stderr.write(`bench:gmd failed: ${(e as Error).stack ?? String(e)}\n`); process.exit(1); });

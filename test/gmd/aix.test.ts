@@ -1,0 +1,62 @@
+import t from 'tap';
+import { symlink } from 'node:fs/promises';
+import { join } from 'node:path';
+import { TestCluster } from './cluster.js';
+import { GEORM_BIN } from '../helpers/env.js';
+import { runCmd } from '../helpers/proc.js';
+
+t.test('AIX-named commands through argv0 links, seed-like output, exit codes', async (t) => {
+  const c = await TestCluster.create({ mode: 'sync', size: 4 * 1024 * 1024 });
+  t.teardown(() => c.cleanup());
+  await c.run('alpha');
+  await c.run('beta');
+  const names = ['cfggmd', 'ucfggmd', 'startgmd', 'stopgmd', 'gmddown', 'gmddirty', 'gmdclean', 'gmd_show_state', 'gmd_update_state', 'geo_verify', 'gmdstat'];
+  for (const n of names) await symlink(GEORM_BIN, join(c.dir, n));
+  const aix = (m: string, cmd: string, ...args: string[]) => runCmd(join(c.dir, cmd), [...args, '--config', c.cfgPath, '--machine', m]);
+
+  let r = await aix('alpha', 'ucfggmd', '-l', c.gmd);
+  t.match(r.stdout, /test0gmd Defined/);
+  r = await aix('alpha', 'cfggmd', '-A');
+  t.match(r.stdout, /test0gmd Stopped/);
+  r = await aix('alpha', 'startgmd', '-l', c.gmd);
+  t.equal(r.code, 1, 'start refused: beta STOPPED, no gmddown');
+  t.match(r.stderr, /remote peer beta is up but its GMD is STOPPED/);
+  r = await aix('alpha', 'gmddown', '-l', c.gmd, 'beta');
+  t.match(r.stdout, /gmddown: test0gmd: remote peer beta marked down/);
+  r = await aix('alpha', 'startgmd', '-l', c.gmd);
+  t.match(r.stdout, /startgmd: No remote peers currently available for test0gmd\.\nstartgmd: test0gmd started successfully\./);
+  r = await aix('alpha', 'stopgmd', '-A');
+  t.match(r.stdout, /test0gmd Stopped/);
+
+  r = await aix('beta', 'gmddirty', '-l', c.gmd);
+  t.equal(r.code, 0);
+  const mapfile = join(c.dir, 'beta.mapdump');
+  r = await aix('beta', 'gmd_show_state', '-D', '-l', c.gmd, '-M', mapfile);
+  t.equal(r.code, 2, 'dump of a dirty map exits 2');
+  r = await aix('beta', 'gmd_show_state', '-M', mapfile, '-m');
+  t.equal(r.code, 2);
+  t.match(r.stdout, /Name: test0gmd[\s\S]*0\s+0xf\s*\n\*\n127\s+0xf/, 'readable dump with * run-length');
+  r = await aix('alpha', 'gmd_show_state', '-U', '-l', c.gmd);
+  t.equal(r.code, 2, 'unify preview exits 2');
+  r = await aix('alpha', 'gmd_update_state', '-U', '-d', 'beta', '-l', c.gmd);
+  t.match(r.stdout, /Clearing test0gmd's state map on alpha/);
+  r = await aix('beta', 'gmdclean', '-l', c.gmd);
+  t.equal(r.code, 0);
+  r = await aix('alpha', 'gmd_show_state', '-l', c.gmd);
+  t.equal(r.code, 0, 'clean maps exit 0');
+
+  r = await aix('alpha', 'geo_verify');
+  t.match(r.stdout, /No ERRORS:\./);
+  t.equal(r.code, 0);
+  r = await aix('alpha', 'gmdstat', '-s', '-A', '-i', '0.2', '-c', '2');
+  t.equal(r.code, 0);
+  t.equal(r.stdout.match(/Device Statistics/g)?.length, 2, 'two samples');
+  r = await aix('alpha', 'gmdstat');
+  t.equal(r.code, 1, 'bad switches: 1');
+  r = await aix('alpha', 'gmdstat', '-l', 'nosuchgmd');
+  t.equal(r.code, 2, 'not available: 2');
+  r = await aix('alpha', 'gmdstat', '-l', c.gmd, '--json');
+  t.ok(Array.isArray(JSON.parse(r.stdout)), 'gmdstat --json');
+  r = await runCmd(process.execPath, [GEORM_BIN, 'status', '--config', c.cfgPath, '--machine', 'alpha']);
+  t.match(r.stdout, /test0gmd role:primary state:STOPPED mode:sync minor:3/);
+});

@@ -1,0 +1,35 @@
+import t from 'tap';
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { existsSync } from 'node:fs';
+import { isAbsolute } from 'node:path';
+import { GEORM_BIN, missingTools, tempDir } from '../helpers/env.js';
+import { runCmd, watchOutput } from '../helpers/proc.js';
+
+t.test('georm demo: one JSON line first, data mirrored, SIGTERM stops cleanly within seconds', { skip: missingTools('qemu-io', 'nbdinfo', 'cmp') }, async (t) => {
+  const { dir, cleanup } = tempDir('georm-demo-test-');
+  t.teardown(cleanup);
+  const child = spawn(process.execPath, [GEORM_BIN, 'demo', '--dir', dir, '--size', '32MiB', '--mode', 'async'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  t.teardown(() => { if (child.exitCode === null) child.kill('SIGKILL'); });
+  const out = watchOutput(child, 'stdout');
+  const err = watchOutput(child, 'stderr');
+  const [line] = await out.wait(/^.*\n/, 30000);
+  const info = JSON.parse(line!) as { uri: string; config: string; primaryVolume: string; secondaryVolume: string; mode: string };
+  for (const p of [info.config, info.primaryVolume, info.secondaryVolume]) t.ok(isAbsolute(p) && existsSync(p), `absolute path that exists: ${p}`);
+  t.equal(info.mode, 'async');
+  const size = await runCmd('nbdinfo', ['--size', info.uri]);
+  t.equal(size.stdout.trim(), String(32 * 1024 * 1024), 'the NBD URI serves the GMD');
+  const w = await runCmd('qemu-io', ['-f', 'raw', '-c', 'write -P 0x3c 1M 2M', '-c', 'read -P 0x3c 1M 2M', info.uri]);
+  t.equal(w.code, 0, 'write and read back through the demo');
+  const status = await runCmd(process.execPath, [GEORM_BIN, 'status', '--json', '--config', info.config, '--machine', 'alpha']);
+  const st = JSON.parse(status.stdout) as Array<{ state: string; peers: Array<{ active: boolean }> }>;
+  t.equal(st[0]!.state, 'AVAILABLE');
+  const started = Date.now();
+  child.kill('SIGTERM');
+  const [code] = await once(child, 'exit') as [number | null];
+  t.equal(code, 0, 'exit code 0');
+  t.ok(Date.now() - started < 10000, 'stopped within seconds');
+  t.match(err.text, /stopping \(primary first\)/);
+  t.equal(out.text.trim().split('\n').length, 1, 'stdout holds only the JSON line');
+  t.equal((await runCmd('cmp', [info.primaryVolume, info.secondaryVolume])).code, 0, 'volumes identical after the clean stop');
+});
