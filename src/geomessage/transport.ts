@@ -29,6 +29,8 @@ export interface GeoMessageOptions {
   networkTimeoutMs?: number;
   /** Maximum data packets in flight per peer; default 1024. */
   windowPackets?: number;
+  /** Maximum bytes in flight per peer (keeps a burst within the peer's socket buffer); default 4 MiB. */
+  windowBytes?: number;
   /** RTO bounds (RFC 6298 style estimator); defaults 20 ms and 2000 ms. */
   rtoMinMs?: number;
   rtoMaxMs?: number;
@@ -151,6 +153,7 @@ class Peer {
   readonly awaitingReply = new Map<number, OutMsg>();
   largestAcked = 0;
   cwnd: number;
+  maxCwnd: number;
   rtoTimer: NodeJS.Timeout | null = null;
   rtoDue = 0;
   nextWindowAdjust = 0;
@@ -183,6 +186,7 @@ class Peer {
     this.fragSize = fragmentPayloadSize(mtu);
     this.lastHeard = now;
     this.cwnd = Math.min(window, INITIAL_WINDOW);
+    this.maxCwnd = window;
   }
 
   get name(): string { return this.spec.machine; }
@@ -319,6 +323,10 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
       });
       if (!links.some((l) => l)) throw new GeoMessageError('GEOMSG_ERR_CONFIG', `peer ${ps.machine} shares no network with ${o.machine}`);
       const peer = new Peer(ps, links, now, this.window);
+      // In-flight bytes stay within windowBytes: with jumbo frames 1024 packets would be 9 MB, more
+      // than a receive buffer usually holds.
+      peer.maxCwnd = Math.max(16, Math.min(this.window, Math.floor((o.windowBytes ?? 4 << 20) / peer.fragSize)));
+      peer.cwnd = Math.min(peer.cwnd, peer.maxCwnd);
       this.peers.set(ps.machine, peer);
       this.peersById.set(peer.id, peer);
       this.pingAll(peer);
@@ -733,7 +741,7 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
     peer.nextMsgId = 1;
     peer.nextOrderSeq = 1;
     peer.largestAcked = 0;
-    peer.cwnd = Math.min(this.window, INITIAL_WINDOW);
+    peer.cwnd = Math.min(peer.maxCwnd, INITIAL_WINDOW);
     peer.replay = new ReplayWindow();
     peer.ranges = new ReceivedRanges();
     peer.ackPending = false;
@@ -901,8 +909,8 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
     if (this.log.isLevelEnabled('trace')) this.log.trace({ peer: peer.name, cwnd: peer.cwnd, srtt: link.rtt.srtt, minRtt: link.minRtt, sent: peer.intervalSent, lost: peer.intervalLost, inflight: peer.inflight.size }, 'window');
     peer.intervalSent = peer.intervalLost = 0;
     if (queueing > target || lossy) peer.cwnd = Math.max(16, Math.floor(peer.cwnd * 0.8));
-    else if (queueing < target / 2) peer.cwnd = Math.min(this.window, Math.ceil(peer.cwnd * 1.5));
-    else peer.cwnd = Math.min(this.window, peer.cwnd + Math.max(1, peer.cwnd >> 3));
+    else if (queueing < target / 2) peer.cwnd = Math.min(peer.maxCwnd, Math.ceil(peer.cwnd * 1.5));
+    else peer.cwnd = Math.min(peer.maxCwnd, peer.cwnd + Math.max(1, peer.cwnd >> 3));
   }
 
   private fragAcked(peer: Peer, f: Inflight): void {
