@@ -31,6 +31,11 @@ export interface GeoMessageOptions {
   windowPackets?: number;
   /** Maximum bytes in flight per peer (keeps a burst within the peer's socket buffer); default 4 MiB. */
   windowBytes?: number;
+  /**
+   * Standing queueing delay tolerated before the window shrinks: max(queueTargetMs, minimum RTT);
+   * default 20 ms (below that, scheduling noise of a busy host reads as congestion).
+   */
+  queueTargetMs?: number;
   /** RTO bounds (RFC 6298 style estimator); defaults 20 ms and 2000 ms. */
   rtoMinMs?: number;
   rtoMaxMs?: number;
@@ -237,6 +242,7 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
   private readonly rtoMin: number;
   private readonly rtoMax: number;
   private readonly maxMessage: number;
+  private readonly queueTarget: number;
 
   constructor(private readonly opts: GeoMessageOptions) {
     super();
@@ -252,6 +258,7 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
     this.rtoMin = opts.rtoMinMs ?? 20;
     this.rtoMax = opts.rtoMaxMs ?? 2000;
     this.maxMessage = opts.maxMessageBytes ?? 64 << 20;
+    this.queueTarget = opts.queueTargetMs ?? 20;
   }
 
   /** Binds the sockets, greets every peer, starts keepalives. On failure nothing stays bound. */
@@ -892,7 +899,7 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
 
   /**
    * Window control, once per RTT: shrink by 20% when our own queue is building (the interval's
-   * smallest RTT sample above the path minimum by more than max(5 ms, min RTT)) or when more than 20% of the interval's packets were
+   * smallest RTT sample above the path minimum by more than max(queueTargetMs, min RTT)) or when more than 20% of the interval's packets were
    * lost (a tail-drop bottleneck); grow by half while the queue is small (start-up), else by 1/8.
    * Moderate random loss (a WAN with 1–10% loss) does not shrink it; repeated timeouts halve it (onRto).
    */
@@ -904,7 +911,7 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
     // The smallest sample of the interval shows a standing queue; scheduling hiccups only add spikes.
     const queueing = peer.intervalMinRtt - link.minRtt;
     peer.intervalMinRtt = Infinity;
-    const target = Math.max(5, link.minRtt);
+    const target = Math.max(this.queueTarget, link.minRtt);
     const lossy = peer.intervalSent >= 20 && peer.intervalLost > 0.2 * peer.intervalSent;
     if (this.log.isLevelEnabled('trace')) this.log.trace({ peer: peer.name, cwnd: peer.cwnd, srtt: link.rtt.srtt, minRtt: link.minRtt, sent: peer.intervalSent, lost: peer.intervalLost, inflight: peer.inflight.size }, 'window');
     peer.intervalSent = peer.intervalLost = 0;
