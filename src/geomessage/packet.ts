@@ -207,8 +207,8 @@ export function computeTag(key: Buffer, parts: readonly Buffer[]): Buffer {
 }
 
 /**
- * Builds the iovec of a packet: [header, payload?, ackBlock?, tag]. The payload is not copied
- * (dgram sends the array with one sendmsg).
+ * The parts of a packet: [header, payload?, ackBlock?, tag], payload not copied. The transport uses
+ * buildPacket (one buffer was cheaper than an iovec per packet); this form serves tests and tools.
  */
 export function sealPacket(key: Buffer, h: PacketHeader, payload: Buffer | null, ackBlock: Buffer | null): Buffer[] {
   const header = Buffer.allocUnsafe(HEADER_BYTES);
