@@ -31,6 +31,8 @@ export interface ConnectionContext {
 /** Above this many requests in flight we stop reading from the socket (backpressure). */
 const MAX_INFLIGHT = 256;
 const RESUME_INFLIGHT = 128;
+/** Payload remainders from this size on are read by the kernel straight into the payload buffer. */
+const DIRECT_MIN = 64 * 1024;
 /** Reply batches up to this size are joined into one buffer before writing. */
 const JOIN_LIMIT = 64 * 1024;
 /** Above this many queued reply bytes we stop reading until the socket drains. */
@@ -51,6 +53,8 @@ export class NbdConnection {
   private minBlock = 1;
   private inflight = 0;
   private paused = false;
+  /** The payload view handed to the socket as its next read buffer (onread mode), if any. */
+  private direct: Buffer | undefined;
   /** A WRITE whose payload is still arriving. */
   private fill: { buf: Buffer; pos: number; hdr: RequestHeader } | undefined;
   /** Received chunks are overwritten after each callback (onread mode): keep no views of them. */
@@ -94,6 +98,36 @@ export class NbdConnection {
     this.q.push(chunk);
     this.pump();
     this.q.retain();
+  }
+
+  /**
+   * onread mode: the buffer the socket reads into next. While a large WRITE payload is arriving,
+   * that is the rest of the payload buffer itself, so the kernel copies the data straight to its
+   * destination (no second copy); otherwise the connection's reused receive buffer.
+   */
+  nextReadBuffer(receive: Buffer): Buffer {
+    const f = this.fill;
+    if (f && f.buf.length - f.pos >= DIRECT_MIN && this.phase === 'transmission') {
+      this.direct = f.buf.subarray(f.pos);
+      return this.direct;
+    }
+    this.direct = undefined;
+    return receive;
+  }
+
+  /** onread mode: `n` bytes were read into `buf` (the receive buffer or a payload view). */
+  onRead(n: number, buf: Uint8Array): void {
+    if (buf === this.direct && this.fill) {
+      this.direct = undefined;
+      const f = this.fill;
+      f.pos += n;
+      if (f.pos < f.buf.length) return;
+      this.fill = undefined;
+      this.dispatch(f.hdr, f.buf);
+      if (!this.overloaded()) this.pump();
+      return;
+    }
+    this.onChunk(Buffer.from(buf.buffer, buf.byteOffset, n));
   }
 
   /** Stops reading new requests, lets in-flight ones finish, then closes (server shutdown). */

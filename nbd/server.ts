@@ -145,16 +145,17 @@ function adoptWithUserBuffer(socket: net.Socket): { socket: net.Socket; deliver:
   if (!handle || typeof handle.useUserBuffer !== 'function' || typeof handle.readStart !== 'function') return undefined;
   let target: NbdConnection | undefined;
   const early: Buffer[] = [];
+  const receive = Buffer.allocUnsafe(READ_BUFFER_SIZE);
   let adopted: net.Socket;
   try {
     adopted = new net.Socket({
       handle, allowHalfOpen: true, readable: true, writable: true,
       onread: {
-        buffer: Buffer.allocUnsafe(READ_BUFFER_SIZE),
+        // Asked after every read: the connection may want the next bytes in a payload buffer.
+        buffer: () => (target ? target.nextReadBuffer(receive) : receive),
         callback: (n: number, buf: Uint8Array) => {
-          const chunk = Buffer.from(buf.buffer, buf.byteOffset, n);
-          if (target) target.onChunk(chunk);
-          else early.push(Buffer.from(chunk)); // before the connection exists: keep a copy
+          if (target) target.onRead(n, buf);
+          else early.push(Buffer.from(buf.subarray(0, n))); // before the connection exists: keep a copy
           return true;
         },
       },

@@ -124,7 +124,8 @@ async function rawBlast(size: number): Promise<{ mbps: number; sentPps: number; 
 }
 
 /** GeoMessage a (this thread) → b (worker); `via` puts a WAN emulator worker between them. */
-async function gmPair(mtu: number, imp: Impairment | null, extra: Partial<GeoMessageOptions> = {}) {
+async function gmPair(mtu: number, imp: Impairment | null, extraIn: Partial<GeoMessageOptions> = {}) {
+  const extra = { ...extraIn, ...(process.env.BENCH_QUEUE_TARGET ? { queueTargetMs: Number(process.env.BENCH_QUEUE_TARGET) } : {}) };
   const pa = await freePort();
   const pb = await freePort();
   let em: Started | null = null;

@@ -6,7 +6,7 @@ import { performance } from 'node:perf_hooks';
 import { silentLogger, type Logger } from '../util/log.js';
 import { GeoMessageError, type GeoMessageErrorCode } from './errors.js';
 import {
-  encodeAckBlock, fragmentPayloadSize, machineId, openPacket, sealPacket, HEADER_BYTES, TAG_BYTES, IP_UDP_OVERHEAD,
+  buildPacket, encodeAckBlock, fragmentPayloadSize, machineId, openPacket, HEADER_BYTES, TAG_BYTES, IP_UDP_OVERHEAD,
   F_ACKS, F_ERROR, F_ORDERED, F_REPLY, F_REQUEST, T_ACK, T_DATA, T_PING, T_PONG,
   type DecodedPacket, type DropReason, type PacketHeader,
 } from './packet.js';
@@ -29,6 +29,13 @@ export interface GeoMessageOptions {
   networkTimeoutMs?: number;
   /** Maximum data packets in flight per peer; default 1024. */
   windowPackets?: number;
+  /** Maximum bytes in flight per peer (keeps a burst within the peer's socket buffer); default 4 MiB. */
+  windowBytes?: number;
+  /**
+   * Standing queueing delay tolerated before the window shrinks: max(queueTargetMs, minimum RTT);
+   * default 20 ms (below that, scheduling noise of a busy host reads as congestion).
+   */
+  queueTargetMs?: number;
   /** RTO bounds (RFC 6298 style estimator); defaults 20 ms and 2000 ms. */
   rtoMinMs?: number;
   rtoMaxMs?: number;
@@ -151,6 +158,7 @@ class Peer {
   readonly awaitingReply = new Map<number, OutMsg>();
   largestAcked = 0;
   cwnd: number;
+  maxCwnd: number;
   rtoTimer: NodeJS.Timeout | null = null;
   rtoDue = 0;
   nextWindowAdjust = 0;
@@ -183,6 +191,7 @@ class Peer {
     this.fragSize = fragmentPayloadSize(mtu);
     this.lastHeard = now;
     this.cwnd = Math.min(window, INITIAL_WINDOW);
+    this.maxCwnd = window;
   }
 
   get name(): string { return this.spec.machine; }
@@ -233,6 +242,7 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
   private readonly rtoMin: number;
   private readonly rtoMax: number;
   private readonly maxMessage: number;
+  private readonly queueTarget: number;
 
   constructor(private readonly opts: GeoMessageOptions) {
     super();
@@ -248,6 +258,7 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
     this.rtoMin = opts.rtoMinMs ?? 20;
     this.rtoMax = opts.rtoMaxMs ?? 2000;
     this.maxMessage = opts.maxMessageBytes ?? 64 << 20;
+    this.queueTarget = opts.queueTargetMs ?? 20;
   }
 
   /** Binds the sockets, greets every peer, starts keepalives. On failure nothing stays bound. */
@@ -319,6 +330,10 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
       });
       if (!links.some((l) => l)) throw new GeoMessageError('GEOMSG_ERR_CONFIG', `peer ${ps.machine} shares no network with ${o.machine}`);
       const peer = new Peer(ps, links, now, this.window);
+      // In-flight bytes stay within windowBytes: with jumbo frames 1024 packets would be 9 MB, more
+      // than a receive buffer usually holds.
+      peer.maxCwnd = Math.max(16, Math.min(this.window, Math.floor((o.windowBytes ?? 4 << 20) / peer.fragSize)));
+      peer.cwnd = Math.min(peer.cwnd, peer.maxCwnd);
       this.peers.set(ps.machine, peer);
       this.peersById.set(peer.id, peer);
       this.pingAll(peer);
@@ -454,7 +469,7 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
     this.armRto(peer);
   }
 
-  /** One header object reused for every packet (sealPacket serialises it at once): no garbage per packet. */
+  /** One header object reused for every packet (buildPacket serialises it at once): no garbage per packet. */
   private readonly scratch: PacketHeader = {
     type: 0, flags: 0, srcMachine: 0, dstMachine: 0, srcEpoch: 0, dstEpoch: 0, pseq: 0, msgId: 0, corrId: 0, orderSeq: 0,
     totalLen: 0, msgFloor: 0, service: 0, fragIndex: 0, fragCount: 0, fragLen: 0,
@@ -489,17 +504,17 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
         peer.ackPending = false;
       }
     }
-    const parts = sealPacket(this.key, h, chunk, acks);
+    const pkt = buildPacket(this.key, h, chunk, acks);
     peer.intervalSent++;
     peer.inflight.set(h.pseq, { msg, frag, sentAt: nowMs(), link: link.net.index });
-    this.transmit(link, parts, HEADER_BYTES + chunk.length + (acks ? acks.length : 0) + TAG_BYTES);
+    this.transmit(link, pkt);
   }
 
-  private transmit(link: Link, parts: Buffer[], size: number): void {
+  private transmit(link: Link, pkt: Buffer): void {
     const c = link.net.c;
     c.packetsOut++;
-    c.bytesOut += size;
-    link.net.socket.send(parts, link.port, link.address);
+    c.bytesOut += pkt.length;
+    link.net.socket.send(pkt, link.port, link.address);
   }
 
   private sendControl(peer: Peer, link: Link, type: number, payload: Buffer | null, withAcks: boolean): void {
@@ -514,9 +529,9 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
     }
     if (type === T_PING && peer.epoch === 0) h.dstEpoch = 0;
     h.fragLen = payload ? payload.length : 0;
-    const parts = sealPacket(this.key, h, payload, acks);
+    const pkt = buildPacket(this.key, h, payload, acks);
     link.net.c.other++;
-    this.transmit(link, parts, HEADER_BYTES + h.fragLen + (acks ? acks.length : 0) + TAG_BYTES);
+    this.transmit(link, pkt);
   }
 
   private pingAll(peer: Peer): void {
@@ -733,7 +748,7 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
     peer.nextMsgId = 1;
     peer.nextOrderSeq = 1;
     peer.largestAcked = 0;
-    peer.cwnd = Math.min(this.window, INITIAL_WINDOW);
+    peer.cwnd = Math.min(peer.maxCwnd, INITIAL_WINDOW);
     peer.replay = new ReplayWindow();
     peer.ranges = new ReceivedRanges();
     peer.ackPending = false;
@@ -884,7 +899,7 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
 
   /**
    * Window control, once per RTT: shrink by 20% when our own queue is building (the interval's
-   * smallest RTT sample above the path minimum by more than max(5 ms, min RTT)) or when more than 20% of the interval's packets were
+   * smallest RTT sample above the path minimum by more than max(queueTargetMs, min RTT)) or when more than 20% of the interval's packets were
    * lost (a tail-drop bottleneck); grow by half while the queue is small (start-up), else by 1/8.
    * Moderate random loss (a WAN with 1–10% loss) does not shrink it; repeated timeouts halve it (onRto).
    */
@@ -896,13 +911,13 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
     // The smallest sample of the interval shows a standing queue; scheduling hiccups only add spikes.
     const queueing = peer.intervalMinRtt - link.minRtt;
     peer.intervalMinRtt = Infinity;
-    const target = Math.max(5, link.minRtt);
+    const target = Math.max(this.queueTarget, link.minRtt);
     const lossy = peer.intervalSent >= 20 && peer.intervalLost > 0.2 * peer.intervalSent;
     if (this.log.isLevelEnabled('trace')) this.log.trace({ peer: peer.name, cwnd: peer.cwnd, srtt: link.rtt.srtt, minRtt: link.minRtt, sent: peer.intervalSent, lost: peer.intervalLost, inflight: peer.inflight.size }, 'window');
     peer.intervalSent = peer.intervalLost = 0;
     if (queueing > target || lossy) peer.cwnd = Math.max(16, Math.floor(peer.cwnd * 0.8));
-    else if (queueing < target / 2) peer.cwnd = Math.min(this.window, Math.ceil(peer.cwnd * 1.5));
-    else peer.cwnd = Math.min(this.window, peer.cwnd + Math.max(1, peer.cwnd >> 3));
+    else if (queueing < target / 2) peer.cwnd = Math.min(peer.maxCwnd, Math.ceil(peer.cwnd * 1.5));
+    else peer.cwnd = Math.min(peer.maxCwnd, peer.cwnd + Math.max(1, peer.cwnd >> 3));
   }
 
   private fragAcked(peer: Peer, f: Inflight): void {
