@@ -103,6 +103,8 @@ export class GeoMirrorDevice implements Backend {
   private stateValue: GmdState = 'DEFINED';
   /** The peer writes are mirrored to; null = none (stale marking). */
   private activePeer: string | null = null;
+  /** The peer our start is joining: its resync may reach us before the join reply does. */
+  private joiningPeer: string | null = null;
   /** gmddown given (or Promote Failure Timeout expired) for these peers. */
   readonly downGiven = new Set<string>();
   private stopping = false;
@@ -177,7 +179,7 @@ export class GeoMirrorDevice implements Backend {
     if (this.stateValue !== 'DEFINED') {
       throw new GeormError('GMD_ERR_STATE', `attributes of ${this.name} can only be changed in the DEFINED state (now ${this.stateValue}); run ucfggmd first`);
     }
-    this.attrOverrides = { ...this.attrOverrides, ...a };
+    this.attrOverrides = { ...this.attrOverrides, ...checkAttributes(a) };
   }
 
   /** gmddown: the peer is down. On a STOPPED GMD it allows start without it; a peer that is in fact
@@ -263,7 +265,9 @@ export class GeoMirrorDevice implements Backend {
         this.event('info', 'started without remote peers (stale marking)');
         return { message: `No remote peers currently available for ${this.name}.\n${this.name} started successfully.`, peer: null };
       }
-      const reply = await this.control(peer, { op: 'join', from: this.info() }, this.helloTimeoutMs).catch((e: unknown) => e as Error);
+      this.joiningPeer = peer;
+      const reply = await this.control(peer, { op: 'join', from: this.info() }, this.helloTimeoutMs).catch((e: unknown) => e as Error)
+        .finally(() => { this.joiningPeer = null; });
       if (reply instanceof Error) {
         this.stateValue = 'STOPPED';
         throw refuse('PEER_UNREACHABLE', `can't start ${this.name}: joining remote peer ${peer} failed (${reply.message}); retry, or use gmddown`);
@@ -773,8 +777,9 @@ export class GeoMirrorDevice implements Backend {
     if (!res || this.stateValue !== 'AVAILABLE') return Promise.reject(new GeormError('GMD_ERR_NOT_AVAILABLE', `${this.name} on ${this.machine} is ${this.stateValue}`));
     const h = decodeHeader(m.payload, this.devSize);
     if (!h || m.payload.length - 16 !== h.length) return Promise.reject(new GeormError('GMD_ERR_BAD_MESSAGE', 'malformed write'));
-    if (h.kind === KIND_APP && this.activePeer !== m.peer) {
+    if (this.activePeer !== m.peer && (h.kind === KIND_APP || this.joiningPeer !== m.peer)) {
       // A write from a peer we are not mirroring with (e.g. it was dropped): refuse so it marks stale.
+      // Resync writes may come from the peer we are joining before its join reply reaches us.
       return Promise.reject(new GeormError('GMD_ERR_NOT_AVAILABLE', `${m.peer} is not the active peer of ${this.name}`));
     }
     const data = m.payload.subarray(16);
@@ -856,6 +861,7 @@ export class GeoMirrorDevice implements Backend {
   private onZero(m: NetMessage): Promise<Buffer> {
     const res = this.res;
     if (!res || this.stateValue !== 'AVAILABLE') return Promise.reject(new GeormError('GMD_ERR_NOT_AVAILABLE', `${this.name} is ${this.stateValue}`));
+    if (this.activePeer !== m.peer && this.joiningPeer !== m.peer) return Promise.reject(new GeormError('GMD_ERR_NOT_AVAILABLE', `${m.peer} is not the active peer of ${this.name}`));
     const h = decodeHeader(m.payload, this.devSize);
     if (!h) return Promise.reject(new GeormError('GMD_ERR_BAD_MESSAGE', 'malformed zero'));
     const end = h.offset + h.length;
@@ -872,6 +878,7 @@ export class GeoMirrorDevice implements Backend {
   private async onControl(m: NetMessage): Promise<Buffer> {
     let msg: ControlMessage;
     try { msg = JSON.parse(m.payload.toString('utf8')) as ControlMessage; } catch { throw new GeormError('GMD_ERR_BAD_MESSAGE', 'malformed control message'); }
+    if (!msg || typeof msg !== 'object' || typeof msg.op !== 'string') throw new GeormError('GMD_ERR_BAD_MESSAGE', 'malformed control message');
     const reply = (v: unknown) => Buffer.from(JSON.stringify(v));
     switch (msg.op) {
       case 'hello':
@@ -879,6 +886,7 @@ export class GeoMirrorDevice implements Backend {
       case 'join': {
         if (this.stateValue !== 'AVAILABLE') throw new GeormError('GMD_ERR_NOT_AVAILABLE', `${this.name} on ${this.machine} is ${this.stateValue}`);
         const from = msg.from;
+        if (!from || typeof from !== 'object') throw new GeormError('GMD_ERR_BAD_MESSAGE', 'malformed join');
         if (from.mode !== this.res!.attrs.mode || from.size !== this.devSize || from.minor !== this.minor) {
           throw new GeormError('GMD_ERR_MISMATCH', `${m.peer}'s definition of ${this.name} differs from ${this.machine}'s`);
         }
@@ -909,10 +917,19 @@ export class GeoMirrorDevice implements Backend {
         await this.res!.map.setAll(CELL_CLEAN);
         this.event('warn', `unify: state map cleared (master is ${m.peer})`);
         return reply({ ok: true });
-      case 'clean-regions':
+      case 'clean-regions': {
         this.needMap();
-        for (const r of msg.regions) if (r >= 0 && r < this.res!.map.regionCount) this.res!.map.cleanRegion(r);
+        // Only the peer resyncing with us may clear staleness: from anyone else it would lose the
+        // record of what that peer lacks (DESIGN §4 rules 1 and 3). All regions checked before any is cleaned.
+        if (this.activePeer !== m.peer && this.joiningPeer !== m.peer) throw new GeormError('GMD_ERR_NOT_AVAILABLE', `${m.peer} is not the active peer of ${this.name}`);
+        const regions: unknown = msg.regions;
+        const n = this.res!.map.regionCount;
+        if (!Array.isArray(regions) || !regions.every((r) => Number.isInteger(r) && (r as number) >= 0 && (r as number) < n)) {
+          throw new GeormError('GMD_ERR_BAD_MESSAGE', 'malformed clean-regions');
+        }
+        for (const r of regions as number[]) this.res!.map.cleanRegion(r);
         return reply({ ok: true });
+      }
       case 'facts':
         if (!this.facts) throw new GeormError('GMD_ERR_BAD_MESSAGE', 'verify not supported');
         return reply(await this.facts());
@@ -944,6 +961,31 @@ export class GeoMirrorDevice implements Backend {
       stats: { ...this.stats }, attrs: res ? { ...res.attrs } : null, events: this.events.slice(-10),
     };
   }
+}
+
+/** Attribute changes come from the control socket: each one checked (DESIGN §4 rule 9). The region
+ * size is the state map's identity (a different one would make resync copy the wrong ranges), so it
+ * is not changeable here. */
+function checkAttributes(a: unknown): Partial<GmdAttributes> {
+  const bad = (m: string) => new GeormError('GMD_ERR_BAD_REQUEST', `set: ${m}`);
+  if (!a || typeof a !== 'object' || Array.isArray(a)) throw bad('expected an object of attributes');
+  const o = a as Record<string, unknown>;
+  const out: Partial<GmdAttributes> = {};
+  for (const [k, v] of Object.entries(o)) {
+    if (k === 'mode') {
+      if (v !== 'sync' && v !== 'mwc' && v !== 'async') throw bad(`mode must be sync, mwc or async, not ${JSON.stringify(v)}`);
+      out.mode = v;
+    } else if (k === 'role') {
+      if (v !== 'primary' && v !== 'secondary' && v !== 'none') throw bad(`role must be primary, secondary or none, not ${JSON.stringify(v)}`);
+      out.role = v;
+    } else if (k === 'syncRate' || k === 'hwm' || k === 'resyncRateLimit') {
+      if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < (k === 'syncRate' ? 512 : 0)) throw bad(`${k} must be a whole number of bytes${k === 'syncRate' ? ' (at least 512)' : ''}, not ${JSON.stringify(v)}`);
+      out[k] = v;
+    } else {
+      throw bad(`attribute '${k}' cannot be changed here${k === 'regionSize' ? ' (it is the state map\'s identity: change the configuration and recreate the map)' : ''}`);
+    }
+  }
+  return out;
 }
 
 function refuse(rule: string, message: string): GeormError {
