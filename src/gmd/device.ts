@@ -13,6 +13,8 @@ import { Resync, type ResyncProgress } from './resync.js';
 const CELL_CLEAN = 0x0;
 const CELL_STALE = 0xf;
 const EMPTY = Buffer.alloc(0);
+/** Bytes of mirrored writes per GeoMessage batch (GEORM_GMD_BATCH_BYTES overrides, for measurements). */
+const BATCH_BYTES = Number(process.env.GEORM_GMD_BATCH_BYTES) || 512 * 1024;
 
 export interface GmdAttributes {
   mode: GmdMode;
@@ -475,8 +477,8 @@ export class GeoMirrorDevice implements Backend {
    */
   writeCb(offset: number, data: Buffer, fua: boolean, cb: (err: Error | null) => void): void {
     const r0 = this.res;
-    if (!r0 || !r0.local.writeCb || this.resyncEngine?.pulling) {
-      // Pull-on-demand and backends without the callback form take the promise path.
+    if (!r0 || !r0.local.writeCb) {
+      // Backends without the callback form take the promise path.
       this.write(offset, data, { fua }).then(() => cb(null), (e: unknown) => cb(e as Error));
       return;
     }
@@ -486,12 +488,20 @@ export class GeoMirrorDevice implements Backend {
     this.lock.acquire(offset, end, () => {
       const range = res.map.regionRange(offset, data.length);
       const first = range[0], last = range[1];
-      const keepStale = this.anyStale(res.map, first, last);
+      let keepStale = false;
       const marked = (err?: Error): void => {
         if (err) { this.lock.release(offset, end); this.done(); cb(err); return; }
         this.mirrorWrite(res, offset, end, first, last, data, fua, keepStale, cb);
       };
-      if (res.map.beginWriteCb(first, last, marked)) marked();
+      const mark = (): void => {
+        keepStale = this.anyStale(res.map, first, last);
+        if (res.map.beginWriteCb(first, last, marked)) marked();
+      };
+      // Checked with the lock held (as write() does): a region not yet pulled from the peer is
+      // pulled before it is overwritten, or the pull would later bring back older data.
+      const engine = this.resyncEngine;
+      if (engine?.pulling) engine.pullOnDemand(first, last).then(mark, (e: unknown) => marked(e as Error));
+      else mark();
     });
   }
 
@@ -606,7 +616,7 @@ export class GeoMirrorDevice implements Backend {
   private remoteCb(peer: string, kind: number, offset: number, data: Buffer, flags: number, done: (ok: boolean) => void): void {
     this.stats.remoteWrites++; this.stats.remoteWriteBytes += data.length;
     if (!this.batcher || this.batcherPeer !== peer) {
-      this.batcher = new WriteBatcher(this.net, peer, this.res?.attrs.mode === 'async');
+      this.batcher = new WriteBatcher(this.net, peer, this.res?.attrs.mode === 'async', BATCH_BYTES);
       this.batcherPeer = peer;
     }
     this.batcher.add(kind, flags, offset, data, (err) => {
@@ -620,7 +630,7 @@ export class GeoMirrorDevice implements Backend {
   private remote(peer: string, kind: number, offset: number, data: Buffer, flags: number): Promise<boolean> {
     this.stats.remoteWrites++; this.stats.remoteWriteBytes += data.length;
     if (!this.batcher || this.batcherPeer !== peer) {
-      this.batcher = new WriteBatcher(this.net, peer, this.res?.attrs.mode === 'async');
+      this.batcher = new WriteBatcher(this.net, peer, this.res?.attrs.mode === 'async', BATCH_BYTES);
       this.batcherPeer = peer;
     }
     return this.batcher.write(kind, flags, offset, data).then((r) => {
