@@ -6,7 +6,7 @@ import { performance } from 'node:perf_hooks';
 import { silentLogger, type Logger } from '../util/log.js';
 import { GeoMessageError, type GeoMessageErrorCode } from './errors.js';
 import {
-  encodeAckBlock, fragmentPayloadSize, machineId, openPacket, sealPacket, HEADER_BYTES, TAG_BYTES, IP_UDP_OVERHEAD,
+  buildPacket, encodeAckBlock, fragmentPayloadSize, machineId, openPacket, HEADER_BYTES, TAG_BYTES, IP_UDP_OVERHEAD,
   F_ACKS, F_ERROR, F_ORDERED, F_REPLY, F_REQUEST, T_ACK, T_DATA, T_PING, T_PONG,
   type DecodedPacket, type DropReason, type PacketHeader,
 } from './packet.js';
@@ -469,7 +469,7 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
     this.armRto(peer);
   }
 
-  /** One header object reused for every packet (sealPacket serialises it at once): no garbage per packet. */
+  /** One header object reused for every packet (buildPacket serialises it at once): no garbage per packet. */
   private readonly scratch: PacketHeader = {
     type: 0, flags: 0, srcMachine: 0, dstMachine: 0, srcEpoch: 0, dstEpoch: 0, pseq: 0, msgId: 0, corrId: 0, orderSeq: 0,
     totalLen: 0, msgFloor: 0, service: 0, fragIndex: 0, fragCount: 0, fragLen: 0,
@@ -504,17 +504,17 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
         peer.ackPending = false;
       }
     }
-    const parts = sealPacket(this.key, h, chunk, acks);
+    const pkt = buildPacket(this.key, h, chunk, acks);
     peer.intervalSent++;
     peer.inflight.set(h.pseq, { msg, frag, sentAt: nowMs(), link: link.net.index });
-    this.transmit(link, parts, HEADER_BYTES + chunk.length + (acks ? acks.length : 0) + TAG_BYTES);
+    this.transmit(link, pkt);
   }
 
-  private transmit(link: Link, parts: Buffer[], size: number): void {
+  private transmit(link: Link, pkt: Buffer): void {
     const c = link.net.c;
     c.packetsOut++;
-    c.bytesOut += size;
-    link.net.socket.send(parts, link.port, link.address);
+    c.bytesOut += pkt.length;
+    link.net.socket.send(pkt, link.port, link.address);
   }
 
   private sendControl(peer: Peer, link: Link, type: number, payload: Buffer | null, withAcks: boolean): void {
@@ -529,9 +529,9 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
     }
     if (type === T_PING && peer.epoch === 0) h.dstEpoch = 0;
     h.fragLen = payload ? payload.length : 0;
-    const parts = sealPacket(this.key, h, payload, acks);
+    const pkt = buildPacket(this.key, h, payload, acks);
     link.net.c.other++;
-    this.transmit(link, parts, HEADER_BYTES + h.fragLen + (acks ? acks.length : 0) + TAG_BYTES);
+    this.transmit(link, pkt);
   }
 
   private pingAll(peer: Peer): void {

@@ -1,44 +1,65 @@
-import { SVC_WRITEV, encodeHeader } from './protocol.js';
+import { SVC_WRITEV, HEADER_BYTES, writeHeader } from './protocol.js';
 import type { PeerTransport } from './ports.js';
 
-interface Entry { header: Buffer; data: Buffer; done: (ok: unknown) => void }
+/** Called once per write: null when the peer wrote it, else the error. */
+export type MirrorDone = (err: unknown) => void;
 
 /**
  * Coalesces the application writes mirrored in one event-loop turn into one GeoMessage message
  * (SVC_WRITEV). At queue depth 32 with 4 KiB writes this turns 32 messages, 32 replies and their
  * acknowledgements into one message and one reply: fewer packets and less work per write on both
  * sides. Entries keep their order inside a batch and batches keep theirs on the ordered channel,
- * so async write order is preserved. A failed batch fails every write in it.
+ * so async write order is preserved. A failed batch fails every write in it. Batches are sent
+ * without waiting for earlier ones (many ordered messages in flight).
+ *
+ * Per write it keeps the data reference, offset, flags and callback in flat arrays (no object or
+ * promise per write); the headers of a batch are written into one buffer when it is sent.
  */
 export class WriteBatcher {
-  private entries: Entry[] = [];
+  private datas: Buffer[] = [];
+  private meta: number[] = [];          // kind, flags, offset per entry
+  private dones: MirrorDone[] = [];
   private bytes = 0;
   private scheduled = false;
+  private readonly flushNow = (): void => { this.scheduled = false; this.flush(); };
 
   constructor(private readonly net: PeerTransport, private readonly peer: string, private readonly ordered: boolean,
     private readonly maxBytes = 512 * 1024) {}
 
+  /** Callback form (I/O path). */
+  add(kind: number, flags: number, offset: number, data: Buffer, done: MirrorDone): void {
+    this.datas.push(data);
+    this.meta.push(kind, flags, offset);
+    this.dones.push(done);
+    this.bytes += data.length + HEADER_BYTES;
+    if (this.bytes >= this.maxBytes) this.flush();
+    else if (!this.scheduled) { this.scheduled = true; setImmediate(this.flushNow); }
+  }
+
   /** Resolves true when the peer wrote it, or with the error. */
   write(kind: number, flags: number, offset: number, data: Buffer): Promise<unknown> {
-    return new Promise((done) => {
-      this.entries.push({ header: encodeHeader(kind, flags, offset, data.length), data, done });
-      this.bytes += data.length + 16;
-      if (this.bytes >= this.maxBytes) this.flush();
-      else if (!this.scheduled) { this.scheduled = true; setImmediate(() => { this.scheduled = false; this.flush(); }); }
-    });
+    return new Promise((resolve) => this.add(kind, flags, offset, data, (err) => resolve(err === null ? true : err)));
   }
 
   flush(): void {
-    const batch = this.entries;
-    if (batch.length === 0) return;
-    this.entries = [];
+    const datas = this.datas;
+    const n = datas.length;
+    if (n === 0) return;
+    const meta = this.meta;
+    const dones = this.dones;
+    this.datas = []; this.meta = []; this.dones = [];
     this.bytes = 0;
-    const count = Buffer.allocUnsafe(4);
-    count.writeUInt32BE(batch.length, 0);
-    const parts: Buffer[] = [count];
-    for (const e of batch) parts.push(e.header, e.data);
+    const head = Buffer.allocUnsafe(4 + n * HEADER_BYTES);
+    head.writeUInt32BE(n, 0);
+    const parts: Buffer[] = [head.subarray(0, 4)];
+    for (let i = 0; i < n; i++) {
+      const d = datas[i]!;
+      const at = 4 + i * HEADER_BYTES;
+      writeHeader(head, at, meta[3 * i]!, meta[3 * i + 1]!, meta[3 * i + 2]!, d.length);
+      parts.push(head.subarray(at, at + HEADER_BYTES), d);
+    }
     this.net.request(this.peer, SVC_WRITEV, parts, { ordered: this.ordered }).then(
-      () => { for (const e of batch) e.done(true); },
-      (err: unknown) => { for (const e of batch) e.done(err ?? new Error('mirror write failed')); });
+      () => { for (let i = 0; i < n; i++) dones[i]!(null); },
+      (err: unknown) => { const e = err ?? new Error('mirror write failed'); for (let i = 0; i < n; i++) dones[i]!(e); });
   }
 }

@@ -86,6 +86,8 @@ export interface SiteMachine {
 export interface TwoSiteConfig {
   keyFile: string; mode: GmdMode; gmd: string; minor: number; regionSize: string; syncRate: string; hwm: string;
   resyncRateLimit?: string; promoteFailureTimeout: number; machines: SiteMachine[];
+  /** Geographic network MTU (default 1500). */
+  mtu?: number;
 }
 
 /** The cluster file for one GMD over two sites (demo, tests, benchmarks), rendered by src/config. */
@@ -94,7 +96,7 @@ export function renderTwoSiteConfig(c: TwoSiteConfig): string {
   return renderConfig({
     cluster: { name: 'demo', keyFile: c.keyFile },
     sites: [...new Set(c.machines.map((m) => m.site))].map((name) => ({ name })),
-    networks: nets.map((name) => ({ name, mtu: 1500 })),
+    networks: nets.map((name) => ({ name, mtu: c.mtu ?? 1500 })),
     machines: c.machines.map((m) => ({
       name: m.name, site: m.site, promoteFailureTimeout: c.promoteFailureTimeout, runDir: m.runDir,
       interfaces: m.addresses.map((address, i) => ({ network: nets[i]!, address, port: m.port })),
@@ -150,7 +152,9 @@ export async function startDemo(o: DemoOptions): Promise<Demo> {
   const logs = { primary: join(dir, 'alpha.log'), secondary: join(dir, 'beta.log') };
   const spawnGmd = async (m: 'alpha' | 'beta', logPath: string) => {
     const fh = await open(logPath, 'a');
-    const child = spawn(process.execPath, [BIN, 'gmd', 'run', GMD, '--config', cfgPath, '--machine', m], {
+    // GEORM_GMD_NODE_ARGS: extra node flags for profiling (e.g. --cpu-prof), which NODE_OPTIONS refuses.
+    const nodeArgs = (process.env.GEORM_GMD_NODE_ARGS ?? '').split(' ').filter(Boolean);
+    const child = spawn(process.execPath, [...nodeArgs, BIN, 'gmd', 'run', GMD, '--config', cfgPath, '--machine', m], {
       // Own process group: a terminal's Ctrl-C reaches only the demo, which stops the primary first.
       stdio: ['ignore', fh.fd, fh.fd], env: { ...process.env }, detached: true,
     });

@@ -4,7 +4,7 @@ import type { Logger } from '../util/log.js';
 import type { MapPort, NetMessage, PeerTransport } from './ports.js';
 import {
   SVC_CONTROL, SVC_FLUSH, SVC_READ, SVC_WRITE, SVC_WRITEV, SVC_ZERO, KIND_APP, KIND_RESYNC, FLAG_FUA, FLAG_TRIM,
-  encodeHeader, decodeHeader, type ControlMessage, type GmdMode, type GmdRole, type GmdState, type PeerInfo,
+  HEADER_BYTES, encodeHeader, decodeHeader, type ControlMessage, type GmdMode, type GmdRole, type GmdState, type PeerInfo,
 } from './protocol.js';
 import { RangeLock } from './rangelock.js';
 import { WriteBatcher } from './batcher.js';
@@ -12,6 +12,7 @@ import { Resync, type ResyncProgress } from './resync.js';
 
 const CELL_CLEAN = 0x0;
 const CELL_STALE = 0xf;
+const EMPTY = Buffer.alloc(0);
 
 export interface GmdAttributes {
   mode: GmdMode;
@@ -52,7 +53,9 @@ export interface GmdStats {
   incomingWrites: number; incomingWriteBytes: number;
   resyncBytesSent: number; resyncBytesReceived: number; resyncRegions: number;
   staleMarkings: number;
-  hwmFallbacks: number; hwmWaits: number;
+  /** Async: times in-flight bytes went above the HWM (fell back to MWC-like waiting), writes that
+   * waited for admission, and times the remote queue caught up below the HWM again. */
+  hwmFallbacks: number; hwmWaits: number; hwmCatchUps: number;
   asyncInflightBytes: number; asyncInflightMax: number;
   rejectedIo: number;
 }
@@ -110,6 +113,8 @@ export class GeoMirrorDevice implements Backend {
   private ioDrained: (() => void) | null = null;
   private asyncInflight = 0;
   private asyncDrained: Array<() => void> = [];
+  /** Async writes acknowledged only once in-flight bytes are at or below the HWM again (FIFO). */
+  private hwmWaiters: Array<() => void> = [];
   private hwmMode = false;
   private attrOverrides: Partial<GmdAttributes> = {};
   private resyncEngine: Resync | null = null;
@@ -120,7 +125,7 @@ export class GeoMirrorDevice implements Backend {
   readonly stats: GmdStats = {
     reads: 0, readBytes: 0, localWrites: 0, localWriteBytes: 0, remoteWrites: 0, remoteWriteBytes: 0,
     remoteFailures: 0, incomingWrites: 0, incomingWriteBytes: 0, resyncBytesSent: 0, resyncBytesReceived: 0,
-    resyncRegions: 0, staleMarkings: 0, hwmFallbacks: 0, hwmWaits: 0, asyncInflightBytes: 0, asyncInflightMax: 0,
+    resyncRegions: 0, staleMarkings: 0, hwmFallbacks: 0, hwmWaits: 0, hwmCatchUps: 0, asyncInflightBytes: 0, asyncInflightMax: 0,
     rejectedIo: 0,
   };
 
@@ -446,12 +451,8 @@ export class GeoMirrorDevice implements Backend {
         // Release before waiting: later overlapping writes queue behind in send order, which is
         // what keeps the secondary a prefix of our write order.
         this.lock.release(offset, end); locked = false;
-        if (this.asyncInflight > res.attrs.hwm) {
-          // Over the high water mark: behave as MWC (wait for the remote) until caught up.
-          if (!this.hwmMode) { this.hwmMode = true; this.stats.hwmFallbacks++; }
-          this.stats.hwmWaits++;
-          await remote;
-        }
+        void remote;
+        if (this.asyncInflight > res.attrs.hwm) await new Promise<void>((r) => this.hwmWait(r));
         return;
       }
       let ok: boolean;
@@ -470,6 +471,76 @@ export class GeoMirrorDevice implements Backend {
       if (locked) this.lock.release(offset, end);
       this.done();
     }
+  }
+
+  /**
+   * NBD fast path (Backend.writeCb): the same steps as write() with callbacks — range lock, durable
+   * mark (statemap beginWriteCb), local and remote writes — and no promise per write when nothing
+   * has to wait. The server reuses `data` after `cb`, so only async (which acknowledges before the
+   * remote copy is done) copies it.
+   */
+  writeCb(offset: number, data: Buffer, fua: boolean, cb: (err: Error | null) => void): void {
+    const r0 = this.res;
+    if (!r0 || !r0.local.writeCb || this.resyncEngine?.pulling) {
+      // Pull-on-demand and backends without the callback form take the promise path.
+      this.write(offset, data, { fua }).then(() => cb(null), (e: unknown) => cb(e as Error));
+      return;
+    }
+    let res: GmdResources;
+    try { res = this.admit(); } catch (e) { cb(e as Error); return; }
+    const end = offset + data.length;
+    this.lock.acquire(offset, end, () => {
+      const range = res.map.regionRange(offset, data.length);
+      const first = range[0], last = range[1];
+      const keepStale = this.anyStale(res.map, first, last);
+      const marked = (err?: Error): void => {
+        if (err) { this.lock.release(offset, end); this.done(); cb(err); return; }
+        this.mirrorWrite(res, offset, end, first, last, data, fua, keepStale, cb);
+      };
+      if (res.map.beginWriteCb(first, last, marked)) marked();
+    });
+  }
+
+  /** write() after the lock and the durable mark, callback style. Exactly one endWrite per beginWrite. */
+  private mirrorWrite(res: GmdResources, offset: number, end: number, first: number, last: number, data: Buffer,
+    fua: boolean, keepStale: boolean, cb: (err: Error | null) => void): void {
+    this.stats.localWrites++; this.stats.localWriteBytes += data.length;
+    const local = res.local;
+    const peer = this.activePeer;
+    const finish = (err: Error | null, ok: boolean): void => {
+      if (err) {
+        this.markLocalOnly(res.map, first, last);
+        this.event('error', `local volume write failed: ${err.message}`);
+      } else if (ok && !keepStale) res.map.endWrite(first, last, 'both');
+      else this.markLocalOnly(res.map, first, last);
+      this.lock.release(offset, end);
+      this.done();
+      cb(err);
+    };
+    if (!peer) { local.writeCb!(offset, data, fua, (e) => finish(e, false)); return; }
+    const flags = fua ? FLAG_FUA : 0;
+    const mode = res.attrs.mode;
+    if (mode === 'async') {
+      local.writeCb!(offset, data, fua, (e) => {
+        if (e) { finish(e, false); return; }
+        // The queued copy must own its bytes: the server reuses `data` once we call back.
+        this.asyncRemoteCb(res, peer, first, last, offset, Buffer.from(data), flags, keepStale);
+        // Release now: later overlapping writes queue behind in send order (secondary = prefix).
+        this.lock.release(offset, end);
+        const admit = (): void => { this.done(); cb(null); };
+        if (this.asyncInflight > res.attrs.hwm) this.hwmWait(admit); else admit();
+      });
+      return;
+    }
+    if (mode === 'sync') {
+      this.remoteCb(peer, KIND_APP, offset, data, flags, (ok) => local.writeCb!(offset, data, fua, (e) => finish(e, ok)));
+      return;
+    }
+    let left = 2;
+    let ok = false;
+    let lerr: Error | null = null;
+    local.writeCb!(offset, data, fua, (e) => { lerr = e; if (--left === 0) finish(lerr, ok); });
+    this.remoteCb(peer, KIND_APP, offset, data, flags, (r) => { ok = r; if (--left === 0) finish(lerr, ok); });
   }
 
   async flush(): Promise<void> {
@@ -537,6 +608,20 @@ export class GeoMirrorDevice implements Backend {
     map.endWrite(first, last, 'local-only');
   }
 
+  /** Callback form of remote() for the I/O path. */
+  private remoteCb(peer: string, kind: number, offset: number, data: Buffer, flags: number, done: (ok: boolean) => void): void {
+    this.stats.remoteWrites++; this.stats.remoteWriteBytes += data.length;
+    if (!this.batcher || this.batcherPeer !== peer) {
+      this.batcher = new WriteBatcher(this.net, peer, this.res?.attrs.mode === 'async');
+      this.batcherPeer = peer;
+    }
+    this.batcher.add(kind, flags, offset, data, (err) => {
+      if (err === null) { done(true); return; }
+      this.peerFailed(peer, err);
+      done(false);
+    });
+  }
+
   /** One mirrored application write (batched per event-loop turn); false (and the peer dropped) on failure. */
   private remote(peer: string, kind: number, offset: number, data: Buffer, flags: number): Promise<boolean> {
     this.stats.remoteWrites++; this.stats.remoteWriteBytes += data.length;
@@ -552,19 +637,36 @@ export class GeoMirrorDevice implements Backend {
   }
 
   private asyncRemote(res: GmdResources, peer: string, first: number, last: number, offset: number, data: Buffer, flags: number, keepStale: boolean): Promise<void> {
+    return new Promise((resolve) => this.asyncRemoteCb(res, peer, first, last, offset, data, flags, keepStale, resolve));
+  }
+
+  /** Queues the remote copy of an async write (in write order, pipelined) and counts its bytes in flight. */
+  private asyncRemoteCb(res: GmdResources, peer: string, first: number, last: number, offset: number, data: Buffer, flags: number, keepStale: boolean, cb?: () => void): void {
     const len = data.length;
     this.asyncInflight += len;
     this.stats.asyncInflightBytes = this.asyncInflight;
     if (this.asyncInflight > this.stats.asyncInflightMax) this.stats.asyncInflightMax = this.asyncInflight;
-    return this.remote(peer, KIND_APP, offset, data, flags).then((ok) => {
+    this.remoteCb(peer, KIND_APP, offset, data, flags, (ok) => {
       if (ok && !keepStale) res.map.endWrite(first, last, 'both'); else this.markLocalOnly(res.map, first, last);
       this.asyncInflight -= len;
       this.stats.asyncInflightBytes = this.asyncInflight;
-      if (this.asyncInflight === 0) {
-        this.hwmMode = false;
-        for (const w of this.asyncDrained.splice(0)) w();
+      if (this.hwmWaiters.length > 0 && this.asyncInflight <= res.attrs.hwm) {
+        // Caught up below the mark: admit every waiting write (their bytes are already counted).
+        const ws = this.hwmWaiters;
+        this.hwmWaiters = [];
+        for (const w of ws) w();
       }
+      if (this.hwmMode && this.hwmWaiters.length === 0) { this.hwmMode = false; this.stats.hwmCatchUps++; }
+      if (this.asyncInflight === 0) for (const w of this.asyncDrained.splice(0)) w();
+      if (cb) cb();
     });
+  }
+
+  /** An async write whose remote copy took in-flight bytes over the HWM waits here (DESIGN §2: behaves as MWC until caught up). */
+  private hwmWait(admit: () => void): void {
+    if (!this.hwmMode) { this.hwmMode = true; this.stats.hwmFallbacks++; }
+    this.stats.hwmWaits++;
+    this.hwmWaiters.push(admit);
   }
 
   private waitAsyncDrained(timeoutMs: number): Promise<void> {
@@ -710,27 +812,45 @@ export class GeoMirrorDevice implements Backend {
     const bad = () => Promise.reject(new GeormError('GMD_ERR_BAD_MESSAGE', 'malformed write batch'));
     if (p.length < 4) return bad();
     const n = p.readUInt32BE(0);
-    const items: Array<{ offset: number; end: number; data: Buffer; fua: boolean }> = [];
+    // Validate every header first (hand-written reads, no object per entry): bad input changes no data.
+    const size = this.devSize;
     let pos = 4;
     for (let i = 0; i < n; i++) {
-      const h = decodeHeader(p.subarray(pos, pos + 16), this.devSize);
-      if (!h || pos + 16 + h.length > p.length) return bad();
-      items.push({ offset: h.offset, end: h.offset + h.length, data: p.subarray(pos + 16, pos + 16 + h.length), fua: (h.flags & FLAG_FUA) !== 0 });
-      pos += 16 + h.length;
+      if (pos + HEADER_BYTES > p.length) return bad();
+      const length = p.readUInt32BE(pos + 4);
+      const offset = p.readUInt32BE(pos + 8) * 0x100000000 + p.readUInt32BE(pos + 12);
+      if (length === 0 || offset + length > size || pos + HEADER_BYTES + length > p.length) return bad();
+      pos += HEADER_BYTES + length;
     }
     if (pos !== p.length) return bad();
+    if (n === 0) return Promise.resolve(EMPTY);
     return new Promise<Buffer>((resolve, reject) => {
-      let left = items.length;
-      let failed: unknown = null;
-      if (left === 0) { resolve(Buffer.alloc(0)); return; }
-      // Locks are requested now, in batch order: overlapping writes apply in the order sent.
-      for (const it of items) {
-        this.lock.acquire(it.offset, it.end, () => {
-          res.local.write(it.offset, it.data, { fua: it.fua }).then(() => undefined, (e: unknown) => { failed = e; }).then(() => {
-            this.lock.release(it.offset, it.end);
-            this.stats.incomingWrites++; this.stats.incomingWriteBytes += it.data.length;
-            if (--left === 0) { if (failed) reject(failed as Error); else resolve(Buffer.alloc(0)); }
-          });
+      let left = n;
+      let failed: Error | null = null;
+      const local = res.local;
+      // One reply for the whole batch once every write in it is done; data is written straight from
+      // the received message (subarray views, no copy).
+      const one = (e: Error | null): void => {
+        if (e && !failed) failed = e;
+        if (--left === 0) { if (failed) reject(failed); else resolve(EMPTY); }
+      };
+      let at = 4;
+      for (let i = 0; i < n; i++) {
+        const length = p.readUInt32BE(at + 4);
+        const offset = p.readUInt32BE(at + 8) * 0x100000000 + p.readUInt32BE(at + 12);
+        const fua = (p[at + 1]! & FLAG_FUA) !== 0;
+        const data = p.subarray(at + HEADER_BYTES, at + HEADER_BYTES + length);
+        at += HEADER_BYTES + length;
+        const end = offset + length;
+        // Locks are requested now, in batch order: overlapping writes apply in the order sent.
+        this.lock.acquire(offset, end, () => {
+          const after = (e: Error | null): void => {
+            this.lock.release(offset, end);
+            this.stats.incomingWrites++; this.stats.incomingWriteBytes += length;
+            one(e);
+          };
+          if (local.writeCb) local.writeCb(offset, data, fua, after);
+          else local.write(offset, data, { fua }).then(() => after(null), (e: unknown) => after(e as Error));
         });
       }
     });

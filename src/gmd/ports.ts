@@ -13,6 +13,8 @@ export interface MapPort {
   counts(): MapCounts;
   isClean(): boolean;
   beginWrite(first: number, last: number): Promise<void>;
+  /** Callback form: true = already durably marked (cb not called), false = cb once marked. */
+  beginWriteCb(first: number, last: number, cb: (err?: Error) => void): boolean;
   endWrite(first: number, last: number, outcome: 'both' | 'local-only'): void;
   markStale(first: number, last: number): Promise<void>;
   dirtyRegions(): number[];

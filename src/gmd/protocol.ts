@@ -20,11 +20,16 @@ export const HEADER_BYTES = 16;
 /** Header: u8 kind, u8 flags, u16 reserved, u32 length, u64 offset (as two u32, offsets < 2^53). */
 export function encodeHeader(kind: number, flags: number, offset: number, length: number): Buffer {
   const b = Buffer.allocUnsafe(HEADER_BYTES);
-  b[0] = kind; b[1] = flags; b[2] = 0; b[3] = 0;
-  b.writeUInt32BE(length >>> 0, 4);
-  b.writeUInt32BE(Math.floor(offset / 0x100000000), 8);
-  b.writeUInt32BE(offset >>> 0, 12);
+  writeHeader(b, 0, kind, flags, offset, length);
   return b;
+}
+
+/** Writes a header into `b` at `at` (batches write all their headers into one buffer). */
+export function writeHeader(b: Buffer, at: number, kind: number, flags: number, offset: number, length: number): void {
+  b[at] = kind; b[at + 1] = flags; b[at + 2] = 0; b[at + 3] = 0;
+  b.writeUInt32BE(length >>> 0, at + 4);
+  b.writeUInt32BE(Math.floor(offset / 0x100000000), at + 8);
+  b.writeUInt32BE(offset >>> 0, at + 12);
 }
 
 export interface DataHeader { kind: number; flags: number; offset: number; length: number }

@@ -3,7 +3,7 @@ import { chmodSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import {
-  openPacket, sealPacket, encodeAckBlock, computeTag, machineId, HEADER_BYTES, TAG_BYTES, T_DATA, T_ACK, F_ACKS, F_ORDERED,
+  openPacket, sealPacket, buildPacket, encodeAckBlock, computeTag, machineId, HEADER_BYTES, TAG_BYTES, T_DATA, T_ACK, F_ACKS, F_ORDERED,
   type PacketHeader,
 } from '../../src/geomessage/packet.js';
 import { loadClusterKey } from '../../src/geomessage/key.js';
@@ -27,6 +27,13 @@ t.test('seal then open round-trips every field, with and without acks', async (t
   const q = openPacket(KEY, Buffer.concat(withAcks));
   if (typeof q === 'string') throw new Error(q);
   t.same(q.acks, [10, 8, 5, 1]);
+});
+
+t.test('buildPacket equals the concatenated sealPacket parts', async (t) => {
+  const a = buildPacket(KEY, hdr(), Buffer.from('hello'), encodeAckBlock([9, 3]));
+  const b = Buffer.concat(sealPacket(KEY, hdr({ flags: F_ORDERED }), Buffer.from('hello'), encodeAckBlock([9, 3])));
+  t.ok(a.equals(b));
+  t.ok(buildPacket(Buffer.alloc(100, 3), hdr(), null, null).equals(Buffer.concat(sealPacket(Buffer.alloc(100, 3), hdr(), null, null))));
 });
 
 t.test('forged, truncated, wrong-key, wrong-version and random packets are refused', async (t) => {

@@ -30,6 +30,8 @@ export interface ClusterOptions {
   roles?: [SiteMachine['role'], SiteMachine['role']];
   /** Geographic networks (veth pairs / loopback addresses), default 2. */
   networks?: 1 | 2;
+  /** veth and geographic network MTU (default 1500). */
+  mtu?: number;
   /** Extra machines at the west site (start rule: more than one remote peer). */
   extraWest?: string[];
 }
@@ -92,7 +94,7 @@ export class TestCluster {
         await sh('ip', ['-n', nsA, 'addr', 'add', `10.202.${sub + k}.1/24`, 'dev', va]);
         await sh('ip', ['-n', nsB, 'addr', 'add', `10.202.${sub + k}.2/24`, 'dev', vb]);
         for (const [n, v] of [[nsA, va], [nsB, vb]] as const) {
-          await sh('ip', ['-n', n, 'link', 'set', v, 'mtu', '1500']);
+          await sh('ip', ['-n', n, 'link', 'set', v, 'mtu', String(o.mtu ?? 1500)]);
           await sh('ip', ['-n', n, 'link', 'set', v, 'up']);
         }
         if (k === 0) { this.veth.alpha = va; this.veth.beta = vb; }
@@ -127,7 +129,7 @@ export class TestCluster {
     }
     await writeFile(this.cfgPath, renderTwoSiteConfig({
       keyFile, mode: o.mode, gmd: this.gmd, minor: 3, regionSize: o.regionSize ?? '32K', syncRate: o.syncRate ?? '256K',
-      hwm: o.hwm ?? '128K', resyncRateLimit: o.rateLimit ?? '0', promoteFailureTimeout: o.pft ?? 3, machines,
+      hwm: o.hwm ?? '128K', resyncRateLimit: o.rateLimit ?? '0', promoteFailureTimeout: o.pft ?? 3, machines, mtu: o.mtu,
     }));
   }
 
