@@ -157,6 +157,12 @@ export class GeoMirrorDevice implements Backend {
     if (this.stateValue !== 'DEFINED') return;
     const res = await this.openRes();
     res.attrs = { ...res.attrs, ...this.attrOverrides };
+    if (res.attrs.mode === 'async' && res.attrs.role === 'none') {
+      // Either side may write under role none: in async that lets both sides write (DESIGN §4 rule 6).
+      await res.map.close();
+      await res.local.close?.();
+      throw new GeormError('GMD_ERR_BAD_REQUEST', `${this.name}: an async GMD needs role primary or secondary, not none (change the role or the mode with set, in DEFINED state)`);
+    }
     this.res = res;
     this.devSize = res.local.size();
     this.stateValue = 'STOPPED';

@@ -88,6 +88,16 @@ t.test('rule 6: async GMD: the secondary refuses application writes (EPERM) and 
   t.equal(await sha256File(c.vol.beta!), before, 'secondary volume unchanged');
   // Roles of an async GMD change only in DEFINED, and a second primary is refused at start.
   await t.rejects(c.ctl('beta', 'set', { role: 'primary' }), { code: 'GMD_ERR_STATE' });
+  // Role none (either side may write) is refused for async, also when set at run time in DEFINED.
+  await c.terminate('beta');
+  await c.run('beta');
+  await c.ctl('beta', 'unconfigure');
+  await c.ctl('beta', 'set', { role: 'none' });
+  await t.rejects(c.ctl('beta', 'configure'), { code: 'GMD_ERR_BAD_REQUEST', message: /async GMD needs role primary or secondary/ });
+  t.equal((await c.status('beta')).state, 'DEFINED', 'stays DEFINED');
+  await c.ctl('beta', 'set', { role: 'secondary' });
+  await c.ctl('beta', 'configure');
+  t.equal((await c.status('beta')).state, 'STOPPED', 'configures again with a valid role (map file released on the refusal)');
 });
 
 t.test('rule 7: unify --preview leaves both state map files byte-identical', async (t) => {
@@ -108,4 +118,22 @@ t.test('rule 7: unify --preview leaves both state map files byte-identical', asy
   t.same([await sha256File(c.map.alpha!), await sha256File(c.map.beta!)], before, 'both map files byte-identical after previews');
   t.equal((await c.status('alpha')).map?.stale, (await c.status('alpha')).map?.regions);
   t.equal((await refusedCode(c, 'beta'))?.code, 'GMD_ERR_START_DIVERGENCE', 'still divergent: never resolved silently');
+});
+
+t.test('rule 1 (async): the data in flight to the secondary stays within HWM (+ the writes already admitted)', { skip: missingTools('fio', 'cmp') }, async (t) => {
+  const HWM = 64 * 1024, BS = 64 * 1024, DEPTH = 8;
+  const c = await TestCluster.create({ mode: 'async', size: 16 * 1024 * 1024, hwm: '64K' });
+  t.teardown(() => c.cleanup());
+  await c.up();
+  const r = await runCmd('fio', ['--name=hwm', '--ioengine=nbd', `--uri=${c.uri}`, '--rw=write', `--bs=${BS}`, `--iodepth=${DEPTH}`,
+    '--size=16M', '--loops=2', '--output-format=terse'], { timeoutMs: 60000 });
+  t.equal(r.code, 0, `fio ${r.stderr.slice(-300)}`);
+  const s = (await c.status('alpha')).stats;
+  // Each of the DEPTH admitted requests may add BS before it sees the mark and waits like MWC.
+  t.ok(s.hwmFallbacks > 0, `the bound was exercised (${s.hwmFallbacks} fallbacks to MWC behaviour, ${s.hwmWaits} waits)`);
+  t.ok(s.asyncInflightMax <= HWM + DEPTH * BS, `max in flight ${s.asyncInflightMax} <= HWM ${HWM} + ${DEPTH} x ${BS}`);
+  await c.waitInSync();
+  await c.terminate('alpha');
+  await c.terminate('beta');
+  t.ok((await identical(c.vol.alpha!, c.vol.beta!)).same, 'identical');
 });
