@@ -65,6 +65,12 @@ export class Resync {
   private readonly started = Date.now();
   private samples: Array<[number, number]> = [];
   private finished: Promise<ResyncProgress> | null = null;
+  /**
+   * Set when the source's map had nothing left to copy while the peer was still active. Byte counts
+   * alone cannot say this: an application write mirrored to both sides may clean a region before the
+   * resync reaches it, so doneBytes can end below the total of a finished resync.
+   */
+  private finishedClean = false;
 
   constructor(o: ResyncOptions) { this.o = o; }
 
@@ -90,10 +96,10 @@ export class Resync {
     const last = this.samples[this.samples.length - 1];
     const rate = first && last && last[0] > first[0] ? (last[1] - first[1]) * 1000 / (last[0] - first[0])
       : this.doneBytes * 1000 / Math.max(1, now - this.started);
-    const left = Math.max(0, this.total - this.doneBytes);
+    const left = this.finishedClean ? 0 : Math.max(0, this.total - this.doneBytes);
     return {
       direction: this.o.direction, peer: this.o.peer, totalBytes: this.total, doneBytes: this.doneBytes, leftBytes: left,
-      percent: this.total ? Math.min(100, this.doneBytes * 100 / this.total) : 100,
+      percent: this.finishedClean || !this.total ? 100 : Math.min(100, this.doneBytes * 100 / this.total),
       rateBps: Math.round(rate), etaSec: rate > 0 ? Math.round(left / rate) : null,
       elapsedSec: (now - this.started) / 1000, complete: !this.running && left === 0 && !this.stopped,
     };
@@ -191,7 +197,7 @@ export class Resync {
     let idlePasses = 0;
     while (this.active()) {
       const dirty = map.dirtyRegions();
-      if (dirty.length === 0) break;
+      if (dirty.length === 0) { this.finishedClean = true; break; }
       const before = this.doneBytes;
       await this.pipeline(this.chunks(dirty), async ([first, last]) => {
         const [start, end] = this.byteRange(first, last);
@@ -238,8 +244,10 @@ export class Resync {
       await this.flushCleaned(false);
     });
     await this.flushCleaned(true);
-    if (this.pendingCount === 0) await this.o.control({ op: 'resync-done' }).catch(() => undefined);
-    else this.pendingCount = 0; // interrupted: the peer's map still records what is left
+    if (this.pendingCount === 0) {
+      this.finishedClean = this.active();
+      await this.o.control({ op: 'resync-done' }).catch(() => undefined);
+    } else this.pendingCount = 0; // interrupted: the peer's map still records what is left
   }
 
   /** Called with the range lock held by the caller. */
