@@ -787,15 +787,23 @@ export class GeoMirrorDevice implements Backend {
     this.net.handle(SVC_CONTROL, (m) => this.onControl(m));
   }
 
+  /**
+   * Whether writes from `peer` may change our volume: the active peer, or the peer our start is joining.
+   * A peer that accepted our join mirrors to us at once; its writes (and its resync) can arrive before
+   * its join reply does, and refusing them would make it drop us and mark everything stale.
+   */
+  private mirrorsWith(peer: string): boolean {
+    return this.activePeer === peer || this.joiningPeer === peer;
+  }
+
   /** Mirror and resync writes from the peer; overlapping ones apply in arrival (= send) order. */
   private onWrite(m: NetMessage): Promise<Buffer> {
     const res = this.res;
     if (!res || this.stateValue !== 'AVAILABLE') return Promise.reject(new GeormError('GMD_ERR_NOT_AVAILABLE', `${this.name} on ${this.machine} is ${this.stateValue}`));
     const h = decodeHeader(m.payload, this.devSize);
     if (!h || m.payload.length - 16 !== h.length) return Promise.reject(new GeormError('GMD_ERR_BAD_MESSAGE', 'malformed write'));
-    if (this.activePeer !== m.peer && (h.kind === KIND_APP || this.joiningPeer !== m.peer)) {
+    if (!this.mirrorsWith(m.peer)) {
       // A write from a peer we are not mirroring with (e.g. it was dropped): refuse so it marks stale.
-      // Resync writes may come from the peer we are joining before its join reply reaches us.
       return Promise.reject(new GeormError('GMD_ERR_NOT_AVAILABLE', `${m.peer} is not the active peer of ${this.name}`));
     }
     const data = m.payload.subarray(16);
@@ -817,7 +825,7 @@ export class GeoMirrorDevice implements Backend {
   private onWriteV(m: NetMessage): Promise<Buffer> {
     const res = this.res;
     if (!res || this.stateValue !== 'AVAILABLE') return Promise.reject(new GeormError('GMD_ERR_NOT_AVAILABLE', `${this.name} on ${this.machine} is ${this.stateValue}`));
-    if (this.activePeer !== m.peer) return Promise.reject(new GeormError('GMD_ERR_NOT_AVAILABLE', `${m.peer} is not the active peer of ${this.name}`));
+    if (!this.mirrorsWith(m.peer)) return Promise.reject(new GeormError('GMD_ERR_NOT_AVAILABLE', `${m.peer} is not the active peer of ${this.name}`));
     const p = m.payload;
     const bad = () => Promise.reject(new GeormError('GMD_ERR_BAD_MESSAGE', 'malformed write batch'));
     if (p.length < 4) return bad();
@@ -877,7 +885,7 @@ export class GeoMirrorDevice implements Backend {
   private onZero(m: NetMessage): Promise<Buffer> {
     const res = this.res;
     if (!res || this.stateValue !== 'AVAILABLE') return Promise.reject(new GeormError('GMD_ERR_NOT_AVAILABLE', `${this.name} is ${this.stateValue}`));
-    if (this.activePeer !== m.peer && this.joiningPeer !== m.peer) return Promise.reject(new GeormError('GMD_ERR_NOT_AVAILABLE', `${m.peer} is not the active peer of ${this.name}`));
+    if (!this.mirrorsWith(m.peer)) return Promise.reject(new GeormError('GMD_ERR_NOT_AVAILABLE', `${m.peer} is not the active peer of ${this.name}`));
     const h = decodeHeader(m.payload, this.devSize);
     if (!h) return Promise.reject(new GeormError('GMD_ERR_BAD_MESSAGE', 'malformed zero'));
     const end = h.offset + h.length;
@@ -937,7 +945,7 @@ export class GeoMirrorDevice implements Backend {
         this.needMap();
         // Only the peer resyncing with us may clear staleness: from anyone else it would lose the
         // record of what that peer lacks (DESIGN §4 rules 1 and 3). All regions checked before any is cleaned.
-        if (this.activePeer !== m.peer && this.joiningPeer !== m.peer) throw new GeormError('GMD_ERR_NOT_AVAILABLE', `${m.peer} is not the active peer of ${this.name}`);
+        if (!this.mirrorsWith(m.peer)) throw new GeormError('GMD_ERR_NOT_AVAILABLE', `${m.peer} is not the active peer of ${this.name}`);
         const regions: unknown = msg.regions;
         const n = this.res!.map.regionCount;
         if (!Array.isArray(regions) || !regions.every((r) => Number.isInteger(r) && (r as number) >= 0 && (r as number) < n)) {
