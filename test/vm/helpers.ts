@@ -1,8 +1,32 @@
 import { createHash } from 'node:crypto';
-import { createReadStream } from 'node:fs';
-import { spawn } from 'node:child_process';
+import { createReadStream, mkdirSync } from 'node:fs';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { join } from 'node:path';
 import type { Test } from 'tap';
-import { keepArtifact, markers, type BootResult } from '../../scripts/vm/vm.js';
+import { buildVm, keepArtifact, markers, type BootResult, type VmImages } from '../../scripts/vm/vm.js';
+import { tempDir } from '../helpers/env.js';
+
+export interface VmWorkspace {
+  /** The test's temporary directory (removed in teardown). */
+  dir: string;
+  /** An empty `dir/job`, which the guest sees as /job. */
+  job: string;
+  images: VmImages;
+  /** Registers a process (qemu, a host-side peer) to be SIGKILLed in teardown if still running. */
+  track: (c: ChildProcess) => void;
+}
+
+/** What every VM scenario starts with: a temp dir with a job folder, the cached images, process cleanup. */
+export async function vmWorkspace(t: Test, prefix: string): Promise<VmWorkspace> {
+  const { dir, cleanup } = tempDir(prefix);
+  t.teardown(cleanup);
+  const children: ChildProcess[] = [];
+  t.teardown(() => { for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL'); });
+  const images = await buildVm();
+  const job = join(dir, 'job');
+  mkdirSync(job);
+  return { dir, job, images, track: (c) => { children.push(c); } };
+}
 
 /** sha256 of a whole file (a backing volume). */
 export async function sha256File(path: string): Promise<string> {

@@ -1,12 +1,11 @@
 import t from 'tap';
-import { closeSync, mkdirSync, openSync, ftruncateSync, writeFileSync } from 'node:fs';
+import { closeSync, openSync, ftruncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import type { ChildProcess } from 'node:child_process';
-import { bootVm, buildVm, vmUnavailable } from '../../scripts/vm/vm.js';
+import { bootVm, vmUnavailable } from '../../scripts/vm/vm.js';
 import { demoAvailable, geormAvailable, startGeormDemo, startGeormExport, startNbdkit, type HostServer } from '../../scripts/vm/host.js';
 import { filesystemWorkload, nbdClientDisconnect, nbdtabConnect } from '../../scripts/vm/jobs.js';
-import { missingTools, tempDir } from '../helpers/env.js';
-import { checkFilesystemRun } from './helpers.js';
+import { missingTools } from '../helpers/env.js';
+import { checkFilesystemRun, vmWorkspace } from './helpers.js';
 
 /**
  * Scenario (a): a real Linux kernel (Debian's cloud kernel under qemu TCG) attaches /dev/nbd0 with
@@ -16,16 +15,10 @@ import { checkFilesystemRun } from './helpers.js';
 const skip = vmUnavailable() || missingTools('qemu-system-x86_64', 'nbd-client', 'busybox', 'cpio', 'mke2fs', 'debugfs', 'fio', 'apt-get');
 
 t.test('guest nbd-client → host NBD export: mkfs, mount, files, fio verify', { skip, timeout: 300_000 }, async (t) => {
-  const { dir, cleanup } = tempDir('georm-vm-a-');
-  t.teardown(cleanup);
-  const children: ChildProcess[] = [];
+  const { dir, job, images, track } = await vmWorkspace(t, 'georm-vm-a-');
   let server: HostServer | undefined;
-  t.teardown(async () => {
-    await server?.stop();
-    for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
-  });
+  t.teardown(async () => { await server?.stop(); });
 
-  const images = await buildVm();
   const volume = join(dir, 'volume.img');
   const fd = openSync(volume, 'w');
   ftruncateSync(fd, 96 * 1024 * 1024);
@@ -35,33 +28,23 @@ t.test('guest nbd-client → host NBD export: mkfs, mount, files, fio verify', {
   server = geormAvailable() ? await startGeormExport(volume) : await startNbdkit(volume);
   t.comment(`host server: ${server.kind} on 127.0.0.1:${server.port}`);
 
-  const job = join(dir, 'job');
-  mkdirSync(job);
   writeFileSync(join(job, 'run.sh'), `set -e
 ${nbdtabConnect(server.exportName)}${filesystemWorkload()}${nbdClientDisconnect()}`);
-  const res = await bootVm({ images, jobDir: job, workDir: join(dir, 'vm'), timeoutMs: 240_000, forward: [{ guest: 10809, host: server.port }], track: (c) => children.push(c) });
+  const res = await bootVm({ images, jobDir: job, workDir: join(dir, 'vm'), timeoutMs: 240_000, forward: [{ guest: 10809, host: server.port }], track });
   await server.stop();
   await checkFilesystemRun(t, 'scenario-a', res, [volume]);
 });
 
 t.test('guest nbd-client → GMD primary on the host (georm demo): both volumes identical', { skip: skip || (!demoAvailable() && '`georm demo` not built yet (gmd module)'), timeout: 300_000 }, async (t) => {
-  const { dir, cleanup } = tempDir('georm-vm-a-gmd-');
-  t.teardown(cleanup);
-  const children: ChildProcess[] = [];
+  const { dir, job, images, track } = await vmWorkspace(t, 'georm-vm-a-gmd-');
   let server: HostServer | undefined;
-  t.teardown(async () => {
-    await server?.stop();
-    for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
-  });
-  const images = await buildVm();
+  t.teardown(async () => { await server?.stop(); });
   const demo = await startGeormDemo(join(dir, 'demo'), '96M', 'mwc');
   server = demo;
   t.comment(`host server: ${demo.kind}, NBD on 127.0.0.1:${demo.port}, export ${demo.exportName}`);
-  const job = join(dir, 'job');
-  mkdirSync(job);
   writeFileSync(join(job, 'run.sh'), `set -e
 ${nbdtabConnect(demo.exportName)}${filesystemWorkload()}${nbdClientDisconnect()}`);
-  const res = await bootVm({ images, jobDir: job, workDir: join(dir, 'vm'), timeoutMs: 240_000, forward: [{ guest: 10809, host: demo.port }], track: (c) => children.push(c) });
+  const res = await bootVm({ images, jobDir: job, workDir: join(dir, 'vm'), timeoutMs: 240_000, forward: [{ guest: 10809, host: demo.port }], track });
   await demo.stop(); // primary first, then secondary: both volumes final
   await checkFilesystemRun(t, 'scenario-a-gmd', res, [demo.primaryVolume, demo.secondaryVolume]);
 });

@@ -3,12 +3,11 @@ import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { spawn } from 'node:child_process';
 import { join } from 'node:path';
-import type { ChildProcess } from 'node:child_process';
-import { bootVm, buildVm, dumpJobFile, markers, stageRepo, vmUnavailable } from '../../scripts/vm/vm.js';
+import { bootVm, dumpJobFile, markers, stageRepo, vmUnavailable } from '../../scripts/vm/vm.js';
 import { demoAvailable, freePort, geormAvailable } from '../../scripts/vm/host.js';
 import { crashAttached, filesystemWorkload, geormAttach, geormDetach } from '../../scripts/vm/jobs.js';
-import { missingTools, tempDir, ROOT } from '../helpers/env.js';
-import { checkFilesystemRun, sha256File } from './helpers.js';
+import { missingTools, ROOT } from '../helpers/env.js';
+import { checkFilesystemRun, sha256File, vmWorkspace } from './helpers.js';
 import { renderPairConfig } from './gmd-config.js';
 import { GEORM_BIN } from '../helpers/env.js';
 import { runCmd } from '../helpers/proc.js';
@@ -23,20 +22,13 @@ const skip = vmUnavailable() || missingTools('qemu-system-x86_64', 'busybox', 'c
   || (!geormAvailable() && '`georm export` not built yet (nbd module)');
 
 t.test('georm export --attach /dev/nbd0 inside the guest: mkfs, mount, files, fio verify, detach', { skip, timeout: 400_000 }, async (t) => {
-  const { dir, cleanup } = tempDir('georm-vm-b-');
-  t.teardown(cleanup);
-  const children: ChildProcess[] = [];
-  t.teardown(() => { for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL'); });
-
-  const images = await buildVm();
-  const job = join(dir, 'job');
-  mkdirSync(job);
+  const { dir, job, images, track } = await vmWorkspace(t, 'georm-vm-b-');
   await stageRepo(join(job, 'georm'));
   writeFileSync(join(job, 'run.sh'), `set -e
 ${geormAttach('/job/vol.img', 96)}${filesystemWorkload()}${geormDetach()}
 echo "VOLSHA $(sha256sum /job/vol.img | cut -d' ' -f1)"
 ${crashAttached('/job/vol.img', 96)}`);
-  const res = await bootVm({ images, jobDir: job, workDir: join(dir, 'vm'), timeoutMs: 360_000, jobSpaceMb: 160, track: (c) => children.push(c) });
+  const res = await bootVm({ images, jobDir: job, workDir: join(dir, 'vm'), timeoutMs: 360_000, jobSpaceMb: 160, track });
   t.match(res.console, /OK attached \/dev\/nbd0 196608 sectors/, 'the kernel sees the whole 96 MiB volume');
   t.match(res.console, /EXPORT-EXIT 0/, 'georm export exits 0 on SIGTERM after detaching');
   t.match(res.console, /OK detached/, 'the device is released (size 0) after stop');
@@ -53,13 +45,7 @@ ${crashAttached('/job/vol.img', 96)}`);
 
 t.test('GMD primary inside the guest attaches /dev/nbd0 itself, its secondary on the host: both volumes identical',
   { skip: skip || (!demoAvailable() && 'GMD not built yet (gmd module)'), timeout: 400_000 }, async (t) => {
-  const { dir, cleanup } = tempDir('georm-vm-b-gmd-');
-  t.teardown(cleanup);
-  const children: ChildProcess[] = [];
-  t.teardown(() => { for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL'); });
-  const images = await buildVm();
-  const job = join(dir, 'job');
-  mkdirSync(job);
+  const { dir, job, images, track } = await vmWorkspace(t, 'georm-vm-b-gmd-');
   await stageRepo(join(job, 'georm'));
   const key = randomBytes(32).toString('hex') + '\n';
   writeFileSync(join(job, 'cluster.key'), key, { mode: 0o600 });
@@ -85,7 +71,7 @@ t.test('GMD primary inside the guest attaches /dev/nbd0 itself, its secondary on
   // The secondary starts first (alpha still down), so the primary finds an AVAILABLE peer.
   const beta = spawn(process.execPath, [GEORM_BIN, 'gmd', 'run', 'vm0gmd', '--config', hostCfg, '--machine', 'beta', '--start', '--down', 'alpha'],
     { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, GEORM_LOG_LEVEL: 'warn' } });
-  children.push(beta);
+  track(beta);
   let betaLog = '';
   beta.stdout!.setEncoding('utf8').on('data', (d: string) => { betaLog += d; });
   beta.stderr!.setEncoding('utf8').on('data', (d: string) => { betaLog += d; });
@@ -104,7 +90,7 @@ ${filesystemWorkload()}${geormDetach()}
 echo "VOLSHA $(sha256sum /job/alpha.img | cut -d' ' -f1)"
 `);
   const res = await bootVm({ images, jobDir: job, workDir: join(dir, 'vm'), timeoutMs: 360_000, jobSpaceMb: 160,
-    udpIn: [{ guest: GA, host: HF }], track: (c) => children.push(c) });
+    udpIn: [{ guest: GA, host: HF }], track });
   // Stop the secondary cleanly, then compare.
   if (beta.exitCode === null) { beta.kill('SIGTERM'); await new Promise((r) => beta.once('exit', r)); }
   t.match(res.console, /OK attached \/dev\/nbd0 196608 sectors/, 'the GMD attached the whole device');
