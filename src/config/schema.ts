@@ -8,10 +8,8 @@ import { parseSize } from '../util/size.js';
  * checks across sections (references, duplicates) are in validate.ts.
  */
 
-export const MODES = ['sync', 'mwc', 'async'] as const;
-export const ROLES = ['primary', 'secondary', 'none'] as const;
-export type Mode = (typeof MODES)[number];
-export type Role = (typeof ROLES)[number];
+import { MODES, ROLES } from './vocabulary.js';
+export { MODES, ROLES, type Mode, type Role } from './vocabulary.js';
 
 const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
 const name = (what: string) => z.string({ error: `${what} must be a string` })

@@ -1,5 +1,6 @@
 import type { Backend, BackendFlags, WriteOptions, ZeroOptions } from '../../nbd/backend.js';
 import { GeormError } from '../util/errors.js';
+import { isMode, isRole } from '../config/vocabulary.js';
 import type { Logger } from '../util/log.js';
 import type { MapPort, NetMessage, PeerTransport } from './ports.js';
 import {
@@ -997,10 +998,10 @@ function checkAttributes(a: unknown): Partial<GmdAttributes> {
   const out: Partial<GmdAttributes> = {};
   for (const [k, v] of Object.entries(o)) {
     if (k === 'mode') {
-      if (v !== 'sync' && v !== 'mwc' && v !== 'async') throw bad(`mode must be sync, mwc or async, not ${JSON.stringify(v)}`);
+      if (!isMode(v)) throw bad(`mode must be sync, mwc or async, not ${JSON.stringify(v)}`);
       out.mode = v;
     } else if (k === 'role') {
-      if (v !== 'primary' && v !== 'secondary' && v !== 'none') throw bad(`role must be primary, secondary or none, not ${JSON.stringify(v)}`);
+      if (!isRole(v)) throw bad(`role must be primary, secondary or none, not ${JSON.stringify(v)}`);
       out.role = v;
     } else if (k === 'syncRate' || k === 'hwm' || k === 'resyncRateLimit') {
       if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < (k === 'syncRate' ? 512 : 0)) throw bad(`${k} must be a whole number of bytes${k === 'syncRate' ? ' (at least 512)' : ''}, not ${JSON.stringify(v)}`);

@@ -3,6 +3,9 @@
  * process, so service numbers are per GMD). Data messages have a fixed 16-byte header read with
  * hand-written Buffer reads; control messages are small JSON objects (cold path).
  */
+
+import type { Mode, Role } from '../config/vocabulary.js';
+
 export const SVC_WRITE = 0x21;     // mirror or resync write: header + data
 export const SVC_READ = 0x22;      // resync pull: header (offset, length) -> data
 export const SVC_FLUSH = 0x23;     // flush the peer's volume
@@ -45,8 +48,8 @@ export function decodeHeader(p: Buffer, size: number): DataHeader | null {
 
 /** Device states as the seed names them. */
 export type GmdState = 'DEFINED' | 'STOPPED' | 'STARTING' | 'AVAILABLE';
-export type GmdRole = 'primary' | 'secondary' | 'none';
-export type GmdMode = 'sync' | 'mwc' | 'async';
+export type GmdRole = Role;
+export type GmdMode = Mode;
 
 /** What a GMD tells its peer about itself (reply to `hello`). */
 export interface PeerInfo {

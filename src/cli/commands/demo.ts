@@ -2,7 +2,7 @@ import type { Command } from 'commander';
 import { startDemo } from '../../gmd/demo.js';
 import { parseSize } from '../../util/size.js';
 import { GeormError } from '../../util/errors.js';
-import type { GmdMode } from '../../gmd/protocol.js';
+import { isMode } from '../../config/vocabulary.js';
 
 /** `georm demo`: the embedded two-site mirror on loopback (`npm start`). */
 export function register(program: Command): void {
@@ -14,11 +14,11 @@ export function register(program: Command): void {
     .option('--sync-rate <size>', 'resync request size', '256K')
     .option('--hwm <size>', 'async high water mark', '128K')
     .action(async (o: { dir?: string; mode: string; size: string; syncRate: string; hwm: string }) => {
-      if (!['sync', 'mwc', 'async'].includes(o.mode)) throw new GeormError('GEORM_ERR_USAGE', `invalid --mode '${o.mode}': expected sync, mwc or async`, { exitCode: 1 });
+      if (!isMode(o.mode)) throw new GeormError('GEORM_ERR_USAGE', `invalid --mode '${o.mode}': expected sync, mwc or async`, { exitCode: 1 });
       const size = parseSize(o.size, '--size');
       if (size < 65536 || size % 512) throw new GeormError('GEORM_ERR_USAGE', `--size must be at least 64K and a multiple of 512`, { exitCode: 1 });
       const demo = await startDemo({
-        ...(o.dir ? { dir: o.dir } : {}), mode: o.mode as GmdMode, size, syncRate: o.syncRate, hwm: o.hwm,
+        ...(o.dir ? { dir: o.dir } : {}), mode: o.mode, size, syncRate: o.syncRate, hwm: o.hwm,
         log: (l) => process.stderr.write(`${l}\n`),
       });
       process.stdout.write(JSON.stringify(demo.info) + '\n');
