@@ -127,7 +127,9 @@ t.test('real primary: its writes reach the secondary before the join reply and a
   await beta.configure();
 
   const starting = beta.start().then((r) => r, (e: unknown) => e as Error);
-  await gate.arrived;
+  // A start that ends before the reply arrives failed (refused or unreachable): stop here, not at tap's timeout.
+  const early = await Promise.race([gate.arrived.then(() => null), starting]);
+  if (early) throw new Error(`beta's start ended before the join reply arrived: ${early.message}`);
   // The window: alpha has accepted the join (and mirrors to beta); beta has not seen the reply.
   const w0 = await c.status('alpha');
   t.ok(w0.peers[0]!.active, 'alpha accepted the join and mirrors to beta');
@@ -167,7 +169,7 @@ t.test('real primary: its writes reach the secondary before the join reply and a
   t.equal(beta.peer, 'alpha', 'beta mirrors with alpha');
 
   t.equal((await qio(c.uri, 'write -P 0xd5 2M 4K')).code, 0, 'write after the window');
-  const done = await c.waitFor('alpha', (s) => s.peers[0]!.active && s.map?.stale === 0 && s.map.inconsistent === 0 && !!s.resync?.complete, 'in sync', 30000);
+  const done = await c.waitFor('alpha', (s) => s.peers[0]!.active && s.map?.stale === 0 && s.map.inconsistent === 0 && !!s.resync?.complete, 'in sync', 15000);
   t.equal(done.stats.resyncBytesSent, 2 * REGION, 'only the 2 regions stale before the join were resynchronised');
   t.equal(done.stats.staleMarkings, s0.stats.staleMarkings, 'no stale marking since the join');
   t.equal(done.stats.remoteFailures, s0.stats.remoteFailures, 'no remote failure since the join');
@@ -231,7 +233,7 @@ t.test('real secondary: single, batched and zero writes from the primary it is j
   t.equal(results.length, 4, 'four messages mirrored in the window');
   t.match(r.message, /mirroring to alpha/, 'beta start completed');
   const st = await c.status('beta');
-  t.equal(st.state, 'AVAILABLE');
+  t.equal(st.state, 'AVAILABLE', 'beta AVAILABLE');
   t.ok(st.peers[0]!.active, 'beta mirrors with alpha');
   t.equal(st.stats.incomingWrites, 1 + 3 + 1, 'beta counted 5 incoming application writes');
   t.equal(st.map?.stale, 0, 'beta map: no stale region');
