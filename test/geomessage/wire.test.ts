@@ -129,3 +129,19 @@ t.test('a native peer and a dgram peer interoperate (same wire format), both dir
   const sa = a.stats().networks[0]!;
   t.equal(sa.dropped.auth + sa.dropped.malformed + sa.dropped.short, 0, 'nothing refused on either side');
 });
+
+t.test('batch sockets work over IPv6 too', { skip: noNative }, async (t) => {
+  const got: Buffer[] = [];
+  const rx = openBatchSocket({ address: '::1', port: 0, bufferBytes: 1 << 20, key: KEY, onBatch: (buf, meta, n) => {
+    for (let i = 0; i < n; i++) if (meta[3 * i + 2] === RECV_OK) got.push(Buffer.from(buf.subarray(meta[3 * i]!, meta[3 * i]! + meta[3 * i + 1]!)));
+  } });
+  const tx = openBatchSocket({ address: '::1', port: 0, bufferBytes: 1 << 20, key: KEY, onBatch: () => {} });
+  t.teardown(() => { rx.close(); tx.close(); });
+  const buf = Buffer.alloc(10 * 1000, 1);
+  const meta = new Uint32Array(20);
+  for (let i = 0; i < 10; i++) { meta[2 * i] = i * 1000; meta[2 * i + 1] = 1000; buf[i * 1000] = i; }
+  t.equal(tx.send(buf, meta, 10, tx.target('::1', rx.port)), 10);
+  await waitFor(() => got.length >= 10, 3000, 'ten packets');
+  t.same(got.map((g) => g[0]).sort(), [0, 1, 2, 3, 4, 5, 6, 7, 8, 9], 'all ten, tags accepted');
+  t.throws(() => tx.target('127.0.0.1', 1), { code: 'GEOMSG_ERR_CONFIG' }, 'an IPv4 peer on an IPv6 socket is refused clearly');
+});
