@@ -57,7 +57,7 @@
 #define MAX_SEGS 64                 /* kernel limit on segments per GSO message (UDP_MAX_SEGMENTS) */
 #define GSO_MAX_BYTES 65000         /* stay under the 64 KiB IP datagram limit with headers */
 #define SEND_MAX 1024               /* packets per udpSend call */
-#define ROUNDS_PER_WAKEUP 8         /* recvmmsg batches per readiness event: keep the loop fair */
+#define ROUNDS_PER_WAKEUP 4         /* recvmmsg batches per readiness event: keep the loop fair */
 
 /* Receive statuses reported per packet (src/native/udp.ts mirrors them). */
 enum { ST_OK = 0, ST_AUTH = 1, ST_SHORT = 2, ST_TRUNCATED = 3 };
@@ -421,7 +421,7 @@ static void on_readable(uv_poll_t *h, int status, int events) {
 
 /*
  * udpRecvStart(sock, recvBuffer, meta: Uint32Array, key: External|null, onBatch(count)): starts
- * delivering. recvBuffer holds up to 64 slots of 64 KiB; meta receives (offset, length, status)
+ * delivering. recvBuffer holds up to 64 slots of 64 KiB (its size decides how many); meta receives (offset, length, status)
  * triples.
  */
 static napi_value UdpRecvStart(napi_env env, napi_callback_info info) {

@@ -17,10 +17,10 @@ export const RECV_TRUNCATED = 3;
 
 /** Largest packet count one `send` takes. */
 export const SEND_MAX_PACKETS = 1024;
-/** Receive buffer: 64 slots of 64 KiB (one datagram or one GRO run each). */
-const RECV_BUFFER_BYTES = 64 * 65536;
+/** Receive buffer: 32 slots of 64 KiB (one datagram or one GRO run each); 4 such batches per wakeup at most, so one busy socket cannot hold the event loop for long. */
+const RECV_BUFFER_BYTES = 32 * 65536;
 /** Packets per received batch at most: a GRO run holds up to 64 segments. */
-const RECV_MAX_PACKETS = 64 * 64;
+const RECV_MAX_PACKETS = 32 * 64;
 
 export interface BatchSocketOptions {
   address: string;
