@@ -234,9 +234,12 @@ export class GeoMirrorDevice implements Backend {
       }));
       for (const [p, info] of infos) {
         const diff: string[] = [];
-        if (info.mode !== res.attrs.mode) diff.push(`mode ${res.attrs.mode} here, ${info.mode} on ${p}`);
+        // A DEFINED peer has not loaded its attributes: its mode and size are placeholders. They are
+        // compared when it starts (its own hello reaches us then).
+        const loaded = info.state !== 'DEFINED';
+        if (loaded && info.mode !== res.attrs.mode) diff.push(`mode ${res.attrs.mode} here, ${info.mode} on ${p}`);
         if (info.minor !== this.minor) diff.push(`minor ${this.minor} here, ${info.minor} on ${p}`);
-        if (info.state !== 'DEFINED' && info.size !== this.devSize) diff.push(`size ${this.devSize} here, ${info.size} on ${p}`);
+        if (loaded && info.size !== this.devSize) diff.push(`size ${this.devSize} here, ${info.size} on ${p}`);
         if (diff.length) throw refuse('MISMATCH', `can't start ${this.name}: the remote peer's definition differs (${diff.join('; ')}); make the GMD definitions identical (georm verify shows all differences)`);
       }
       for (const [p, info] of infos) {

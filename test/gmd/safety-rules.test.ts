@@ -50,6 +50,23 @@ t.test('rule 4: start refused when modes or minors differ', async (t) => {
   t.equal(e?.code, 'GMD_ERR_START_MISMATCH', 'refused from the other side as well');
 });
 
+t.test('rule 4: a peer still DEFINED is not a mode mismatch (its attributes are not loaded yet)', async (t) => {
+  // A DEFINED GMD answers hello with placeholder attributes (mode mwc); found by the VM power-loss
+  // test, where the guest's primary is DEFINED for seconds while it opens its map.
+  const c = await TestCluster.create({ mode: 'sync', size: 4 * 1024 * 1024 });
+  t.teardown(() => c.cleanup());
+  await c.run('alpha');
+  await c.run('beta');
+  await c.ctl('beta', 'unconfigure');
+  t.equal((await c.status('beta')).state, 'DEFINED');
+  const e = await refusedCode(c, 'alpha');
+  t.not(e?.code, 'GMD_ERR_START_MISMATCH', `not refused as a mismatch (${e?.message})`);
+  t.match(e?.code ?? '', /PEER_NOT_AVAILABLE/, 'refused because beta is not AVAILABLE, which is the real reason');
+  await c.ctl('beta', 'configure');
+  await c.start('alpha', ['beta']);
+  t.equal((await c.status('alpha')).state, 'AVAILABLE', 'with beta down, alpha starts');
+});
+
 t.test('rule 3: after an outage, the stale (dirty) side\'s data reaches the clean side, never the reverse', { skip: missingTools('qemu-io', 'cmp') }, async (t) => {
   const c = await TestCluster.create({ mode: 'mwc', size: 4 * 1024 * 1024 });
   t.teardown(() => c.cleanup());
