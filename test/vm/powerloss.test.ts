@@ -1,16 +1,16 @@
 import t, { type Test } from 'tap';
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { join } from 'node:path';
 import { bootVm, dumpJobFile, keepArtifact, markers, stageRepo, vmUnavailable, type BootResult } from '../../scripts/vm/vm.js';
-import { demoAvailable, freePort, geormAvailable } from '../../scripts/vm/host.js';
-import { geormDetach } from '../../scripts/vm/jobs.js';
+import { demoAvailable, geormAvailable } from '../../scripts/vm/host.js';
+import { geormDetach, gmdWaitAttached } from '../../scripts/vm/jobs.js';
 import { GEORM_BIN, missingTools, ROOT } from '../helpers/env.js';
 import { runCmd } from '../helpers/proc.js';
 import { sha256File, vmWorkspace } from './helpers.js';
-import { renderPairConfig } from './gmd-config.js';
+import { runHostBeta, setupVmPair } from './gmd-config.js';
 
 /**
  * Power loss of the primary's machine (DESIGN §4 rules 1 and 2 with "power loss", not kill -9).
@@ -126,16 +126,6 @@ try {
 } catch (e) { console.log('CTL-ERROR ' + op + ' ' + (e.code ?? '') + ' ' + e.message); process.exit(1); }
 `;
 
-/** Waits (in the guest) until the GMD attached /dev/nbd0, failing fast if it exited. */
-function waitAttached(): string {
-  return `i=0; while [ "$(cat /sys/block/nbd0/size)" = "0" ]; do
-  i=$((i+1)); if [ $i -gt 1200 ]; then echo "attach timed out"; tail -20 /tmp/gmd.err; exit 1; fi
-  if ! kill -0 $GEORM_PID 2>/dev/null; then echo "georm gmd exited"; tail -20 /tmp/gmd.out /tmp/gmd.err; exit 1; fi
-  sleep 0.1
-done
-`;
-}
-
 interface Acked { last: Map<number, number>; maxDone: number; count: number; fua: number }
 
 /** The records the guest reported durable, from complete console lines only (the last one may be cut). */
@@ -199,9 +189,6 @@ for (const MODE of MODES) t.test(`power cut of the primary's machine (qemu SIGKI
   const { dir, job, images, track } = await vmWorkspace(t, 'georm-vm-pl-');
   await stageRepo(join(job, 'georm'));
   const tag = randomBytes(8).toString('hex');
-  const key = randomBytes(32).toString('hex') + '\n';
-  writeFileSync(join(job, 'cluster.key'), key, { mode: 0o600 });
-  writeFileSync(join(dir, 'cluster.key'), key, { mode: 0o600 });
   writeFileSync(join(job, 'plwriter.cjs'), writerScript());
   writeFileSync(join(job, 'ctl.mjs'), CTL);
 
@@ -210,41 +197,16 @@ for (const MODE of MODES) t.test(`power cut of the primary's machine (qemu SIGKI
   const mk = await runCmd('mke2fs', ['-q', '-F', '-t', 'ext4', '-L', 'georm-data', dataDisk, '64M']);
   t.equal(mk.code, 0, 'data disk made');
 
-  // Network views as in scenario-b: the guest binds 10.0.2.15:GA and reaches beta as 10.0.2.2:PB;
-  // the host reaches the guest through 127.0.0.1:HF forwarded to 10.0.2.15:GA.
-  const GA = 7400;
-  const PB = await freePort();
-  const HF = await freePort();
-  const pair = {
-    gmd: 'vm0gmd', mode: MODE,
-    alpha: { volume: '/data/alpha.img', stateMap: '/data/alpha.map', runDir: '/tmp/run', nbdDevice: '/dev/nbd0', nbdListen: [] as string[] },
-    beta: { volume: join(dir, 'beta.img'), stateMap: join(dir, 'beta.map'), runDir: join(dir, 'run'), nbdListen: [`unix:${join(dir, 'run', 'beta.nbd')}`] },
-  };
-  writeFileSync(join(job, 'georm.toml'), renderPairConfig({ ...pair, keyFile: '/job/cluster.key' },
-    { alpha: { address: '10.0.2.15', port: GA }, beta: { address: '10.0.2.2', port: PB } }));
-  const hostCfg = join(dir, 'georm.toml');
-  writeFileSync(hostCfg, renderPairConfig({ ...pair, keyFile: join(dir, 'cluster.key') },
-    { alpha: { address: '127.0.0.1', port: HF }, beta: { address: '127.0.0.1', port: PB } }));
-  mkdirSync(join(dir, 'run'));
-  t.equal((await runCmd('truncate', ['-s', `${VOLUME_MB}M`, pair.beta.volume])).code, 0);
+  const { pair, hostCfg, udpIn } = await setupVmPair(dir, job, { mode: MODE, alphaVolume: '/data/alpha.img', alphaMap: '/data/alpha.map', betaSizeMb: VOLUME_MB });
 
-  let betaLog = '';
-  const runBeta = (extra: string[]): ChildProcess => {
-    const c = spawn(process.execPath, [GEORM_BIN, 'gmd', 'run', 'vm0gmd', '--config', hostCfg, '--machine', 'beta', ...extra],
-      { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, GEORM_LOG_LEVEL: 'warn' } });
-    track(c);
-    c.stdout!.setEncoding('utf8').on('data', (d: string) => { betaLog += d; });
-    c.stderr!.setEncoding('utf8').on('data', (d: string) => { betaLog += d; });
-    return c;
-  };
   const fail = (res: BootResult, name: string, what: string): void => {
     t.fail(`${what}; console kept at ${keepArtifact(res.consoleLog, name)}`);
     t.comment(res.console.split('\n').slice(-40).join('\n'));
-    t.comment(`secondary log: ${betaLog.slice(-2000)}`);
+    t.comment(`secondary log: ${beta.log().slice(-2000)}`);
   };
 
   // --- boot 1: mirror up, writer running, power cut -------------------------------------------------
-  const beta = runBeta(['--start', '--down', 'alpha']);
+  const beta = runHostBeta(hostCfg, track, ['--start', '--down', 'alpha']);
   writeFileSync(join(job, 'run.sh'), `set -e
 mkdir -p /data /tmp/run
 mount /dev/vdc /data
@@ -252,7 +214,7 @@ truncate -s ${VOLUME_MB}M /data/alpha.img
 sync
 node /job/georm/bin/georm.js gmd run vm0gmd --config /job/georm.toml --machine alpha --start >/tmp/gmd.out 2>/tmp/gmd.err &
 GEORM_PID=$!
-${waitAttached()}echo "OK attached /dev/nbd0 $(cat /sys/block/nbd0/size) sectors"
+${gmdWaitAttached()}echo "OK attached /dev/nbd0 $(cat /sys/block/nbd0/size) sectors"
 node /job/plwriter.cjs ${tag}
 `);
   // Cut after a random 4–10 s of records (and at least 40 of them), well inside the guest's 30 s
@@ -265,7 +227,7 @@ node /job/plwriter.cjs ${tag}
   let tail = '';
   const res1 = await bootVm({
     images, jobDir: job, workDir: join(dir, 'vm1'), timeoutMs: 240_000, jobSpaceMb: 64, dataDisk,
-    udpIn: [{ guest: GA, host: HF }],
+    udpIn,
     track: (c) => { qemu = c; track(c); },
     onConsole: (d) => {
       tail += d;
@@ -278,7 +240,7 @@ node /job/plwriter.cjs ${tag}
       }
     },
   });
-  if (!cut) { fail(res1, 'powerloss-boot1', `the workload never reached the cut (guest exit ${res1.exitCode}, timed out ${res1.timedOut})`); await stopChild(beta); return; }
+  if (!cut) { fail(res1, 'powerloss-boot1', `the workload never reached the cut (guest exit ${res1.exitCode}, timed out ${res1.timedOut})`); await stopChild(beta.child); return; }
   const acked = ackedRecords(res1.console);
   t.comment(`power cut after ${cutAfterMs} ms of records: ${acked.count} acknowledged (${acked.fua} with FUA), last #${acked.maxDone}`);
   t.notOk(/FUA-UNAVAILABLE/.test(res1.console), 'the guest wrote the odd records with O_DIRECT|O_DSYNC (FUA)');
@@ -297,7 +259,7 @@ node /job/georm/bin/georm.js gmd run vm0gmd --config /job/georm.toml --machine a
 GEORM_PID=$!
 node /job/ctl.mjs before
 node /job/ctl.mjs start
-${waitAttached()}echo "OK attached again"
+${gmdWaitAttached()}echo "OK attached again"
 node /job/ctl.mjs wait-sync 150
 dd if=/dev/nbd0 of=/job/served.img bs=1M 2>/dev/null
 ${geormDetach()}umount /data
@@ -305,7 +267,7 @@ echo "OK data unmounted"
 `);
   const res2 = await bootVm({
     images, jobDir: job, workDir: join(dir, 'vm2'), timeoutMs: 300_000, jobSpaceMb: 64 + VOLUME_MB, dataDisk,
-    udpIn: [{ guest: GA, host: HF }], track,
+    udpIn, track,
     onConsole: (d) => {
       console2 += d;
       // gmddown stopped the secondary; start it again once the primary is AVAILABLE, so it rejoins.
@@ -315,7 +277,7 @@ echo "OK data unmounted"
     },
   });
   const bs = await betaStart;
-  const betaCode = await stopChild(beta);
+  const betaCode = await stopChild(beta.child);
   if (res2.exitCode !== 0) { fail(res2, 'powerloss-boot2', `recovery boot failed (exit ${res2.exitCode}${res2.timedOut ? ', timed out' : ''}); beta start: ${bs?.stdout}${bs?.stderr}`); return; }
   t.equal(bs?.code, 0, `the secondary started again and rejoined (${(bs?.stdout ?? '').trim()})`);
 
