@@ -18,9 +18,12 @@ import { runHostBeta, setupVmPair } from './gmd-config.js';
  * The GMD primary runs inside the qemu guest; its volume and state map live on an ext4 filesystem on
  * a guest virtio disk (/dev/vdc) backed by a host file (`dataDisk`, cache=writeback, see vm.ts). The
  * secondary runs on the host. A writer in the guest writes numbered 4 KiB records to /dev/nbd0, each
- * made durable before the next (odd ones O_DIRECT|O_DSYNC, which the kernel sends as an NBD write with
- * FUA; even ones a buffered write plus fdatasync, which it sends as write + NBD FLUSH), and prints
- * `DONE <seq>` to the serial console only after that returned. The console is read on the host, so
+ * made durable before the next, and prints `DONE <seq>` to the serial console only after that
+ * returned. How a record is made durable is the case's `writes`: `fua` = O_DIRECT|O_DSYNC, which
+ * the kernel sends as one NBD write with FUA; `flush` = a buffered write plus fdatasync, which it
+ * sends as write + NBD FLUSH; `mixed` alternates. One path per case, so that a GMD which mishandles
+ * only FUA or only FLUSH fails its case (a FLUSH's fdatasync would otherwise also cover the FUA
+ * writes before it). The console is read on the host, so
  * the list of acknowledged records survives the cut.
  *
  * Power cut = SIGKILL of qemu mid-workload: the guest's RAM (its page cache, the GMD process) is gone,
@@ -38,7 +41,11 @@ import { runHostBeta, setupVmPair } from './gmd-config.js';
  * log); after resync and a clean stop both volumes are byte-identical.
  */
 
-const MODES = (process.env.GEORM_POWERLOSS_MODES ?? 'mwc,sync').split(',');
+// mode:writes cases; GEORM_POWERLOSS_CASES="mwc:mixed,async:flush" runs others.
+const CASES = (process.env.GEORM_POWERLOSS_CASES ?? 'mwc:fua,sync:flush').split(',').map((c) => {
+  const [mode, writes] = c.split(':') as [string, string | undefined];
+  return { mode, writes: writes ?? 'mixed' };
+});
 const VOLUME_MB = 16;
 const SEQ_SLACK = 4;         // records the guest may have completed whose DONE line the cut swallowed
 
@@ -71,6 +78,7 @@ ${blockOffset.toString()}
 ${recordPlace.toString()}
 ${fillRecord.toString()}
 const tag = process.argv[2];
+const writes = process.argv[3];
 const say = (s) => fs.writeSync(1, s + '\\n');
 const fdBuf = fs.openSync('/dev/nbd0', fs.constants.O_WRONLY);
 const fdFua = fs.openSync('/dev/nbd0', fs.constants.O_WRONLY | fs.constants.O_DIRECT | fs.constants.O_DSYNC);
@@ -82,7 +90,7 @@ let shift = -1;
 for (let seq = 1; seq < 1000000; seq++) {
   const { block, offset } = recordPlace(seq);
   let how = 'F';
-  if (seq % 2 === 1 && shift !== -2) {
+  if ((writes === 'fua' || (writes === 'mixed' && seq % 2 === 1)) && shift !== -2) {
     for (let k = shift < 0 ? 0 : shift; k < 4096; k += 16) {
       const v = big.subarray(k, k + 4096);
       fillRecord(v, seq, block, tag);
@@ -184,7 +192,7 @@ const skip = vmUnavailable() || missingTools('qemu-system-x86_64', 'busybox', 'c
   || (!geormAvailable() && '`georm export` not built yet (nbd module)')
   || (!demoAvailable() && 'GMD not built yet (gmd module)');
 
-for (const MODE of MODES) t.test(`power cut of the primary's machine (qemu SIGKILL) under a flushed write workload (${MODE}): no acknowledged write lost, map intact, identical after resync`,
+for (const { mode: MODE, writes } of CASES) t.test(`power cut of the primary's machine (qemu SIGKILL) under a durable write workload (${MODE}, ${writes}): no acknowledged write lost, map intact, identical after resync`,
   { skip, timeout: 420_000 }, async (t) => {
   const { dir, job, images, track } = await vmWorkspace(t, 'georm-vm-pl-');
   await stageRepo(join(job, 'georm'));
@@ -215,7 +223,7 @@ sync
 node /job/georm/bin/georm.js gmd run vm0gmd --config /job/georm.toml --machine alpha --start >/tmp/gmd.out 2>/tmp/gmd.err &
 GEORM_PID=$!
 ${gmdWaitAttached()}echo "OK attached /dev/nbd0 $(cat /sys/block/nbd0/size) sectors"
-node /job/plwriter.cjs ${tag}
+node /job/plwriter.cjs ${tag} ${writes}
 `);
   // Cut after a random 4–10 s of records (and at least 40 of them), well inside the guest's 30 s
   // dirty-page expiry: data or marks left in the guest page cache are then really lost.
@@ -243,7 +251,8 @@ node /job/plwriter.cjs ${tag}
   if (!cut) { fail(res1, 'powerloss-boot1', `the workload never reached the cut (guest exit ${res1.exitCode}, timed out ${res1.timedOut})`); await stopChild(beta.child); return; }
   const acked = ackedRecords(res1.console);
   t.comment(`power cut after ${cutAfterMs} ms of records: ${acked.count} acknowledged (${acked.fua} with FUA), last #${acked.maxDone}`);
-  t.notOk(/FUA-UNAVAILABLE/.test(res1.console), 'the guest wrote the odd records with O_DIRECT|O_DSYNC (FUA)');
+  if (writes !== 'flush') t.notOk(/FUA-UNAVAILABLE/.test(res1.console), 'the guest could write records with O_DIRECT|O_DSYNC (FUA)');
+  t.equal(acked.fua, writes === 'fua' ? acked.count : writes === 'flush' ? 0 : acked.fua, `records written as the case says (${writes})`);
   t.ok(acked.count >= 40, 'at least 40 records were acknowledged before the cut');
 
   // Rule 1 (sync, mwc): every acknowledged write is on the secondary already.
