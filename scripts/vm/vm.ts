@@ -90,6 +90,8 @@ export interface BootOptions {
   forward?: Array<{ guest: number; host: number }>;
   /** UDP datagrams to the host's 127.0.0.1:<host> are forwarded to the guest's 10.0.2.15:<guest>. */
   udpIn?: Array<{ guest: number; host: number }>;
+  /** TCP connections to the host's 127.0.0.1:<host> are forwarded to the guest's 10.0.2.15:<guest>. */
+  tcpIn?: Array<{ guest: number; host: number }>;
   /** Free space on the job disk beyond its files (the guest may create volumes there). */
   jobSpaceMb?: number;
   /**
@@ -130,7 +132,8 @@ export async function bootVm(o: BootOptions): Promise<BootResult> {
     '-kernel', o.images.kernel, '-initrd', o.images.initrd,
     '-append', 'console=ttyS0 panic=-1 rdinit=/init loglevel=4 nbd.nbds_max=4',
     '-netdev', ['user,id=n0', ...(o.forward ?? []).map((f) => `guestfwd=tcp:10.0.2.100:${f.guest}-tcp:127.0.0.1:${f.host}`),
-      ...(o.udpIn ?? []).map((f) => `hostfwd=udp:127.0.0.1:${f.host}-10.0.2.15:${f.guest}`)].join(','), '-device', 'virtio-net-pci,netdev=n0',
+      ...(o.udpIn ?? []).map((f) => `hostfwd=udp:127.0.0.1:${f.host}-10.0.2.15:${f.guest}`),
+      ...(o.tcpIn ?? []).map((f) => `hostfwd=tcp:127.0.0.1:${f.host}-10.0.2.15:${f.guest}`)].join(','), '-device', 'virtio-net-pci,netdev=n0',
     '-drive', `file=${o.images.tools},if=virtio,format=raw,readonly=on`,
     '-drive', `file=${jobImage},if=virtio,format=raw`,
     ...(o.dataDisk ? ['-drive', `file=${o.dataDisk},if=virtio,format=raw,cache=writeback`] : []),

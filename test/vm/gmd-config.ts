@@ -46,7 +46,7 @@ export interface VmPair {
  * volume (sparse, `betaSizeMb`). UDP: the guest binds 10.0.2.15:GA and reaches the host's beta as
  * 10.0.2.2:PB (slirp NAT); the host reaches the guest through 127.0.0.1:HF forwarded to 10.0.2.15:GA.
  */
-export async function setupVmPair(dir: string, job: string, o: { mode: string; alphaVolume: string; alphaMap: string; betaSizeMb: number }): Promise<VmPair> {
+export async function setupVmPair(dir: string, job: string, o: { mode: string; alphaVolume: string; alphaMap: string; betaSizeMb: number; alphaNbdListen?: string[] }): Promise<VmPair> {
   const key = randomBytes(32).toString('hex') + '\n';
   writeFileSync(join(job, 'cluster.key'), key, { mode: 0o600 });
   writeFileSync(join(dir, 'cluster.key'), key, { mode: 0o600 });
@@ -56,7 +56,7 @@ export async function setupVmPair(dir: string, job: string, o: { mode: string; a
   const HF = await freePort();
   const pair = {
     gmd: 'vm0gmd', mode: o.mode,
-    alpha: { volume: o.alphaVolume, stateMap: o.alphaMap, runDir: '/tmp/run', nbdDevice: '/dev/nbd0', nbdListen: [] as string[] },
+    alpha: { volume: o.alphaVolume, stateMap: o.alphaMap, runDir: '/tmp/run', nbdDevice: '/dev/nbd0', nbdListen: o.alphaNbdListen ?? [] },
     beta: { volume: join(dir, 'beta.img'), stateMap: join(dir, 'beta.map'), runDir: join(dir, 'run'), nbdListen: [`unix:${join(dir, 'run', 'beta.nbd')}`] },
   };
   writeFileSync(join(job, 'georm.toml'), renderPairConfig({ ...pair, keyFile: '/job/cluster.key' },

@@ -1,11 +1,11 @@
 import t, { type Test } from 'tap';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
-import type { ChildProcess } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { join } from 'node:path';
 import { bootVm, dumpJobFile, keepArtifact, markers, stageRepo, vmUnavailable, type BootResult } from '../../scripts/vm/vm.js';
-import { demoAvailable, geormAvailable } from '../../scripts/vm/host.js';
+import { demoAvailable, freePort, geormAvailable } from '../../scripts/vm/host.js';
 import { geormDetach, gmdWaitAttached } from '../../scripts/vm/jobs.js';
 import { GEORM_BIN, missingTools, ROOT } from '../helpers/env.js';
 import { runCmd } from '../helpers/proc.js';
@@ -19,11 +19,12 @@ import { runHostBeta, setupVmPair } from './gmd-config.js';
  * a guest virtio disk (/dev/vdc) backed by a host file (`dataDisk`, cache=writeback, see vm.ts). The
  * secondary runs on the host. A writer in the guest writes numbered 4 KiB records to /dev/nbd0, each
  * made durable before the next, and prints `DONE <seq>` to the serial console only after that
- * returned. How a record is made durable is the case's `writes`: `fua` = O_DIRECT|O_DSYNC, which
- * the kernel sends as one NBD write with FUA; `flush` = a buffered write plus fdatasync, which it
- * sends as write + NBD FLUSH; `mixed` alternates. One path per case, so that a GMD which mishandles
- * only FUA or only FLUSH fails its case (a FLUSH's fdatasync would otherwise also cover the FUA
- * writes before it). The console is read on the host, so
+ * returned. How a record is made durable is the case's `writes`: `flush` = a buffered write plus
+ * fdatasync, which the kernel sends as write + NBD FLUSH; `fua` = O_DIRECT|O_DSYNC, which Linux
+ * sends as a write with FUA *followed by a FLUSH*; `mixed` alternates the two; `nbdfua` = the
+ * records come from the host instead, through libnbd to the GMD's NBD listener in the guest, each a
+ * FUA write with no FLUSH at all (see NBD_FUA_WRITER). The defaults, mwc:nbdfua and sync:flush,
+ * give each durability path of the GMD a case of its own, so that mishandling either one fails. The console is read on the host, so
  * the list of acknowledged records survives the cut.
  *
  * Power cut = SIGKILL of qemu mid-workload: the guest's RAM (its page cache, the GMD process) is gone,
@@ -42,7 +43,7 @@ import { runHostBeta, setupVmPair } from './gmd-config.js';
  */
 
 // mode:writes cases; GEORM_POWERLOSS_CASES="mwc:mixed,async:flush" runs others.
-const CASES = (process.env.GEORM_POWERLOSS_CASES ?? 'mwc:fua,sync:flush').split(',').map((c) => {
+const CASES = (process.env.GEORM_POWERLOSS_CASES ?? 'mwc:nbdfua,sync:flush').split(',').map((c) => {
   const [mode, writes] = c.split(':') as [string, string | undefined];
   return { mode, writes: writes ?? 'mixed' };
 });
@@ -103,6 +104,34 @@ for (let seq = 1; seq < 1000000; seq++) {
 }
 `;
 }
+
+/**
+ * The `nbdfua` writer: the same records, written from the host with libnbd over TCP (forwarded into
+ * the guest) to the GMD's own NBD listener, each as one write with NBD_CMD_FLAG_FUA and nothing else.
+ * The guest kernel's O_DIRECT|O_DSYNC write is not that: Linux follows its FUA write with a FLUSH,
+ * so a GMD that ignored FUA would still be saved by the FLUSH (seen: breaking only FUA in the volume
+ * backend did not fail the kernel case). The layout must match fillRecord.
+ */
+const NBD_FUA_WRITER = `import struct, sys
+import nbd
+uri, tag = sys.argv[1], sys.argv[2]
+h = nbd.NBD()
+h.connect_uri(uri)
+seq = 1
+while True:
+    b = (seq * 97) % 256
+    buf = bytearray(4096)
+    buf[0:8] = b'GEORM-PL'
+    struct.pack_into('<II', buf, 8, seq, b)
+    buf[16:32] = tag.encode('latin1')
+    for i in range(32, 4096, 4):
+        struct.pack_into('<I', buf, i, (seq * 2654435761 + i) & 0xffffffff)
+    h.pwrite(bytes(buf), b * 32768 + (b % 8) * 4096, nbd.CMD_FLAG_FUA)
+    print('DONE %d %d U' % (seq, b), flush=True)
+    seq += 1
+`;
+// Debian's python3 has the libnbd binding; a pyenv python on PATH may not.
+const PYTHON = existsSync('/usr/bin/python3') ? '/usr/bin/python3' : 'python3';
 
 /** Guest-side control client: `ctl.mjs before|start|wait-sync`, printing marker lines. */
 const CTL = `import { callControl } from '/job/georm/dist/src/gmd/control.js';
@@ -191,9 +220,10 @@ const skip = vmUnavailable() || missingTools('qemu-system-x86_64', 'busybox', 'c
   || (!existsSync(join(ROOT, 'build/Release/georm_native.node')) && 'native addon not built')
   || (!geormAvailable() && '`georm export` not built yet (nbd module)')
   || (!demoAvailable() && 'GMD not built yet (gmd module)');
+const noLibnbd = spawnSync(PYTHON, ['-c', 'import nbd'], { stdio: 'ignore' }).status !== 0 && 'python3 without the libnbd binding (python3-libnbd)';
 
 for (const { mode: MODE, writes } of CASES) t.test(`power cut of the primary's machine (qemu SIGKILL) under a durable write workload (${MODE}, ${writes}): no acknowledged write lost, map intact, identical after resync`,
-  { skip, timeout: 420_000 }, async (t) => {
+  { skip: skip || (writes === 'nbdfua' && noLibnbd), timeout: 420_000 }, async (t) => {
   const { dir, job, images, track } = await vmWorkspace(t, 'georm-vm-pl-');
   await stageRepo(join(job, 'georm'));
   const tag = randomBytes(8).toString('hex');
@@ -205,7 +235,12 @@ for (const { mode: MODE, writes } of CASES) t.test(`power cut of the primary's m
   const mk = await runCmd('mke2fs', ['-q', '-F', '-t', 'ext4', '-L', 'georm-data', dataDisk, '64M']);
   t.equal(mk.code, 0, 'data disk made');
 
-  const { pair, hostCfg, udpIn } = await setupVmPair(dir, job, { mode: MODE, alphaVolume: '/data/alpha.img', alphaMap: '/data/alpha.map', betaSizeMb: VOLUME_MB });
+  const hostWriter = writes === 'nbdfua';
+  const NBD_GUEST_PORT = 10809;
+  const nbdHostPort = await freePort();
+  const { pair, hostCfg, udpIn } = await setupVmPair(dir, job, { mode: MODE, alphaVolume: '/data/alpha.img', alphaMap: '/data/alpha.map',
+    betaSizeMb: VOLUME_MB, ...(hostWriter ? { alphaNbdListen: [`tcp://0.0.0.0:${NBD_GUEST_PORT}`] } : {}) });
+  writeFileSync(join(dir, 'nbdfua.py'), NBD_FUA_WRITER);
 
   const fail = (res: BootResult, name: string, what: string): void => {
     t.fail(`${what}; console kept at ${keepArtifact(res.consoleLog, name)}`);
@@ -223,7 +258,8 @@ sync
 node /job/georm/bin/georm.js gmd run vm0gmd --config /job/georm.toml --machine alpha --start >/tmp/gmd.out 2>/tmp/gmd.err &
 GEORM_PID=$!
 ${gmdWaitAttached()}echo "OK attached /dev/nbd0 $(cat /sys/block/nbd0/size) sectors"
-node /job/plwriter.cjs ${tag} ${writes}
+echo "NBDQUEUE $(cat /sys/block/nbd0/queue/write_cache | tr ' ' _) $(cat /sys/block/nbd0/queue/fua)"
+${hostWriter ? 'echo "OK ready for the host writer"; sleep 600' : `node /job/plwriter.cjs ${tag} ${writes}`}
 `);
   // Cut after a random 4–10 s of records (and at least 40 of them), well inside the guest's 30 s
   // dirty-page expiry: data or marks left in the guest page cache are then really lost.
@@ -233,27 +269,45 @@ node /job/plwriter.cjs ${tag} ${writes}
   let doneCount = 0;
   let cut = false;
   let tail = '';
+  let console1 = '';
+  let writer: ChildProcess | undefined;
+  let writerOut = '';
+  let writerErr = '';
+  // DONE lines come from the guest's console, or from the host writer's stdout.
+  const progress = (d: string): void => {
+    tail += d;
+    const lines = tail.split('\n');
+    tail = lines.pop()!;
+    for (const l of lines) if (l.trim().startsWith('DONE ')) { doneCount++; if (!firstDone) firstDone = Date.now(); }
+    if (!cut && firstDone && doneCount >= 40 && Date.now() - firstDone >= cutAfterMs) {
+      cut = true;
+      qemu?.kill('SIGKILL');   // the power cut
+    }
+  };
   const res1 = await bootVm({
     images, jobDir: job, workDir: join(dir, 'vm1'), timeoutMs: 240_000, jobSpaceMb: 64, dataDisk,
-    udpIn,
+    udpIn, ...(hostWriter ? { tcpIn: [{ guest: NBD_GUEST_PORT, host: nbdHostPort }] } : {}),
     track: (c) => { qemu = c; track(c); },
     onConsole: (d) => {
-      tail += d;
-      const lines = tail.split('\n');
-      tail = lines.pop()!;
-      for (const l of lines) if (l.startsWith('DONE ')) { doneCount++; if (!firstDone) firstDone = Date.now(); }
-      if (!cut && firstDone && doneCount >= 40 && Date.now() - firstDone >= cutAfterMs) {
-        cut = true;
-        qemu?.kill('SIGKILL');   // the power cut
+      if (!hostWriter) { progress(d); return; }
+      console1 += d;
+      if (!writer && console1.includes('OK ready for the host writer')) {
+        writer = spawn(PYTHON, [join(dir, 'nbdfua.py'), `nbd://127.0.0.1:${nbdHostPort}/vm0gmd`, tag], { stdio: ['ignore', 'pipe', 'pipe'] });
+        track(writer);
+        writer.stdout!.setEncoding('utf8').on('data', (w: string) => { writerOut += w; progress(w); });
+        writer.stderr!.setEncoding('utf8').on('data', (w: string) => { writerErr += w; });
       }
     },
   });
+  if (writer) await stopChild(writer);
+  if (hostWriter) t.comment(`host writer stderr (expected: the connection broke at the cut): ${writerErr.trim().split('\n').slice(-2).join(' | ')}`);
   if (!cut) { fail(res1, 'powerloss-boot1', `the workload never reached the cut (guest exit ${res1.exitCode}, timed out ${res1.timedOut})`); await stopChild(beta.child); return; }
-  const acked = ackedRecords(res1.console);
+  const acked = ackedRecords(hostWriter ? writerOut : res1.console);
   t.comment(`power cut after ${cutAfterMs} ms of records: ${acked.count} acknowledged (${acked.fua} with FUA), last #${acked.maxDone}`);
-  if (writes !== 'flush') t.notOk(/FUA-UNAVAILABLE/.test(res1.console), 'the guest could write records with O_DIRECT|O_DSYNC (FUA)');
-  t.equal(acked.fua, writes === 'fua' ? acked.count : writes === 'flush' ? 0 : acked.fua, `records written as the case says (${writes})`);
+  if (writes === 'fua' || writes === 'mixed') t.notOk(/FUA-UNAVAILABLE/.test(res1.console), 'the guest could write records with O_DIRECT|O_DSYNC (FUA)');
+  t.equal(acked.fua, writes === 'fua' || hostWriter ? acked.count : writes === 'flush' ? 0 : acked.fua, `records written as the case says (${writes})`);
   t.ok(acked.count >= 40, 'at least 40 records were acknowledged before the cut');
+  t.comment(`guest /dev/nbd0 queue: write_cache, fua = ${markers(res1.console, 'NBDQUEUE')[0]?.join(', ')}`);
 
   // Rule 1 (sync, mwc): every acknowledged write is on the secondary already.
   checkRecords(t, readFileSync(pair.beta.volume), acked, tag, 'secondary right after the cut');
