@@ -4,6 +4,7 @@ import { mkdirSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { freePort } from '../../scripts/vm/host.js';
 import { GEORM_BIN } from '../helpers/env.js';
+import { callControl } from '../../src/gmd/control.js';
 
 /**
  * A two-machine cluster configuration for the VM scenario with a GMD on each side of the qemu NAT:
@@ -70,13 +71,29 @@ export async function setupVmPair(dir: string, job: string, o: { mode: string; a
   return { pair, hostCfg, udpIn: [{ guest: GA, host: HF }] };
 }
 
-/** beta (the secondary) on the host: `georm gmd run vm0gmd --machine beta …`, registered with `track`, output collected. */
-export function runHostBeta(hostCfg: string, track: (c: ChildProcess) => void, extra: string[]): { child: ChildProcess; log: () => string } {
+/**
+ * beta (the secondary) on the host: `georm gmd run vm0gmd --machine beta …`, registered with `track`,
+ * output collected. `available()` waits until beta's GMD is AVAILABLE: boot the guest only then, or
+ * beta's start may meet alpha while alpha is still DEFINED, and a DEFINED GMD reports mode "mwc"
+ * whatever its definition says (device.ts info()), which refuses the start of a sync or async pair.
+ */
+export function runHostBeta(hostCfg: string, runDir: string, track: (c: ChildProcess) => void, extra: string[]):
+  { child: ChildProcess; log: () => string; available: () => Promise<void> } {
   let text = '';
   const child = spawn(process.execPath, [GEORM_BIN, 'gmd', 'run', 'vm0gmd', '--config', hostCfg, '--machine', 'beta', ...extra],
     { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, GEORM_LOG_LEVEL: 'warn' } });
   track(child);
   child.stdout!.setEncoding('utf8').on('data', (d: string) => { text += d; });
   child.stderr!.setEncoding('utf8').on('data', (d: string) => { text += d; });
-  return { child, log: () => text };
+  const available = async (): Promise<void> => {
+    const deadline = Date.now() + 60_000;
+    for (;;) {
+      if (child.exitCode !== null || child.signalCode !== null) throw new Error(`beta exited (${child.exitCode}): ${text.slice(-2000)}`);
+      const s = await callControl(join(runDir, 'vm0gmd.sock'), 'status', {}, 2000).catch(() => null) as { state?: string } | null;
+      if (s?.state === 'AVAILABLE') return;
+      if (Date.now() > deadline) throw new Error(`beta not AVAILABLE within 60 s: ${text.slice(-2000)}`);
+      await new Promise((r) => setTimeout(r, 200));
+    }
+  };
+  return { child, log: () => text, available };
 }

@@ -249,7 +249,8 @@ for (const { mode: MODE, writes } of CASES) t.test(`power cut of the primary's m
   };
 
   // --- boot 1: mirror up, writer running, power cut -------------------------------------------------
-  const beta = runHostBeta(hostCfg, track, ['--start', '--down', 'alpha']);
+  const beta = runHostBeta(hostCfg, pair.beta.runDir, track, ['--start', '--down', 'alpha']);
+  await beta.available();
   writeFileSync(join(job, 'run.sh'), `set -e
 mkdir -p /data /tmp/run
 mount /dev/vdc /data

@@ -45,7 +45,8 @@ t.test('GMD primary inside the guest attaches /dev/nbd0 itself, its secondary on
   await stageRepo(join(job, 'georm'));
   const { pair, hostCfg, udpIn } = await setupVmPair(dir, job, { mode: 'mwc', alphaVolume: '/job/alpha.img', alphaMap: '/job/alpha.map', betaSizeMb: 96 });
   // The secondary starts first (alpha still down), so the primary finds an AVAILABLE peer.
-  const { child: beta, log: betaLog } = runHostBeta(hostCfg, track, ['--start', '--down', 'alpha']);
+  const { child: beta, log: betaLog, available } = runHostBeta(hostCfg, pair.beta.runDir, track, ['--start', '--down', 'alpha']);
+  await available();
   writeFileSync(join(job, 'run.sh'), `set -e
 truncate -s 96M /job/alpha.img
 mkdir -p /tmp/run
