@@ -117,3 +117,17 @@ i=0; while [ "$(cat /sys/block/${dev}/size)" != "0" ] && [ $i -lt 100 ]; do slee
 echo "CRASH-SIZE $(cat /sys/block/${dev}/size)"
 `;
 }
+
+/**
+ * Inside the guest, after `georm gmd run … >/tmp/gmd.out 2>/tmp/gmd.err &` with GEORM_PID set: waits
+ * until the GMD attached /dev/nbd0 (the kernel device has its size), failing fast if it exited.
+ */
+export function gmdWaitAttached(device = '/dev/nbd0'): string {
+  const dev = device.replace('/dev/', '');
+  return `i=0; while [ "$(cat /sys/block/${dev}/size)" = "0" ]; do
+  i=$((i+1)); if [ $i -gt 1200 ]; then echo "attach timed out"; tail -20 /tmp/gmd.err; exit 1; fi
+  if ! kill -0 $GEORM_PID 2>/dev/null; then echo "georm gmd exited"; tail -20 /tmp/gmd.out /tmp/gmd.err; exit 1; fi
+  sleep 0.1
+done
+`;
+}

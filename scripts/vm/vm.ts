@@ -90,8 +90,22 @@ export interface BootOptions {
   forward?: Array<{ guest: number; host: number }>;
   /** UDP datagrams to the host's 127.0.0.1:<host> are forwarded to the guest's 10.0.2.15:<guest>. */
   udpIn?: Array<{ guest: number; host: number }>;
+  /** TCP connections to the host's 127.0.0.1:<host> are forwarded to the guest's 10.0.2.15:<guest>. */
+  tcpIn?: Array<{ guest: number; host: number }>;
   /** Free space on the job disk beyond its files (the guest may create volumes there). */
   jobSpaceMb?: number;
+  /**
+   * A host file the guest sees as /dev/vdc and that outlives the boot (unlike the job disk, which is
+   * made afresh each time). It is attached with cache=writeback (qemu's default, named explicitly):
+   * the guest sees a volatile write cache, so its kernel sends flushes, and qemu turns each flush
+   * into an fdatasync of this file. Killing qemu with SIGKILL loses the guest's RAM — its page cache
+   * and every process — as a power cut would, while whatever the guest had already handed to the
+   * virtual disk stays in the host's page cache. So the model is "power loss with a disk that has no
+   * volatile cache of its own": it catches a missing fdatasync in the guest (the data never left
+   * its page cache), not a missing flush after a write the guest kernel already wrote out.
+   * cache=unsafe (flushes ignored) would be wrong for the host-crash case and is never used.
+   */
+  dataDisk?: string;
   timeoutMs?: number;
   /** Called with each console chunk (e.g. to react to markers while the guest runs). */
   onConsole?: (text: string) => void;
@@ -118,9 +132,11 @@ export async function bootVm(o: BootOptions): Promise<BootResult> {
     '-kernel', o.images.kernel, '-initrd', o.images.initrd,
     '-append', 'console=ttyS0 panic=-1 rdinit=/init loglevel=4 nbd.nbds_max=4',
     '-netdev', ['user,id=n0', ...(o.forward ?? []).map((f) => `guestfwd=tcp:10.0.2.100:${f.guest}-tcp:127.0.0.1:${f.host}`),
-      ...(o.udpIn ?? []).map((f) => `hostfwd=udp:127.0.0.1:${f.host}-10.0.2.15:${f.guest}`)].join(','), '-device', 'virtio-net-pci,netdev=n0',
+      ...(o.udpIn ?? []).map((f) => `hostfwd=udp:127.0.0.1:${f.host}-10.0.2.15:${f.guest}`),
+      ...(o.tcpIn ?? []).map((f) => `hostfwd=tcp:127.0.0.1:${f.host}-10.0.2.15:${f.guest}`)].join(','), '-device', 'virtio-net-pci,netdev=n0',
     '-drive', `file=${o.images.tools},if=virtio,format=raw,readonly=on`,
     '-drive', `file=${jobImage},if=virtio,format=raw`,
+    ...(o.dataDisk ? ['-drive', `file=${o.dataDisk},if=virtio,format=raw,cache=writeback`] : []),
   ];
   const qemu = spawn('qemu-system-x86_64', args, { stdio: ['ignore', 'pipe', 'pipe'] });
   o.track?.(qemu);

@@ -1,3 +1,11 @@
+import { randomBytes } from 'node:crypto';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdirSync, truncateSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { freePort } from '../../scripts/vm/host.js';
+import { GEORM_BIN } from '../helpers/env.js';
+import { callControl } from '../../src/gmd/control.js';
+
 /**
  * A two-machine cluster configuration for the VM scenario with a GMD on each side of the qemu NAT:
  * alpha (primary) in the guest, beta (secondary) on the host. The file is the same except for the
@@ -22,4 +30,70 @@ export function renderPairConfig(p: GmdPair, view: SideView): string {
   if (p.alpha.nbdDevice) t += `  nbd_device = ${q(p.alpha.nbdDevice)}\n`;
   t += `  [[gmd.machine]]\n  machine = "beta"\n  volume = ${q(p.beta.volume)}\n  state_map = ${q(p.beta.stateMap)}\n  role = "secondary"\n  nbd_listen = ${q(p.beta.nbdListen)}\n`;
   return t;
+}
+
+export interface VmPair {
+  pair: Omit<GmdPair, 'keyFile'>;
+  /** The host's view of the configuration (beta runs with it). */
+  hostCfg: string;
+  /** For bootVm: the forwarded UDP port through which the host reaches alpha in the guest. */
+  udpIn: Array<{ guest: number; host: number }>;
+}
+
+/**
+ * What the scenarios with alpha (primary, /dev/nbd0) in the guest and beta (secondary) on the host
+ * share: a fresh cluster key in the job folder and the test folder, the guest's view of the
+ * configuration in job/georm.toml and the host's in dir/georm.toml, beta's run dir, and beta's
+ * volume (sparse, `betaSizeMb`). UDP: the guest binds 10.0.2.15:GA and reaches the host's beta as
+ * 10.0.2.2:PB (slirp NAT); the host reaches the guest through 127.0.0.1:HF forwarded to 10.0.2.15:GA.
+ */
+export async function setupVmPair(dir: string, job: string, o: { mode: string; alphaVolume: string; alphaMap: string; betaSizeMb: number; alphaNbdListen?: string[] }): Promise<VmPair> {
+  const key = randomBytes(32).toString('hex') + '\n';
+  writeFileSync(join(job, 'cluster.key'), key, { mode: 0o600 });
+  writeFileSync(join(dir, 'cluster.key'), key, { mode: 0o600 });
+  const GA = 7400;
+  // A TCP-free port is a good guess for UDP on loopback; the GMD reports a clear error if it is taken.
+  const PB = await freePort();
+  const HF = await freePort();
+  const pair = {
+    gmd: 'vm0gmd', mode: o.mode,
+    alpha: { volume: o.alphaVolume, stateMap: o.alphaMap, runDir: '/tmp/run', nbdDevice: '/dev/nbd0', nbdListen: o.alphaNbdListen ?? [] },
+    beta: { volume: join(dir, 'beta.img'), stateMap: join(dir, 'beta.map'), runDir: join(dir, 'run'), nbdListen: [`unix:${join(dir, 'run', 'beta.nbd')}`] },
+  };
+  writeFileSync(join(job, 'georm.toml'), renderPairConfig({ ...pair, keyFile: '/job/cluster.key' },
+    { alpha: { address: '10.0.2.15', port: GA }, beta: { address: '10.0.2.2', port: PB } }));
+  const hostCfg = join(dir, 'georm.toml');
+  writeFileSync(hostCfg, renderPairConfig({ ...pair, keyFile: join(dir, 'cluster.key') },
+    { alpha: { address: '127.0.0.1', port: HF }, beta: { address: '127.0.0.1', port: PB } }));
+  mkdirSync(join(dir, 'run'));
+  writeFileSync(pair.beta.volume, '');
+  truncateSync(pair.beta.volume, o.betaSizeMb * 1024 * 1024);
+  return { pair, hostCfg, udpIn: [{ guest: GA, host: HF }] };
+}
+
+/**
+ * beta (the secondary) on the host: `georm gmd run vm0gmd --machine beta …`, registered with `track`,
+ * output collected. `available()` waits until beta's GMD is AVAILABLE: boot the guest only then, or
+ * beta's start may meet alpha while alpha is still DEFINED, and a DEFINED GMD reports mode "mwc"
+ * whatever its definition says (device.ts info()), which refuses the start of a sync or async pair.
+ */
+export function runHostBeta(hostCfg: string, runDir: string, track: (c: ChildProcess) => void, extra: string[]):
+  { child: ChildProcess; log: () => string; available: () => Promise<void> } {
+  let text = '';
+  const child = spawn(process.execPath, [GEORM_BIN, 'gmd', 'run', 'vm0gmd', '--config', hostCfg, '--machine', 'beta', ...extra],
+    { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, GEORM_LOG_LEVEL: 'warn' } });
+  track(child);
+  child.stdout!.setEncoding('utf8').on('data', (d: string) => { text += d; });
+  child.stderr!.setEncoding('utf8').on('data', (d: string) => { text += d; });
+  const available = async (): Promise<void> => {
+    const deadline = Date.now() + 60_000;
+    for (;;) {
+      if (child.exitCode !== null || child.signalCode !== null) throw new Error(`beta exited (${child.exitCode}): ${text.slice(-2000)}`);
+      const s = await callControl(join(runDir, 'vm0gmd.sock'), 'status', {}, 2000).catch(() => null) as { state?: string } | null;
+      if (s?.state === 'AVAILABLE') return;
+      if (Date.now() > deadline) throw new Error(`beta not AVAILABLE within 60 s: ${text.slice(-2000)}`);
+      await new Promise((r) => setTimeout(r, 200));
+    }
+  };
+  return { child, log: () => text, available };
 }

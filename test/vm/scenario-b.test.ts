@@ -1,16 +1,12 @@
 import t from 'tap';
-import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
-import { randomBytes } from 'node:crypto';
-import { spawn } from 'node:child_process';
+import { existsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { bootVm, dumpJobFile, markers, stageRepo, vmUnavailable } from '../../scripts/vm/vm.js';
-import { demoAvailable, freePort, geormAvailable } from '../../scripts/vm/host.js';
-import { crashAttached, filesystemWorkload, geormAttach, geormDetach } from '../../scripts/vm/jobs.js';
+import { demoAvailable, geormAvailable } from '../../scripts/vm/host.js';
+import { crashAttached, filesystemWorkload, geormAttach, geormDetach, gmdWaitAttached } from '../../scripts/vm/jobs.js';
 import { missingTools, ROOT } from '../helpers/env.js';
 import { checkFilesystemRun, sha256File, vmWorkspace } from './helpers.js';
-import { renderPairConfig } from './gmd-config.js';
-import { GEORM_BIN } from '../helpers/env.js';
-import { runCmd } from '../helpers/proc.js';
+import { runHostBeta, setupVmPair } from './gmd-config.js';
 
 /**
  * Scenario (b): georm runs inside the guest (Node, the compiled code and the built addon copied in)
@@ -47,61 +43,27 @@ t.test('GMD primary inside the guest attaches /dev/nbd0 itself, its secondary on
   { skip: skip || (!demoAvailable() && 'GMD not built yet (gmd module)'), timeout: 400_000 }, async (t) => {
   const { dir, job, images, track } = await vmWorkspace(t, 'georm-vm-b-gmd-');
   await stageRepo(join(job, 'georm'));
-  const key = randomBytes(32).toString('hex') + '\n';
-  writeFileSync(join(job, 'cluster.key'), key, { mode: 0o600 });
-  writeFileSync(join(dir, 'cluster.key'), key, { mode: 0o600 });
-  // UDP: the guest binds 10.0.2.15:GA and reaches the host's beta as 10.0.2.2:PB (slirp NAT); the
-  // host reaches the guest through a forwarded port 127.0.0.1:HF → 10.0.2.15:GA.
-  const GA = 7400;
-  const PB = await freeUdpBase();
-  const HF = await freeUdpBase();
-  const pair = {
-    gmd: 'vm0gmd', mode: 'mwc',
-    alpha: { volume: '/job/alpha.img', stateMap: '/job/alpha.map', runDir: '/tmp/run', nbdDevice: '/dev/nbd0', nbdListen: [] as string[] },
-    beta: { volume: join(dir, 'beta.img'), stateMap: join(dir, 'beta.map'), runDir: join(dir, 'run'), nbdListen: [`unix:${join(dir, 'run', 'beta.nbd')}`] },
-  };
-  writeFileSync(join(job, 'georm.toml'), renderPairConfig({ ...pair, keyFile: '/job/cluster.key' },
-    { alpha: { address: '10.0.2.15', port: GA }, beta: { address: '10.0.2.2', port: PB } }));
-  const hostCfg = join(dir, 'georm.toml');
-  writeFileSync(hostCfg, renderPairConfig({ ...pair, keyFile: join(dir, 'cluster.key') },
-    { alpha: { address: '127.0.0.1', port: HF }, beta: { address: '127.0.0.1', port: PB } }));
-  mkdirSync(join(dir, 'run'));
-  const r0 = await runCmd('truncate', ['-s', '96M', pair.beta.volume]);
-  t.equal(r0.code, 0);
+  const { pair, hostCfg, udpIn } = await setupVmPair(dir, job, { mode: 'mwc', alphaVolume: '/job/alpha.img', alphaMap: '/job/alpha.map', betaSizeMb: 96 });
   // The secondary starts first (alpha still down), so the primary finds an AVAILABLE peer.
-  const beta = spawn(process.execPath, [GEORM_BIN, 'gmd', 'run', 'vm0gmd', '--config', hostCfg, '--machine', 'beta', '--start', '--down', 'alpha'],
-    { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, GEORM_LOG_LEVEL: 'warn' } });
-  track(beta);
-  let betaLog = '';
-  beta.stdout!.setEncoding('utf8').on('data', (d: string) => { betaLog += d; });
-  beta.stderr!.setEncoding('utf8').on('data', (d: string) => { betaLog += d; });
+  const { child: beta, log: betaLog, available } = runHostBeta(hostCfg, pair.beta.runDir, track, ['--start', '--down', 'alpha']);
+  await available();
   writeFileSync(join(job, 'run.sh'), `set -e
 truncate -s 96M /job/alpha.img
 mkdir -p /tmp/run
 node /job/georm/bin/georm.js gmd run vm0gmd --config /job/georm.toml --machine alpha --start >/tmp/gmd.out 2>/tmp/gmd.err &
 GEORM_PID=$!
-i=0; while [ "$(cat /sys/block/nbd0/size)" = "0" ]; do
-  i=$((i+1)); if [ $i -gt 900 ]; then echo "attach timed out"; tail -20 /tmp/gmd.err; exit 1; fi
-  if ! kill -0 $GEORM_PID 2>/dev/null; then echo "georm gmd exited"; tail -20 /tmp/gmd.out /tmp/gmd.err; exit 1; fi
-  sleep 0.1
-done
-echo "OK attached /dev/nbd0 $(cat /sys/block/nbd0/size) sectors"
+${gmdWaitAttached()}echo "OK attached /dev/nbd0 $(cat /sys/block/nbd0/size) sectors"
 ${filesystemWorkload()}${geormDetach()}
 echo "VOLSHA $(sha256sum /job/alpha.img | cut -d' ' -f1)"
 `);
   const res = await bootVm({ images, jobDir: job, workDir: join(dir, 'vm'), timeoutMs: 360_000, jobSpaceMb: 160,
-    udpIn: [{ guest: GA, host: HF }], track });
+    udpIn, track });
   // Stop the secondary cleanly, then compare.
   if (beta.exitCode === null) { beta.kill('SIGTERM'); await new Promise((r) => beta.once('exit', r)); }
   t.match(res.console, /OK attached \/dev\/nbd0 196608 sectors/, 'the GMD attached the whole device');
   t.match(res.console, /EXPORT-EXIT 0/, 'the GMD exits 0 on SIGTERM after detaching');
   const alpha = join(dir, 'alpha.img');
   if (res.exitCode === 0) await dumpJobFile(res.jobImage, '/alpha.img', alpha);
-  if (res.exitCode !== 0) t.comment(`secondary log: ${betaLog.slice(-3000)}`);
+  if (res.exitCode !== 0) t.comment(`secondary log: ${betaLog().slice(-3000)}`);
   await checkFilesystemRun(t, 'scenario-b-gmd', res, res.exitCode === 0 ? [alpha, pair.beta.volume] : []);
 });
-
-async function freeUdpBase(): Promise<number> {
-  // A TCP-free port is a good guess for UDP on loopback; the GMD reports a clear error if it is taken.
-  return freePort();
-}
