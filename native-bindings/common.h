@@ -6,6 +6,15 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* For N-API calls that fail only on a programming error: throw and return NULL from the binding. */
+#define CHECK(call)                                                                                  \
+  do {                                                                                               \
+    if ((call) != napi_ok) {                                                                         \
+      napi_throw_error(env, "EINTERNAL", "georm_native: N-API call failed: " #call);                 \
+      return NULL;                                                                                   \
+    }                                                                                                \
+  } while (0)
+
 /* Builds an Error with code (errno name), errno, syscall and optional path; hint is appended to the message. */
 napi_value make_errno_error(napi_env env, int err, const char *syscall, const char *path, const char *hint);
 /* Throws make_errno_error(...) and returns NULL (for `return throw_errno(...)`). */

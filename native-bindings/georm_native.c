@@ -48,14 +48,6 @@
 #define FALLOC_FL_ZERO_RANGE 0x10
 #endif
 
-#define CHECK(call)                                                                                  \
-  do {                                                                                               \
-    if ((call) != napi_ok) {                                                                         \
-      napi_throw_error(env, "EINTERNAL", "georm_native: N-API call failed: " #call);                 \
-      return NULL;                                                                                   \
-    }                                                                                                \
-  } while (0)
-
 /* ---- errors --------------------------------------------------------------------------------- */
 
 static const char *errno_name(int err) {

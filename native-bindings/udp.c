@@ -62,14 +62,6 @@
 /* Receive statuses reported per packet (src/native/udp.ts mirrors them). */
 enum { ST_OK = 0, ST_AUTH = 1, ST_SHORT = 2, ST_TRUNCATED = 3 };
 
-#define NCHECK(call)                                                                                 \
-  do {                                                                                               \
-    if ((call) != napi_ok) {                                                                         \
-      napi_throw_error(env, "EINTERNAL", "georm_native: N-API call failed: " #call);                 \
-      return NULL;                                                                                   \
-    }                                                                                                \
-  } while (0)
-
 /* ---- HMAC-SHA-256 ---------------------------------------------------------------------------- */
 
 /* SHA-256 states after absorbing K ⊕ ipad and K ⊕ opad (RFC 2104): two struct copies per packet. */
@@ -117,7 +109,7 @@ static void mac_finalize(napi_env env, void *data, void *hint) {
 static napi_value MacKey(napi_env env, napi_callback_info info) {
   size_t argc = 1;
   napi_value argv[1], out;
-  NCHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   void *key;
   size_t len;
   if (argc < 1 || napi_get_buffer_info(env, argv[0], &key, &len) != napi_ok || len == 0) {
@@ -127,7 +119,7 @@ static napi_value MacKey(napi_env env, napi_callback_info info) {
   mac_key *k = malloc(sizeof *k);
   if (!k) return throw_errno(env, ENOMEM, "malloc", NULL, NULL);
   mac_init(k, key, len);
-  NCHECK(napi_create_external(env, k, mac_finalize, NULL, &out));
+  CHECK(napi_create_external(env, k, mac_finalize, NULL, &out));
   return out;
 }
 
@@ -239,7 +231,7 @@ static void set_buf(int fd, int opt_force, int opt, int bytes) {
 static napi_value UdpAddress(napi_env env, napi_callback_info info) {
   size_t argc = 3;
   napi_value argv[3], out;
-  NCHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   bool ipv6 = false;
   char address[INET6_ADDRSTRLEN + 1];
   int32_t port;
@@ -252,7 +244,7 @@ static napi_value UdpAddress(napi_env env, napi_callback_info info) {
     return NULL;
   }
   void *data;
-  NCHECK(napi_create_buffer_copy(env, len, &ss, &data, &out));
+  CHECK(napi_create_buffer_copy(env, len, &ss, &data, &out));
   return out;
 }
 
@@ -263,7 +255,7 @@ static napi_value UdpAddress(napi_env env, napi_callback_info info) {
 static napi_value UdpOpen(napi_env env, napi_callback_info info) {
   size_t argc = 4;
   napi_value argv[4], out, v;
-  NCHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   bool ipv6 = false;
   char address[INET6_ADDRSTRLEN + 1];
   int32_t port, bufbytes;
@@ -312,8 +304,8 @@ static napi_value UdpOpen(napi_env env, napi_callback_info info) {
   int bport = port;
   if (getsockname(fd, (struct sockaddr *)&bound, &blen) == 0)
     bport = ntohs(bound.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&bound)->sin6_port : ((struct sockaddr_in *)&bound)->sin_port);
-  NCHECK(napi_create_array_with_length(env, 4, &out));
-  NCHECK(napi_create_external(env, s, sock_finalize, NULL, &v));
+  CHECK(napi_create_array_with_length(env, 4, &out));
+  CHECK(napi_create_external(env, s, sock_finalize, NULL, &v));
   napi_set_element(env, out, 0, v);
   napi_create_int32(env, bport, &v);
   napi_set_element(env, out, 1, v);
@@ -421,13 +413,13 @@ static void on_readable(uv_poll_t *h, int status, int events) {
 
 /*
  * udpRecvStart(sock, recvBuffer, meta: Uint32Array, key: External|null, onBatch(count)): starts
- * delivering. recvBuffer holds up to 64 slots of 64 KiB (its size decides how many); meta receives (offset, length, status)
- * triples.
+ * delivering. recvBuffer holds up to 64 slots of 64 KiB (its size decides how many); meta receives
+ * (offset, length, status) triples.
  */
 static napi_value UdpRecvStart(napi_env env, napi_callback_info info) {
   size_t argc = 5;
   napi_value argv[5], name;
-  NCHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   udp_sock *s = arg_sock(env, argv[0]);
   if (!s) return NULL;
   if (s->receiving) {
@@ -461,11 +453,11 @@ static napi_value UdpRecvStart(napi_env env, napi_callback_info info) {
     s->key = *(mac_key *)key;
     s->has_key = 1;
   }
-  NCHECK(napi_create_reference(env, argv[4], 1, &s->on_batch));
-  NCHECK(napi_create_reference(env, argv[1], 1, &s->rbuf_ref));
-  NCHECK(napi_create_reference(env, argv[2], 1, &s->meta_ref));
-  NCHECK(napi_create_string_utf8(env, "georm:udp", NAPI_AUTO_LENGTH, &name));
-  NCHECK(napi_async_init(env, NULL, name, &s->actx));
+  CHECK(napi_create_reference(env, argv[4], 1, &s->on_batch));
+  CHECK(napi_create_reference(env, argv[1], 1, &s->rbuf_ref));
+  CHECK(napi_create_reference(env, argv[2], 1, &s->meta_ref));
+  CHECK(napi_create_string_utf8(env, "georm:udp", NAPI_AUTO_LENGTH, &name));
+  CHECK(napi_async_init(env, NULL, name, &s->actx));
   s->receiving = 1;
   int r = uv_poll_start(&s->poll, UV_READABLE, on_readable);
   if (r != 0) return throw_errno(env, -r, "uv_poll_start", NULL, NULL);
@@ -499,7 +491,7 @@ static size_t gso_run(const uint32_t *meta, size_t i, size_t count) {
 static napi_value UdpSend(napi_env env, napi_callback_info info) {
   size_t argc = 6;
   napi_value argv[6], out;
-  NCHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   udp_sock *s = arg_sock(env, argv[0]);
   if (!s) return NULL;
   void *buf, *metav, *addr, *key = NULL;
@@ -575,7 +567,7 @@ static napi_value UdpSend(napi_env env, napi_callback_info info) {
     /* A partial count means message r failed; the next round starts there and sees its error. */
     for (int k = 0; k < r; k++) pi += s->spkts[k];
   }
-  NCHECK(napi_create_uint32(env, (uint32_t)pi, &out));
+  CHECK(napi_create_uint32(env, (uint32_t)pi, &out));
   return out;
 }
 
@@ -583,7 +575,7 @@ static napi_value UdpSend(napi_env env, napi_callback_info info) {
 static napi_value UdpClose(napi_env env, napi_callback_info info) {
   size_t argc = 1;
   napi_value argv[1];
-  NCHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   void *p = NULL;
   if (napi_get_value_external(env, argv[0], &p) != napi_ok || !p) {
     napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "not a georm UDP socket");
@@ -597,10 +589,10 @@ static napi_value UdpClose(napi_env env, napi_callback_info info) {
 static napi_value UdpInfo(napi_env env, napi_callback_info info) {
   size_t argc = 1;
   napi_value argv[1], out, v;
-  NCHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   udp_sock *s = arg_sock(env, argv[0]);
   if (!s) return NULL;
-  NCHECK(napi_create_array_with_length(env, 2, &out));
+  CHECK(napi_create_array_with_length(env, 2, &out));
   napi_get_boolean(env, s->gso, &v);
   napi_set_element(env, out, 0, v);
   napi_get_boolean(env, s->gro, &v);
