@@ -1,5 +1,5 @@
 import type { Backend, BackendFlags, WriteOptions, ZeroOptions } from '../../nbd/backend.js';
-import { getBuffer } from '../../nbd/protocol/buffer-pool.js';
+import { getReusableBuffer, releaseBuffer } from '../../nbd/protocol/buffer-pool.js';
 import { GeormError } from '../util/errors.js';
 import { isMode, isRole } from '../config/vocabulary.js';
 import type { Logger } from '../util/log.js';
@@ -79,12 +79,12 @@ export interface GmdStatus {
 }
 
 /**
- * A copy of an async write's data that the queued remote write owns. Small copies are carved from
- * the NBD layer's 1 MiB slabs: Buffer.from() would make one ArrayBuffer (external memory the GC has
- * to track and sweep) per 4 KiB write. A slab is freed by the GC once every piece of it is gone.
+ * A copy of an async write's data that the queued remote write owns, from the NBD layer's reusable
+ * buffers (given back when the remote write is done): Buffer.from() would make fresh external
+ * memory per write, which V8 counts towards its next full GC.
  */
 function ownCopy(data: Buffer): Buffer {
-  const b = getBuffer(data.length);
+  const b = getReusableBuffer(data.length);
   data.copy(b, 0, 0, data.length);
   return b;
 }
@@ -753,13 +753,17 @@ export class GeoMirrorDevice implements Backend {
     return new Promise((resolve) => this.asyncRemoteCb(res, peer, first, last, offset, data, flags, keepStale, resolve));
   }
 
-  /** Queues the remote copy of an async write (in write order, pipelined) and counts its bytes in flight. */
+  /**
+   * Queues the remote copy of an async write (in write order, pipelined) and counts its bytes in flight.
+   * `data` is an ownCopy(): given back for reuse once the remote write is answered.
+   */
   private asyncRemoteCb(res: GmdResources, peer: string, first: number, last: number, offset: number, data: Buffer, flags: number, keepStale: boolean, cb?: () => void): void {
     const len = data.length;
     this.asyncInflight += len;
     this.stats.asyncInflightBytes = this.asyncInflight;
     if (this.asyncInflight > this.stats.asyncInflightMax) this.stats.asyncInflightMax = this.asyncInflight;
     this.remoteCb(peer, KIND_APP, offset, data, flags, (ok) => {
+      releaseBuffer(data);
       if (ok && !keepStale) res.map.endWrite(first, last, 'both'); else this.markLocalOnly(res.map, first, last);
       this.asyncInflight -= len;
       this.stats.asyncInflightBytes = this.asyncInflight;
