@@ -4,9 +4,11 @@
   "targets": [
     {
       "target_name": "georm_native",
-      "sources": ["native-bindings/georm_native.c"],
-      "cflags": ["-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter", "-O2"],
+      "sources": ["native-bindings/georm_native.c", "native-bindings/udp.c"],
+      "cflags": ["-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter", "-O2", "-fvisibility=hidden"],
       "defines": ["_GNU_SOURCE", "NAPI_VERSION=8"],
+      # SHA-256 for the GeoMessage MAC (udp.c) resolves against the OpenSSL inside the node binary
+      # (official and NodeSource builds export it; distribution builds load libcrypto globally).
       "conditions": [
         ["OS!='linux'", { "type": "none" }]
       ]

@@ -7,6 +7,7 @@
  *   sdNotify                sendto() on a unix datagram socket    systemd Type=notify
  *   socketpair              socketpair(AF_UNIX, SOCK_STREAM)      /dev/nbdN attach
  *   nbdAttach / nbdDetach   NBD_SET_SOCK … NBD_DO_IT / NBD_DISCONNECT + NBD_CLEAR_SOCK
+ *   udp* / macKey           GeoMessage datagram batches (udp.c)
  *
  * Written on node_api.h only (ABI-stable across Node 20/22/24). Every failure throws an Error whose
  * `code` is the errno name, `errno` the positive errno number, plus `syscall` and (where there is
@@ -19,6 +20,8 @@
 #define NAPI_VERSION 8
 #endif
 #include <node_api.h>
+
+#include "common.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -71,7 +74,7 @@ static const char *nbd_hint(const char *syscall, int err) {
   return "";
 }
 
-static napi_value make_errno_error(napi_env env, int err, const char *syscall, const char *path, const char *hint) {
+napi_value make_errno_error(napi_env env, int err, const char *syscall, const char *path, const char *hint) {
   char msg[512];
   if (path)
     snprintf(msg, sizeof msg, "%s %s: %s%s", syscall, path, strerror(err), hint ? hint : "");
@@ -93,14 +96,14 @@ static napi_value make_errno_error(napi_env env, int err, const char *syscall, c
   return error;
 }
 
-static napi_value throw_errno(napi_env env, int err, const char *syscall, const char *path, const char *hint) {
+napi_value throw_errno(napi_env env, int err, const char *syscall, const char *path, const char *hint) {
   napi_throw(env, make_errno_error(env, err, syscall, path, hint));
   return NULL;
 }
 
 /* ---- argument helpers ----------------------------------------------------------------------- */
 
-static int arg_int(napi_env env, napi_value v, const char *what, int32_t *out) {
+int arg_int(napi_env env, napi_value v, const char *what, int32_t *out) {
   if (napi_get_value_int32(env, v, out) != napi_ok) {
     char m[128];
     snprintf(m, sizeof m, "%s must be a number", what);
@@ -123,7 +126,7 @@ static int arg_off(napi_env env, napi_value v, const char *what, int64_t *out) {
   return 1;
 }
 
-static int arg_str(napi_env env, napi_value v, const char *what, char *buf, size_t len) {
+int arg_str(napi_env env, napi_value v, const char *what, char *buf, size_t len) {
   size_t got;
   if (napi_get_value_string_utf8(env, v, buf, len, &got) != napi_ok) {
     char m[128];
@@ -510,6 +513,7 @@ static napi_value Init(napi_env env, napi_value exports) {
     { "nbdDetach", NULL, NbdDetach, NULL, NULL, NULL, napi_enumerable, NULL },
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
+  georm_udp_define(env, exports);
   return exports;
 }
 

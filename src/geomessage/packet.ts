@@ -110,15 +110,27 @@ export function writeHeader(buf: Buffer, h: PacketHeader, o = 0): void {
   buf.writeUInt16BE(h.fragLen, o + 50);
 }
 
+/** Bytes of an ack block carrying `pairs` ranges. */
+export function ackBlockBytes(pairs: number): number {
+  return 2 + Math.min(pairs, MAX_ACK_RANGES) * 8;
+}
+
+/** Writes the first `pairs` ranges (flat high/low pairs, newest first) as an ack block at `o`; returns its length. */
+export function writeAckBlock(b: Buffer, o: number, ranges: readonly number[], pairs: number): number {
+  const n = Math.min(pairs, ranges.length >> 1, MAX_ACK_RANGES);
+  b.writeUInt16BE(n, o);
+  for (let i = 0; i < n; i++) {
+    b.writeUInt32BE(ranges[2 * i]!, o + 2 + i * 8);
+    b.writeUInt32BE(ranges[2 * i + 1]!, o + 6 + i * 8);
+  }
+  return 2 + n * 8;
+}
+
 /** Encodes ack ranges (flat high/low pairs, newest first) into a fresh buffer. */
 export function encodeAckBlock(ranges: readonly number[]): Buffer {
   const n = Math.min(ranges.length >> 1, MAX_ACK_RANGES);
-  const b = Buffer.allocUnsafe(2 + n * 8);
-  b.writeUInt16BE(n, 0);
-  for (let i = 0; i < n; i++) {
-    b.writeUInt32BE(ranges[2 * i]!, 2 + i * 8);
-    b.writeUInt32BE(ranges[2 * i + 1]!, 6 + i * 8);
-  }
+  const b = Buffer.allocUnsafe(ackBlockBytes(n));
+  writeAckBlock(b, 0, ranges, n);
   return b;
 }
 
@@ -251,6 +263,16 @@ export function openPacket(key: Buffer, buf: Buffer): DecodedPacket | DropReason
   if (n < HEADER_BYTES + TAG_BYTES) return 'short';
   if (n > MAX_PACKET) return 'malformed';
   if (!authFor(key).verify(buf)) return 'auth';
+  return decodePacket(buf);
+}
+
+/**
+ * Decodes a packet whose tag has been verified (by openPacket, or by the native wire in C). Checks
+ * every length against the buffer; the tag bytes at the end are skipped.
+ */
+export function decodePacket(buf: Buffer): DecodedPacket | DropReason {
+  const n = buf.length;
+  if (n < HEADER_BYTES + TAG_BYTES) return 'short';
   if (buf[0] !== VERSION) return 'version';
   const type = buf[1]!;
   const flags = buf[2]!;

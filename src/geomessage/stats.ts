@@ -51,6 +51,8 @@ export interface DropStats {
 export interface NetworkStats {
   network: string;
   local: string;
+  /** How packets move on this network: 'dgram', or 'native' with '+gso' / '+gro' when the kernel batches. */
+  io: string;
   mtu: number;
   packetsOut: number;
   packetsIn: number;

@@ -1,18 +1,16 @@
-import { createSocket, type Socket } from 'node:dgram';
 import { EventEmitter } from 'node:events';
-import { isIP, isIPv6 } from 'node:net';
-import { lookup as dnsLookup, type LookupOneOptions } from 'node:dns';
 import { performance } from 'node:perf_hooks';
 import { silentLogger, type Logger } from '../util/log.js';
 import { GeoMessageError, type GeoMessageErrorCode } from './errors.js';
 import {
-  buildPacket, encodeAckBlock, fragmentPayloadSize, machineId, openPacket, HEADER_BYTES, TAG_BYTES, IP_UDP_OVERHEAD,
+  ackBlockBytes, decodePacket, fragmentPayloadSize, machineId, openPacket, writeAckBlock, writeHeader, HEADER_BYTES, TAG_BYTES, IP_UDP_OVERHEAD,
   F_ACKS, F_ERROR, F_ORDERED, F_REPLY, F_REQUEST, T_ACK, T_DATA, T_PING, T_PONG,
   type DecodedPacket, type DropReason, type PacketHeader,
 } from './packet.js';
 import { ReceivedRanges, ReplayWindow } from './replay.js';
 import { RttEstimator } from './rtt.js';
 import { emptyDrops, type DropStats, type GeoMessageStats, type MachineStats, type NetworkStats } from './stats.js';
+import { openWire, type PacketOut, type ReceivedStatus, type Wire, type WireChoice } from './wire.js';
 
 export interface NetworkEndpoint { network: string; address: string; port: number; mtu?: number }
 export interface PeerSpec { machine: string; endpoints: NetworkEndpoint[]; promoteFailureTimeoutMs: number /* 0 = never */ }
@@ -27,7 +25,11 @@ export interface GeoMessageOptions {
   keepaliveMs?: number;
   /** A network with no packet from a peer for this long is down for that peer; default 3 × keepaliveMs. */
   networkTimeoutMs?: number;
-  /** Maximum data packets in flight per peer; default 1024. */
+  /**
+   * Maximum data packets in flight per peer; default 4096 (windowBytes bounds it first: 4 MiB is
+   * about 2990 packets at MTU 1500, enough to keep a 1 Gbit/s link busy across a few ms of receiver
+   * latency).
+   */
   windowPackets?: number;
   /** Maximum bytes in flight per peer (keeps a burst within the peer's socket buffer); default 4 MiB. */
   windowBytes?: number;
@@ -45,6 +47,12 @@ export interface GeoMessageOptions {
   maxMessageBytes?: number;
   /** Override the incarnation number (tests); default: deciseconds since 2025-01-01. */
   epoch?: number;
+  /**
+   * Datagram layer (wire.ts): 'native' batches through the addon (sendmmsg/GSO, recvmmsg/GRO, tags in
+   * C), 'dgram' is Node's one-send-per-packet path; default 'auto' (native when the addon has it;
+   * GEORM_GEOMSG_IO=dgram|native overrides 'auto'). Both speak the same wire format.
+   */
+  io?: WireChoice;
 }
 export type Payload = Buffer | readonly Buffer[];
 export interface IncomingMessage { peer: string; service: number; payload: Buffer; ordered: boolean }
@@ -118,7 +126,7 @@ interface Net {
   index: number;
   spec: NetworkEndpoint;
   mtu: number;
-  socket: Socket;
+  wire: Wire;
   c: NetCounters;
 }
 
@@ -126,6 +134,8 @@ interface Link {
   net: Net;
   address: string;
   port: number;
+  /** Where this link's packets are written (batched per destination on the native wire). */
+  out: PacketOut;
   rtt: RttEstimator;
   up: boolean;
   lastHeard: number;
@@ -203,13 +213,6 @@ function isAcked(m: OutMsg, frag: number): boolean {
   return m.acked ? m.acked[frag] === 1 : m.ackedCount > 0;
 }
 
-type LookupCb = (err: NodeJS.ErrnoException | null, address: string, family: number) => void;
-function fastLookup(host: string, opts: unknown, cb: LookupCb): void {
-  const family = isIP(host);
-  if (family) cb(null, host, family);
-  else dnsLookup(host, opts as LookupOneOptions, cb);
-}
-
 function toBuffer(p: Payload): Buffer {
   if (Buffer.isBuffer(p)) return p;
   const arr = p as readonly Buffer[];
@@ -254,7 +257,7 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
     this.epoch = opts.epoch ?? defaultEpoch();
     this.keepaliveMs = opts.keepaliveMs ?? 1000;
     this.networkTimeoutMs = opts.networkTimeoutMs ?? 3 * this.keepaliveMs;
-    this.window = opts.windowPackets ?? 1024;
+    this.window = opts.windowPackets ?? 4096;
     this.rtoMin = opts.rtoMinMs ?? 20;
     this.rtoMax = opts.rtoMaxMs ?? 2000;
     this.maxMessage = opts.maxMessageBytes ?? 64 << 20;
@@ -266,7 +269,7 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
     try {
       await this.openInner();
     } catch (err) {
-      for (const n of this.nets) n.socket.close();
+      for (const n of this.nets) void n.wire.close();
       this.nets.length = 0;
       throw err;
     }
@@ -288,34 +291,26 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
     for (const [i, ep] of o.endpoints.entries()) {
       const mtu = ep.mtu ?? 1500;
       if (fragmentPayloadSize(mtu) < 64) throw new GeoMessageError('GEOMSG_ERR_CONFIG', `network ${ep.network}: MTU ${mtu} too small`);
-      // Peer addresses are IP literals almost always: resolve them synchronously. dns.lookup would
-      // answer an IP literal on the next tick, costing a tick and a closure per packet.
-      const socket = createSocket({ type: isIPv6(ep.address) ? 'udp6' : 'udp4', lookup: fastLookup });
-      const net: Net = {
-        index: i, spec: ep, mtu, socket,
-        c: { packetsOut: 0, packetsIn: 0, bytesOut: 0, bytesIn: 0, resends: 0, timeouts: 0, failures: 0, duplicates: 0, other: 0, dropped: emptyDrops() },
-      };
-      socket.on('message', (buf, rinfo) => {
-        try {
-          this.onPacket(net, buf, rinfo.size);
-        } catch (err) {
-          // A bug must not take the process (and its GMD) down on one odd packet: count and log it.
-          net.c.dropped.malformed++;
-          this.log.error({ err, network: ep.network }, 'packet handling failed');
-        }
-      });
-      // Sends are fire-and-forget: an error (ENETUNREACH on a cut link, ENOBUFS) is a lost packet that
-      // retransmission recovers; it is counted, never thrown.
-      socket.on('error', (err) => { net.c.failures++; this.log.debug({ err, network: ep.network }, 'socket error'); });
-      await new Promise<void>((resolve, reject) => {
-        socket.once('error', reject);
-        socket.bind(ep.port, ep.address, () => { socket.off('error', reject); resolve(); });
-      }).catch((err: unknown) => {
-        socket.close();
+      const c: NetCounters = { packetsOut: 0, packetsIn: 0, bytesOut: 0, bytesIn: 0, resends: 0, timeouts: 0, failures: 0, duplicates: 0, other: 0, dropped: emptyDrops() };
+      let wire: Wire;
+      try {
+        wire = await openWire(o.io ?? 'auto', {
+          address: ep.address, port: ep.port, bufferBytes: o.socketBufferBytes ?? 8 << 20, key: this.key,
+          onPacket: (buf, status) => {
+            try {
+              this.onPacket(net, buf, status);
+            } catch (err) {
+              // A bug must not take the process (and its GMD) down on one odd packet: count and log it.
+              c.dropped.malformed++;
+              this.log.error({ err, network: ep.network }, 'packet handling failed');
+            }
+          },
+          onSendFailure: (count, err) => { c.failures += count; this.log.debug({ err, network: ep.network, count }, 'send failed'); },
+        });
+      } catch (err) {
         throw new GeoMessageError('GEOMSG_ERR_CONFIG', `cannot bind ${ep.address}:${ep.port} for network ${ep.network}: ${(err as Error).message}`, { cause: err });
-      });
-      const buf = o.socketBufferBytes ?? 8 << 20;
-      try { socket.setRecvBufferSize(buf); socket.setSendBufferSize(buf); } catch { /* clamped or refused: keep defaults */ }
+      }
+      const net: Net = { index: i, spec: ep, mtu, wire, c };
       this.nets.push(net);
     }
     const now = nowMs();
@@ -323,14 +318,14 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
       const links = this.nets.map((net) => {
         const ep = ps.endpoints.find((e) => e.network === net.spec.network);
         if (!ep) return null;
-        const l: Link = { net, address: ep.address, port: ep.port, rtt: new RttEstimator(this.rtoMin, this.rtoMax, 200),
+        const l: Link = { net, address: ep.address, port: ep.port, out: net.wire.out(ep.address, ep.port), rtt: new RttEstimator(this.rtoMin, this.rtoMax, 200),
           up: false, lastHeard: -Infinity, lastProbe: -Infinity, consecutiveTimeouts: 0, minRtt: Infinity, minRttAt: 0 };
         if (ep.mtu && ep.mtu < net.mtu) net.mtu = Math.min(net.mtu, ep.mtu);
         return l;
       });
       if (!links.some((l) => l)) throw new GeoMessageError('GEOMSG_ERR_CONFIG', `peer ${ps.machine} shares no network with ${o.machine}`);
       const peer = new Peer(ps, links, now, this.window);
-      // In-flight bytes stay within windowBytes: with jumbo frames 1024 packets would be 9 MB, more
+      // In-flight bytes stay within windowBytes: with jumbo frames 4096 packets would be 36 MB, more
       // than a receive buffer usually holds.
       peer.maxCwnd = Math.max(16, Math.min(this.window, Math.floor((o.windowBytes ?? 4 << 20) / peer.fragSize)));
       peer.cwnd = Math.min(peer.cwnd, peer.maxCwnd);
@@ -342,7 +337,7 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
     this.tick.unref();
   }
 
-  localPorts(): number[] { return this.nets.map((n) => n.socket.address().port); }
+  localPorts(): number[] { return this.nets.map((n) => n.wire.port); }
 
   handle(service: number, handler: Handler): void {
     if (!Number.isInteger(service) || service < 0 || service >= SVC_TOMBSTONE) {
@@ -377,7 +372,7 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
       this.failAll(p, 'GEOMSG_ERR_CLOSED', 'GeoMessage closed');
       if (p.rtoTimer) clearTimeout(p.rtoTimer);
     }
-    await Promise.all(this.nets.map((n) => new Promise<void>((r) => n.socket.close(() => r()))));
+    await Promise.all(this.nets.map((n) => n.wire.close()));
   }
 
   // ---------------------------------------------------------------- sending
@@ -494,44 +489,51 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
     const h = this.header(peer, T_DATA, msg.flags);
     h.msgId = msg.id; h.corrId = msg.corrId; h.orderSeq = msg.orderSeq; h.totalLen = msg.data.length;
     h.msgFloor = this.msgFloor(peer); h.service = msg.service; h.fragIndex = frag; h.fragCount = msg.fragCount; h.fragLen = chunk.length;
-    let acks: Buffer | null = null;
+    // Acks ride along when there is room (full-size fragments rarely leave any).
+    let ackPairs = 0;
     if (peer.ackPending) {
       const room = link.net.mtu - IP_UDP_OVERHEAD - HEADER_BYTES - TAG_BYTES - chunk.length;
-      const n = Math.min(peer.ranges.r.length >> 1, (room - 2) >> 3);
-      if (n >= 1) {
-        acks = encodeAckBlock(peer.ranges.r.slice(0, n * 2));
+      ackPairs = Math.min(peer.ranges.r.length >> 1, (room - 2) >> 3);
+      if (ackPairs >= 1) {
         h.flags |= F_ACKS;
         peer.ackPending = false;
-      }
+      } else ackPairs = 0;
     }
-    const pkt = buildPacket(this.key, h, chunk, acks);
     peer.intervalSent++;
     peer.inflight.set(h.pseq, { msg, frag, sentAt: nowMs(), link: link.net.index });
-    this.transmit(link, pkt);
+    this.transmit(link, h, chunk, ackPairs ? peer.ranges.r : null, ackPairs);
   }
 
-  private transmit(link: Link, pkt: Buffer): void {
+  /** Writes header, payload and ack block into the link's output; the wire adds the tag and sends. */
+  private transmit(link: Link, h: PacketHeader, payload: Buffer | null, acks: readonly number[] | null, ackPairs: number): void {
+    const plen = payload ? payload.length : 0;
+    const bodyLen = HEADER_BYTES + plen + (acks ? ackBlockBytes(ackPairs) : 0);
+    const out = link.out;
+    const off = out.begin(bodyLen);
+    const b = out.buf;
+    writeHeader(b, h, off);
+    if (plen) payload!.copy(b, off + HEADER_BYTES);
+    if (acks) writeAckBlock(b, off + HEADER_BYTES + plen, acks, ackPairs);
+    out.end();
     const c = link.net.c;
     c.packetsOut++;
-    c.bytesOut += pkt.length;
-    link.net.socket.send(pkt, link.port, link.address);
+    c.bytesOut += bodyLen + TAG_BYTES;
   }
 
   private sendControl(peer: Peer, link: Link, type: number, payload: Buffer | null, withAcks: boolean): void {
     const h = this.header(peer, type, 0);
-    let acks: Buffer | null = null;
-    if (withAcks && peer.ranges.r.length) {
+    const withBlock = withAcks && peer.ranges.r.length > 0;
+    let ackPairs = 0;
+    if (withBlock) {
       const room = link.net.mtu - IP_UDP_OVERHEAD - HEADER_BYTES - TAG_BYTES - (payload ? payload.length : 0);
-      const n = Math.min(peer.ranges.r.length >> 1, (room - 2) >> 3);
-      acks = encodeAckBlock(n * 2 < peer.ranges.r.length ? peer.ranges.r.slice(0, n * 2) : peer.ranges.r);
+      ackPairs = Math.min(peer.ranges.r.length >> 1, (room - 2) >> 3);
       h.flags |= F_ACKS;
       peer.ackPending = false;
     }
     if (type === T_PING && peer.epoch === 0) h.dstEpoch = 0;
     h.fragLen = payload ? payload.length : 0;
-    const pkt = buildPacket(this.key, h, payload, acks);
     link.net.c.other++;
-    this.transmit(link, pkt);
+    this.transmit(link, h, payload, withBlock ? peer.ranges.r : null, ackPairs);
   }
 
   private pingAll(peer: Peer): void {
@@ -787,12 +789,12 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
     net.c.dropped[why]++;
   }
 
-  private onPacket(net: Net, buf: Buffer, size: number): void {
+  private onPacket(net: Net, buf: Buffer, status: ReceivedStatus): void {
     if (this.closed) return;
     const c = net.c;
     c.packetsIn++;
-    c.bytesIn += size;
-    const p = openPacket(this.key, buf);
+    c.bytesIn += buf.length;
+    const p = status === 'checked' ? decodePacket(buf) : status === 'unchecked' ? openPacket(this.key, buf) : status;
     if (typeof p === 'string') return this.drop(net, p);
     if (p.dstMachine !== this.myId) return this.drop(net, 'malformed');
     const peer = this.peersById.get(p.srcMachine);
@@ -947,7 +949,8 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
     let data: Buffer;
     if (p.fragCount === 1) {
       if (p.fragLen !== p.totalLen) return this.drop(net, 'malformed');
-      data = p.payload;
+      // The native wire reuses its receive buffer after the batch: the handler may keep the payload.
+      data = net.wire.stableBuffers ? p.payload : Buffer.from(p.payload);
     } else {
       let r = peer.reasm.get(p.msgId);
       if (!r) {
@@ -1062,7 +1065,8 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
     }));
     const networks: NetworkStats[] = this.nets.map((n) => ({
       network: n.spec.network,
-      local: `${n.spec.address}:${n.socket.address().port}`,
+      local: `${n.spec.address}:${n.wire.port}`,
+      io: n.wire.describe(),
       mtu: n.mtu,
       ...n.c,
       dropped: { ...n.c.dropped },

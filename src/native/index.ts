@@ -20,7 +20,7 @@ import { GeormError } from '../util/errors.js';
 /** Completion callback of the addon's asynchronous calls: undefined on success. */
 type Done = (err?: Error) => void;
 
-interface Addon {
+export interface Addon {
   seekData(fd: number, offset: number): number;
   seekHole(fd: number, offset: number): number;
   punchHole(fd: number, offset: number, length: number): void;
@@ -30,6 +30,14 @@ interface Addon {
   socketpair(): [number, number];
   nbdAttach(device: string, socketFd: number, opts: NbdAttachOptions, onEnd: Done): void;
   nbdDetach(device: string, done: Done): void;
+  // GeoMessage datagram batches (udp.c); wrapped by ./udp.ts
+  macKey(key: Buffer): object;
+  udpAddress(ipv6: boolean, address: string, port: number): Buffer;
+  udpOpen(ipv6: boolean, address: string, port: number, bufferBytes: number): [object, number, boolean, boolean];
+  udpRecvStart(sock: object, recvBuffer: Buffer, meta: Uint32Array, key: object | null, onBatch: (count: number) => void): void;
+  udpSend(sock: object, buf: Buffer, meta: Uint32Array, count: number, sockaddr: Buffer, key: object | null): number;
+  udpInfo(sock: object): [boolean, boolean];
+  udpClose(sock: object): void;
 }
 
 /** Repository root: this file runs from dist/src/native/. */
@@ -55,6 +63,11 @@ const addon = loaded.addon;
 export const nativeAvailable: boolean = addon !== null;
 /** Why the addon is unavailable, or null when it loaded. */
 export const nativeUnavailableReason: string | null = loaded.reason;
+
+/** The loaded addon for the wrappers in this folder (./udp.ts), or null. Not for use outside src/native. */
+export function loadedAddon(): Addon | null {
+  return addon;
+}
 
 function need(): Addon {
   if (!addon) throw new GeormError('NATIVE_UNAVAILABLE', `native addon unavailable: ${loaded.reason}`);

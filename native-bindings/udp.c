@@ -1,0 +1,622 @@
+/*
+ * GeoMessage's datagram I/O in batches (used through src/native/udp.ts by src/geomessage/native-wire.ts).
+ *
+ * With Node's dgram every 1.4 KB packet costs a system call, a JS↔C++ crossing, a request object and,
+ * on receipt, a Buffer and an event: at MTU 1500 that was most of GeoMessage's CPU. Here one call
+ * moves a batch:
+ *
+ *   udpSend     signs the packets laid out back to back in one buffer (HMAC-SHA-256, tag truncated to
+ *               16 bytes, written into the last 16 bytes of each packet) and passes them to the kernel
+ *               with one sendmmsg(). A run of equal-sized, adjacent packets travels as one UDP GSO
+ *               message (UDP_SEGMENT): the kernel, or the NIC, cuts it into ordinary datagrams.
+ *   receiving   a uv_poll watcher drains the socket with recvmmsg(). With UDP_GRO the kernel may hand
+ *               over a coalesced run, cut here at its segment size. Every datagram's tag is checked in
+ *               C, then JS is called once per batch with (offset, length, status) triples in a shared
+ *               Uint32Array; the bytes stay valid only during that call.
+ *
+ * On the wire nothing changes: peers using dgram and peers using this interoperate. The MAC uses the
+ * SHA-256 of the OpenSSL that Node itself carries, with the key's padded blocks hashed once.
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#ifndef NAPI_VERSION
+#define NAPI_VERSION 8
+#endif
+#define OPENSSL_SUPPRESS_DEPRECATED 1
+#include <node_api.h>
+#include <uv.h>
+#include <openssl/crypto.h>
+#include <openssl/sha.h>
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/udp.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "common.h"
+
+#ifndef UDP_SEGMENT
+#define UDP_SEGMENT 103
+#endif
+#ifndef UDP_GRO
+#define UDP_GRO 104
+#endif
+#ifndef SOL_UDP
+#define SOL_UDP 17
+#endif
+
+#define TAG_BYTES 16
+#define MIN_PACKET (52 + TAG_BYTES) /* header + tag: the receiver's "short" limit */
+#define SLOT 65536                  /* one datagram (or one GRO run) per receive slot */
+#define MAX_SEGS 64                 /* kernel limit on segments per GSO message (UDP_MAX_SEGMENTS) */
+#define GSO_MAX_BYTES 65000         /* stay under the 64 KiB IP datagram limit with headers */
+#define SEND_MAX 1024               /* packets per udpSend call */
+#define ROUNDS_PER_WAKEUP 4         /* recvmmsg batches per readiness event: keep the loop fair */
+
+/* Receive statuses reported per packet (src/native/udp.ts mirrors them). */
+enum { ST_OK = 0, ST_AUTH = 1, ST_SHORT = 2, ST_TRUNCATED = 3 };
+
+#define NCHECK(call)                                                                                 \
+  do {                                                                                               \
+    if ((call) != napi_ok) {                                                                         \
+      napi_throw_error(env, "EINTERNAL", "georm_native: N-API call failed: " #call);                 \
+      return NULL;                                                                                   \
+    }                                                                                                \
+  } while (0)
+
+/* ---- HMAC-SHA-256 ---------------------------------------------------------------------------- */
+
+/* SHA-256 states after absorbing K ⊕ ipad and K ⊕ opad (RFC 2104): two struct copies per packet. */
+typedef struct {
+  SHA256_CTX inner, outer;
+} mac_key;
+
+static void mac_init(mac_key *k, const uint8_t *key, size_t len) {
+  uint8_t block[64] = { 0 }, pad[64];
+  if (len > 64) SHA256(key, len, block);
+  else memcpy(block, key, len);
+  for (int i = 0; i < 64; i++) pad[i] = block[i] ^ 0x36;
+  SHA256_Init(&k->inner);
+  SHA256_Update(&k->inner, pad, 64);
+  for (int i = 0; i < 64; i++) pad[i] = block[i] ^ 0x5c;
+  SHA256_Init(&k->outer);
+  SHA256_Update(&k->outer, pad, 64);
+  OPENSSL_cleanse(block, sizeof block);
+  OPENSSL_cleanse(pad, sizeof pad);
+}
+
+static void mac_tag(const mac_key *k, const uint8_t *data, size_t len, uint8_t out[32]) {
+  SHA256_CTX c = k->inner;
+  uint8_t ih[32];
+  SHA256_Update(&c, data, len);
+  SHA256_Final(ih, &c);
+  c = k->outer;
+  SHA256_Update(&c, ih, 32);
+  SHA256_Final(out, &c);
+}
+
+/* Checks the last TAG_BYTES of a packet against the tag of everything before them. */
+static int mac_ok(const mac_key *k, const uint8_t *pkt, size_t len) {
+  uint8_t t[32];
+  mac_tag(k, pkt, len - TAG_BYTES, t);
+  return CRYPTO_memcmp(t, pkt + len - TAG_BYTES, TAG_BYTES) == 0;
+}
+
+static void mac_finalize(napi_env env, void *data, void *hint) {
+  OPENSSL_cleanse(data, sizeof(mac_key));
+  free(data);
+}
+
+/* macKey(key: Buffer) → External: the key's HMAC state, for udpSend and udpRecvStart. */
+static napi_value MacKey(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1], out;
+  NCHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  void *key;
+  size_t len;
+  if (argc < 1 || napi_get_buffer_info(env, argv[0], &key, &len) != napi_ok || len == 0) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "key must be a non-empty Buffer");
+    return NULL;
+  }
+  mac_key *k = malloc(sizeof *k);
+  if (!k) return throw_errno(env, ENOMEM, "malloc", NULL, NULL);
+  mac_init(k, key, len);
+  NCHECK(napi_create_external(env, k, mac_finalize, NULL, &out));
+  return out;
+}
+
+/* ---- sockets --------------------------------------------------------------------------------- */
+
+typedef struct {
+  int fd;
+  int gso;        /* UDP_SEGMENT accepted (cleared if the route refuses it) */
+  int gro;        /* UDP_GRO enabled */
+  int closing;    /* udpClose called: no more callbacks */
+  int closed;     /* the poll handle is closed and the fd released */
+  int finalized;  /* the JS External is gone */
+  int receiving;
+  uv_poll_t poll;
+  napi_env env;
+  napi_ref on_batch;
+  napi_ref rbuf_ref, meta_ref;
+  napi_async_context actx;
+  uint8_t *rbuf;
+  size_t rlen;
+  uint32_t *meta;
+  size_t meta_entries; /* triples */
+  mac_key key;
+  int has_key;
+  /* scratch for udpSend */
+  struct mmsghdr smsgs[SEND_MAX];
+  struct iovec siov[SEND_MAX];
+  union {
+    char buf[CMSG_SPACE(sizeof(uint16_t))];
+    struct cmsghdr align;
+  } sctl[SEND_MAX];
+  uint32_t spkts[SEND_MAX];
+} udp_sock;
+
+static void free_if_done(udp_sock *s) {
+  if (s->closed && s->finalized) free(s);
+}
+
+static void on_poll_closed(uv_handle_t *h) {
+  udp_sock *s = h->data;
+  s->closed = 1;
+  free_if_done(s);
+}
+
+/*
+ * Stops callbacks, drops the references and closes the fd at once, so the port can be bound again
+ * right away (uv_poll_stop has already removed the fd from the loop's epoll set and any pending
+ * event for it); the handle's memory goes when libuv's close callback runs.
+ */
+static void begin_close(napi_env env, udp_sock *s) {
+  if (s->closing) return;
+  s->closing = 1;
+  uv_poll_stop(&s->poll);
+  close(s->fd);
+  s->fd = -1;
+  if (s->receiving) {
+    napi_delete_reference(env, s->on_batch);
+    napi_delete_reference(env, s->rbuf_ref);
+    napi_delete_reference(env, s->meta_ref);
+    napi_async_destroy(env, s->actx);
+    s->receiving = 0;
+  }
+  uv_close((uv_handle_t *)&s->poll, on_poll_closed);
+}
+
+static void sock_finalize(napi_env env, void *data, void *hint) {
+  udp_sock *s = data;
+  s->finalized = 1;
+  if (!s->closing) begin_close(env, s);
+  free_if_done(s);
+}
+
+static udp_sock *arg_sock(napi_env env, napi_value v) {
+  void *p = NULL;
+  if (napi_get_value_external(env, v, &p) != napi_ok || !p) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "not a georm UDP socket");
+    return NULL;
+  }
+  udp_sock *s = p;
+  if (s->closing) {
+    napi_throw_error(env, "ERR_SOCKET_CLOSED", "UDP socket closed");
+    return NULL;
+  }
+  return s;
+}
+
+static int make_addr(int ipv6, const char *address, int port, struct sockaddr_storage *ss, socklen_t *len) {
+  memset(ss, 0, sizeof *ss);
+  if (ipv6) {
+    struct sockaddr_in6 *a = (struct sockaddr_in6 *)ss;
+    a->sin6_family = AF_INET6;
+    a->sin6_port = htons((uint16_t)port);
+    *len = sizeof *a;
+    return inet_pton(AF_INET6, address, &a->sin6_addr) == 1;
+  }
+  struct sockaddr_in *a = (struct sockaddr_in *)ss;
+  a->sin_family = AF_INET;
+  a->sin_port = htons((uint16_t)port);
+  *len = sizeof *a;
+  return inet_pton(AF_INET, address, &a->sin_addr) == 1;
+}
+
+static void set_buf(int fd, int opt_force, int opt, int bytes) {
+  /* The FORCE variants pass net.core.[rw]mem_max when privileged; otherwise the kernel clamps. */
+  if (setsockopt(fd, SOL_SOCKET, opt_force, &bytes, sizeof bytes) != 0) setsockopt(fd, SOL_SOCKET, opt, &bytes, sizeof bytes);
+}
+
+/* udpAddress(ipv6, address, port) → Buffer holding the sockaddr (built once per destination). */
+static napi_value UdpAddress(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3], out;
+  NCHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  bool ipv6 = false;
+  char address[INET6_ADDRSTRLEN + 1];
+  int32_t port;
+  napi_get_value_bool(env, argv[0], &ipv6);
+  if (!arg_str(env, argv[1], "address", address, sizeof address) || !arg_int(env, argv[2], "port", &port)) return NULL;
+  struct sockaddr_storage ss;
+  socklen_t len;
+  if (port < 0 || port > 65535 || !make_addr(ipv6, address, port, &ss, &len)) {
+    napi_throw_range_error(env, "ERR_INVALID_ADDRESS", "not an IP address and port");
+    return NULL;
+  }
+  void *data;
+  NCHECK(napi_create_buffer_copy(env, len, &ss, &data, &out));
+  return out;
+}
+
+/*
+ * udpOpen(ipv6, address, port, bufferBytes) → [External, boundPort, gso, gro]: a non-blocking UDP
+ * socket bound to address:port (0 = any free port) with the given socket buffer sizes.
+ */
+static napi_value UdpOpen(napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value argv[4], out, v;
+  NCHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  bool ipv6 = false;
+  char address[INET6_ADDRSTRLEN + 1];
+  int32_t port, bufbytes;
+  napi_get_value_bool(env, argv[0], &ipv6);
+  if (!arg_str(env, argv[1], "address", address, sizeof address) || !arg_int(env, argv[2], "port", &port) ||
+      !arg_int(env, argv[3], "bufferBytes", &bufbytes))
+    return NULL;
+  struct sockaddr_storage ss;
+  socklen_t alen;
+  if (port < 0 || port > 65535 || !make_addr(ipv6, address, port, &ss, &alen)) {
+    napi_throw_range_error(env, "ERR_INVALID_ADDRESS", "not an IP address and port");
+    return NULL;
+  }
+  int fd = socket(ipv6 ? AF_INET6 : AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) return throw_errno(env, errno, "socket", NULL, NULL);
+  if (bind(fd, (struct sockaddr *)&ss, alen) != 0) {
+    int e = errno;
+    close(fd);
+    return throw_errno(env, e, "bind", address, NULL);
+  }
+  if (bufbytes > 0) {
+    set_buf(fd, SO_RCVBUFFORCE, SO_RCVBUF, bufbytes);
+    set_buf(fd, SO_SNDBUFFORCE, SO_SNDBUF, bufbytes);
+  }
+  udp_sock *s = calloc(1, sizeof *s);
+  if (!s) {
+    close(fd);
+    return throw_errno(env, ENOMEM, "calloc", NULL, NULL);
+  }
+  s->fd = fd;
+  s->env = env;
+  int zero = 0, one = 1;
+  /* Probing with segment size 0 (= off) tells whether this kernel knows UDP_SEGMENT at all. */
+  s->gso = setsockopt(fd, SOL_UDP, UDP_SEGMENT, &zero, sizeof zero) == 0;
+  s->gro = setsockopt(fd, SOL_UDP, UDP_GRO, &one, sizeof one) == 0;
+  uv_loop_t *loop;
+  if (napi_get_uv_event_loop(env, &loop) != napi_ok || uv_poll_init(loop, &s->poll, fd) != 0) {
+    close(fd);
+    free(s);
+    napi_throw_error(env, "EINTERNAL", "georm_native: cannot watch the UDP socket");
+    return NULL;
+  }
+  s->poll.data = s;
+  struct sockaddr_storage bound;
+  socklen_t blen = sizeof bound;
+  int bport = port;
+  if (getsockname(fd, (struct sockaddr *)&bound, &blen) == 0)
+    bport = ntohs(bound.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&bound)->sin6_port : ((struct sockaddr_in *)&bound)->sin_port);
+  NCHECK(napi_create_array_with_length(env, 4, &out));
+  NCHECK(napi_create_external(env, s, sock_finalize, NULL, &v));
+  napi_set_element(env, out, 0, v);
+  napi_create_int32(env, bport, &v);
+  napi_set_element(env, out, 1, v);
+  napi_get_boolean(env, s->gso, &v);
+  napi_set_element(env, out, 2, v);
+  napi_get_boolean(env, s->gro, &v);
+  napi_set_element(env, out, 3, v);
+  return out;
+}
+
+/* ---- receiving -------------------------------------------------------------------------------- */
+
+static int gro_size(struct msghdr *m) {
+  for (struct cmsghdr *c = CMSG_FIRSTHDR(m); c; c = CMSG_NXTHDR(m, c)) {
+    if (c->cmsg_level == SOL_UDP && c->cmsg_type == UDP_GRO) {
+      int v;
+      memcpy(&v, CMSG_DATA(c), sizeof v);
+      return v;
+    }
+  }
+  return 0;
+}
+
+static uint32_t check_packet(const udp_sock *s, const uint8_t *p, size_t len) {
+  if (len < MIN_PACKET) return ST_SHORT;
+  if (s->has_key && !mac_ok(&s->key, p, len)) return ST_AUTH;
+  return ST_OK;
+}
+
+/* One recvmmsg into the receive buffer; fills meta. Returns the number of packets, 0 when drained. */
+static size_t drain_once(udp_sock *s) {
+  enum { MAXV = 64 };
+  size_t slots = s->rlen / SLOT;
+  if (slots > MAXV) slots = MAXV;
+  struct mmsghdr msgs[MAXV];
+  struct iovec iov[MAXV];
+  union {
+    char buf[CMSG_SPACE(sizeof(int))];
+    struct cmsghdr align;
+  } ctl[MAXV];
+  for (size_t i = 0; i < slots; i++) {
+    iov[i].iov_base = s->rbuf + i * SLOT;
+    iov[i].iov_len = SLOT;
+    memset(&msgs[i].msg_hdr, 0, sizeof msgs[i].msg_hdr);
+    msgs[i].msg_hdr.msg_iov = &iov[i];
+    msgs[i].msg_hdr.msg_iovlen = 1;
+    msgs[i].msg_hdr.msg_control = ctl[i].buf;
+    msgs[i].msg_hdr.msg_controllen = sizeof ctl[i].buf;
+  }
+  int n;
+  do n = recvmmsg(s->fd, msgs, (unsigned)slots, MSG_DONTWAIT, NULL);
+  while (n < 0 && errno == EINTR);
+  if (n <= 0) return 0; /* EAGAIN, or an error that a later read will not fix either */
+  size_t e = 0;
+  for (int i = 0; i < n; i++) {
+    size_t len = msgs[i].msg_len, base = (size_t)i * SLOT;
+    if (msgs[i].msg_hdr.msg_flags & MSG_TRUNC) {
+      if (e < s->meta_entries) {
+        s->meta[3 * e] = (uint32_t)base;
+        s->meta[3 * e + 1] = (uint32_t)(len > SLOT ? SLOT : len);
+        s->meta[3 * e + 2] = ST_TRUNCATED;
+        e++;
+      }
+      continue;
+    }
+    size_t seg = (size_t)gro_size(&msgs[i].msg_hdr);
+    if (seg == 0 || seg > len) seg = len;
+    for (size_t off = 0; off < len && e < s->meta_entries; off += seg) {
+      size_t l = len - off < seg ? len - off : seg;
+      s->meta[3 * e] = (uint32_t)(base + off);
+      s->meta[3 * e + 1] = (uint32_t)l;
+      s->meta[3 * e + 2] = check_packet(s, s->rbuf + base + off, l);
+      e++;
+    }
+  }
+  return e;
+}
+
+static void on_readable(uv_poll_t *h, int status, int events) {
+  udp_sock *s = h->data;
+  if (s->closing || !s->receiving) return;
+  napi_env env = s->env;
+  napi_handle_scope scope;
+  if (napi_open_handle_scope(env, &scope) != napi_ok) return;
+  for (int round = 0; round < ROUNDS_PER_WAKEUP && !s->closing; round++) {
+    size_t n = drain_once(s);
+    if (n == 0) break;
+    napi_value cb, recv, arg, res;
+    if (napi_get_reference_value(env, s->on_batch, &cb) != napi_ok || !cb) break;
+    napi_get_global(env, &recv); /* make_callback needs an object receiver */
+    napi_create_uint32(env, (uint32_t)n, &arg);
+    /* make_callback, not call_function: promises settled by the handlers run when it returns. */
+    napi_make_callback(env, s->actx, recv, cb, 1, &arg, &res);
+    bool pending = false;
+    napi_is_exception_pending(env, &pending);
+    if (pending) {
+      napi_value err;
+      napi_get_and_clear_last_exception(env, &err);
+      napi_fatal_exception(env, err); /* to process 'uncaughtException', as a throwing event handler would */
+      break;
+    }
+  }
+  napi_close_handle_scope(env, scope);
+}
+
+/*
+ * udpRecvStart(sock, recvBuffer, meta: Uint32Array, key: External|null, onBatch(count)): starts
+ * delivering. recvBuffer holds up to 64 slots of 64 KiB (its size decides how many); meta receives (offset, length, status)
+ * triples.
+ */
+static napi_value UdpRecvStart(napi_env env, napi_callback_info info) {
+  size_t argc = 5;
+  napi_value argv[5], name;
+  NCHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  udp_sock *s = arg_sock(env, argv[0]);
+  if (!s) return NULL;
+  if (s->receiving) {
+    napi_throw_error(env, "ERR_SOCKET_RECEIVING", "already receiving");
+    return NULL;
+  }
+  void *rbuf, *meta, *key = NULL;
+  size_t rlen, mlen;
+  napi_typedarray_type tt;
+  napi_value ab;
+  size_t aoff;
+  if (napi_get_buffer_info(env, argv[1], &rbuf, &rlen) != napi_ok || rlen < SLOT ||
+      napi_get_typedarray_info(env, argv[2], &tt, &mlen, &meta, &ab, &aoff) != napi_ok || tt != napi_uint32_array || mlen < 3) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "recvStart needs a Buffer of at least 64 KiB and a Uint32Array");
+    return NULL;
+  }
+  napi_valuetype kt;
+  napi_typeof(env, argv[3], &kt);
+  if (kt == napi_external) napi_get_value_external(env, argv[3], &key);
+  napi_valuetype ft;
+  napi_typeof(env, argv[4], &ft);
+  if (ft != napi_function) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "onBatch must be a function");
+    return NULL;
+  }
+  s->rbuf = rbuf;
+  s->rlen = rlen;
+  s->meta = meta;
+  s->meta_entries = mlen / 3;
+  if (key) {
+    s->key = *(mac_key *)key;
+    s->has_key = 1;
+  }
+  NCHECK(napi_create_reference(env, argv[4], 1, &s->on_batch));
+  NCHECK(napi_create_reference(env, argv[1], 1, &s->rbuf_ref));
+  NCHECK(napi_create_reference(env, argv[2], 1, &s->meta_ref));
+  NCHECK(napi_create_string_utf8(env, "georm:udp", NAPI_AUTO_LENGTH, &name));
+  NCHECK(napi_async_init(env, NULL, name, &s->actx));
+  s->receiving = 1;
+  int r = uv_poll_start(&s->poll, UV_READABLE, on_readable);
+  if (r != 0) return throw_errno(env, -r, "uv_poll_start", NULL, NULL);
+  return NULL;
+}
+
+/* ---- sending --------------------------------------------------------------------------------- */
+
+/*
+ * Number of packets, from i, that can go as one GSO message: adjacent in the buffer, all of the first
+ * packet's size except possibly the last, within the kernel's segment and size limits.
+ */
+static size_t gso_run(const uint32_t *meta, size_t i, size_t count) {
+  uint32_t seg = meta[2 * i + 1], total = seg;
+  size_t j = i + 1;
+  while (j < count && j - i < MAX_SEGS) {
+    uint32_t off = meta[2 * j], len = meta[2 * j + 1];
+    if (off != meta[2 * (j - 1)] + meta[2 * (j - 1) + 1] || meta[2 * (j - 1) + 1] != seg || len > seg || total + len > GSO_MAX_BYTES) break;
+    total += len;
+    j++;
+  }
+  return j - i;
+}
+
+/*
+ * udpSend(sock, buffer, meta: Uint32Array of (offset, length) pairs, count, sockaddr: Buffer,
+ * key: External|null) → packets handed to the kernel (fewer than count when the socket buffer is
+ * full or the route fails: those are lost, as a dropped datagram would be, and retransmission
+ * recovers them). Each packet's last 16 bytes receive its tag first.
+ */
+static napi_value UdpSend(napi_env env, napi_callback_info info) {
+  size_t argc = 6;
+  napi_value argv[6], out;
+  NCHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  udp_sock *s = arg_sock(env, argv[0]);
+  if (!s) return NULL;
+  void *buf, *metav, *addr, *key = NULL;
+  size_t blen, mlen, alen, aoff;
+  napi_typedarray_type tt;
+  napi_value ab;
+  int32_t count;
+  if (napi_get_buffer_info(env, argv[1], &buf, &blen) != napi_ok ||
+      napi_get_typedarray_info(env, argv[2], &tt, &mlen, &metav, &ab, &aoff) != napi_ok || tt != napi_uint32_array ||
+      !arg_int(env, argv[3], "count", &count) || napi_get_buffer_info(env, argv[4], &addr, &alen) != napi_ok) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "udpSend(sock, Buffer, Uint32Array, count, sockaddr, key)");
+    return NULL;
+  }
+  napi_valuetype kt;
+  napi_typeof(env, argv[5], &kt);
+  if (kt == napi_external) napi_get_value_external(env, argv[5], &key);
+  const uint32_t *meta = metav;
+  if (count < 0 || count > SEND_MAX || (size_t)count * 2 > mlen) {
+    napi_throw_range_error(env, "ERR_OUT_OF_RANGE", "count out of range");
+    return NULL;
+  }
+  uint8_t *b = buf;
+  for (int32_t i = 0; i < count; i++) {
+    uint32_t off = meta[2 * i], len = meta[2 * i + 1];
+    if (len < TAG_BYTES || (size_t)off + len > blen || len > SLOT) {
+      napi_throw_range_error(env, "ERR_OUT_OF_RANGE", "packet outside the buffer");
+      return NULL;
+    }
+    if (key) {
+      uint8_t t[32];
+      mac_tag(key, b + off, len - TAG_BYTES, t);
+      memcpy(b + off + len - TAG_BYTES, t, TAG_BYTES);
+    }
+  }
+  size_t pi = 0;
+  while (pi < (size_t)count) {
+    size_t nm = 0, p = pi;
+    while (p < (size_t)count && nm < SEND_MAX) {
+      size_t run = s->gso ? gso_run(meta, p, (size_t)count) : 1;
+      struct msghdr *m = &s->smsgs[nm].msg_hdr;
+      memset(m, 0, sizeof *m);
+      m->msg_name = addr;
+      m->msg_namelen = (socklen_t)alen;
+      s->siov[nm].iov_base = b + meta[2 * p];
+      s->siov[nm].iov_len = 0;
+      for (size_t k = p; k < p + run; k++) s->siov[nm].iov_len += meta[2 * k + 1];
+      m->msg_iov = &s->siov[nm];
+      m->msg_iovlen = 1;
+      if (run > 1) {
+        m->msg_control = s->sctl[nm].buf;
+        m->msg_controllen = sizeof s->sctl[nm].buf;
+        struct cmsghdr *c = CMSG_FIRSTHDR(m);
+        c->cmsg_level = SOL_UDP;
+        c->cmsg_type = UDP_SEGMENT;
+        c->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+        uint16_t seg = (uint16_t)meta[2 * p + 1];
+        memcpy(CMSG_DATA(c), &seg, sizeof seg);
+      }
+      s->spkts[nm] = (uint32_t)run;
+      nm++;
+      p += run;
+    }
+    int r = sendmmsg(s->fd, s->smsgs, (unsigned)nm, MSG_DONTWAIT);
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      /* Some routes (IPsec, devices without checksum offload) refuse GSO: segment here from now on. */
+      if ((errno == EIO || errno == EINVAL || errno == EOPNOTSUPP) && s->gso && s->spkts[0] > 1) {
+        s->gso = 0;
+        continue;
+      }
+      break; /* EAGAIN (buffer full), ENETUNREACH, …: the rest is lost like dropped datagrams */
+    }
+    /* A partial count means message r failed; the next round starts there and sees its error. */
+    for (int k = 0; k < r; k++) pi += s->spkts[k];
+  }
+  NCHECK(napi_create_uint32(env, (uint32_t)pi, &out));
+  return out;
+}
+
+/* udpClose(sock): stops receiving and closes the socket (the fd once libuv has let go of it). */
+static napi_value UdpClose(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  NCHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  void *p = NULL;
+  if (napi_get_value_external(env, argv[0], &p) != napi_ok || !p) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "not a georm UDP socket");
+    return NULL;
+  }
+  begin_close(env, p);
+  return NULL;
+}
+
+/* udpInfo(sock) → [gso, gro]: what the socket currently uses (gso may be switched off by a route). */
+static napi_value UdpInfo(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1], out, v;
+  NCHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  udp_sock *s = arg_sock(env, argv[0]);
+  if (!s) return NULL;
+  NCHECK(napi_create_array_with_length(env, 2, &out));
+  napi_get_boolean(env, s->gso, &v);
+  napi_set_element(env, out, 0, v);
+  napi_get_boolean(env, s->gro, &v);
+  napi_set_element(env, out, 1, v);
+  return out;
+}
+
+void georm_udp_define(napi_env env, napi_value exports) {
+  napi_property_descriptor props[] = {
+    { "macKey", NULL, MacKey, NULL, NULL, NULL, napi_enumerable, NULL },
+    { "udpAddress", NULL, UdpAddress, NULL, NULL, NULL, napi_enumerable, NULL },
+    { "udpOpen", NULL, UdpOpen, NULL, NULL, NULL, napi_enumerable, NULL },
+    { "udpRecvStart", NULL, UdpRecvStart, NULL, NULL, NULL, napi_enumerable, NULL },
+    { "udpSend", NULL, UdpSend, NULL, NULL, NULL, napi_enumerable, NULL },
+    { "udpInfo", NULL, UdpInfo, NULL, NULL, NULL, napi_enumerable, NULL },
+    { "udpClose", NULL, UdpClose, NULL, NULL, NULL, napi_enumerable, NULL },
+  };
+  napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
+}

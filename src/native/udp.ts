@@ -1,0 +1,95 @@
+import { isIPv6 } from 'node:net';
+import { GeormError } from '../util/errors.js';
+import { loadedAddon, nativeUnavailableReason } from './index.js';
+
+/**
+ * UDP sockets that move datagrams in batches (native-bindings/udp.c): one sendmmsg() per batch with
+ * runs of equal-sized packets sent as UDP GSO messages, recvmmsg() with UDP_GRO on receipt, and the
+ * GeoMessage HMAC-SHA-256 tag computed and checked in C. Built for GeoMessage's packet format: the
+ * last TAG_BYTES of every packet are its tag.
+ */
+
+/** What the receiver found for each packet of a batch. */
+export const RECV_OK = 0;
+export const RECV_AUTH = 1;
+export const RECV_SHORT = 2;
+export const RECV_TRUNCATED = 3;
+
+/** Largest packet count one `send` takes. */
+export const SEND_MAX_PACKETS = 1024;
+/** Receive buffer: 32 slots of 64 KiB (one datagram or one GRO run each); 4 such batches per wakeup at most, so one busy socket cannot hold the event loop for long. */
+const RECV_BUFFER_BYTES = 32 * 65536;
+/** Packets per received batch at most: a GRO run holds up to 64 segments. */
+const RECV_MAX_PACKETS = 32 * 64;
+
+export interface BatchSocketOptions {
+  address: string;
+  /** 0 = any free port. */
+  port: number;
+  /** SO_RCVBUF / SO_SNDBUF (forced past the sysctl limit when privileged). */
+  bufferBytes: number;
+  /** HMAC key: packets are signed on send and checked on receipt; null = no tags. */
+  key: Buffer | null;
+  /**
+   * Called once per received batch. Packet i is buf[meta[3i] … meta[3i] + meta[3i+1]) with status
+   * meta[3i+2] (RECV_*). The bytes are only valid during the call: copy what must outlive it.
+   */
+  onBatch(buf: Buffer, meta: Uint32Array, count: number): void;
+}
+
+/** A destination prepared once (its sockaddr bytes). */
+export interface BatchTarget { readonly sockaddr: Buffer }
+
+export interface BatchSocket {
+  readonly port: number;
+  /** Whether runs are sent as GSO messages now (a route refusing GSO turns it off for good). */
+  readonly gso: boolean;
+  /** Whether the kernel may hand over coalesced runs. */
+  readonly gro: boolean;
+  target(address: string, port: number): BatchTarget;
+  /**
+   * Signs and sends `count` packets found at (meta[2i], meta[2i+1]) in buf (each packet's last 16
+   * bytes are overwritten with its tag). Returns how many the kernel took; the rest are lost, as
+   * datagrams dropped by a full buffer or a failed route would be.
+   */
+  send(buf: Buffer, meta: Uint32Array, count: number, to: BatchTarget): number;
+  close(): void;
+}
+
+/** True when batch sockets can be opened (the addon loaded and has them). */
+export function batchSocketsAvailable(): boolean {
+  return typeof loadedAddon()?.udpOpen === 'function';
+}
+
+/** Opens and binds a batch socket and starts receiving. Errors carry errno `code`s (EADDRINUSE…). */
+export function openBatchSocket(o: BatchSocketOptions): BatchSocket {
+  const a = loadedAddon();
+  if (!a || typeof a.udpOpen !== 'function') {
+    throw new GeormError('NATIVE_UNAVAILABLE', `native addon unavailable: ${nativeUnavailableReason ?? 'built without UDP batches'}`);
+  }
+  const ipv6 = isIPv6(o.address);
+  const key = o.key ? a.macKey(o.key) : null;
+  const [sock, port] = a.udpOpen(ipv6, o.address, o.port, o.bufferBytes);
+  const rbuf = Buffer.allocUnsafe(RECV_BUFFER_BYTES);
+  const meta = new Uint32Array(3 * RECV_MAX_PACKETS);
+  let closed = false;
+  a.udpRecvStart(sock, rbuf, meta, key, (count) => o.onBatch(rbuf, meta, count));
+  return {
+    port,
+    get gso() { return !closed && a.udpInfo(sock)[0]; },
+    get gro() { return !closed && a.udpInfo(sock)[1]; },
+    target(address: string, p: number): BatchTarget {
+      if (isIPv6(address) !== ipv6) throw new GeormError('GEOMSG_ERR_CONFIG', `address ${address} is not of the socket's family (${ipv6 ? 'IPv6' : 'IPv4'})`);
+      return { sockaddr: a.udpAddress(ipv6, address, p) };
+    },
+    send(buf, m, count, to) {
+      if (closed) return 0;
+      return a.udpSend(sock, buf, m, count, to.sockaddr, key);
+    },
+    close() {
+      if (closed) return;
+      closed = true;
+      a.udpClose(sock);
+    },
+  };
+}
