@@ -20,7 +20,7 @@ import {
 import { Handshake, type TransmissionParams } from './handshake.js';
 import { blockSizesOf, type ExportRegistry } from './exports.js';
 import { toNbdErrno } from './errno.js';
-import { getBuffer, isPooled, releaseBuffer } from './protocol/buffer-pool.js';
+import { getBuffer, getReusableBuffer, isPooled, releaseBuffer } from './protocol/buffer-pool.js';
 
 export interface ConnectionContext {
   registry: ExportRegistry;
@@ -218,8 +218,8 @@ export class NbdConnection {
         if (!this.transient && q.isContiguous(h.length)) payload = q.take(h.length); // a view: no copy
         else {
           // Received chunks are reused (or the payload straddles chunks): copy into a buffer of
-          // its own, pooled when the backend gives it back on completion (writeCb contract).
-          const dst = this.backend.writeCb ? getBuffer(h.length) : Buffer.allocUnsafe(h.length);
+          // its own, reused once the backend gives it back on completion (writeCb contract).
+          const dst = this.backend.writeCb ? getReusableBuffer(h.length) : Buffer.allocUnsafe(h.length);
           const n = Math.min(q.length, h.length);
           q.copyOut(dst, 0, n);
           if (n < h.length) {
@@ -352,7 +352,7 @@ export class NbdConnection {
         const data = payload!;
         if (b.writeCb) {
           b.writeCb(offset, data, fua, (e) => {
-            releaseBuffer(data); // only pooled buffers are taken back
+            releaseBuffer(data); // only pooled and reusable buffers are taken back
             if (e) this.failed(type, hi, lo, e); else this.replyOk(hi, lo);
           });
         } else b.write(offset, data, { fua }).then(() => this.replyOk(hi, lo), (e) => this.failed(type, hi, lo, e));

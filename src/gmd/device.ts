@@ -1,4 +1,5 @@
 import type { Backend, BackendFlags, WriteOptions, ZeroOptions } from '../../nbd/backend.js';
+import { getReusableBuffer, releaseBuffer } from '../../nbd/protocol/buffer-pool.js';
 import { GeormError } from '../util/errors.js';
 import { isMode, isRole } from '../config/vocabulary.js';
 import type { Logger } from '../util/log.js';
@@ -77,6 +78,44 @@ export interface GmdStatus {
   events: GmdEvent[];
 }
 
+/**
+ * A copy of an async write's data that the queued remote write owns, from the NBD layer's reusable
+ * buffers (given back when the remote write is done): Buffer.from() would make fresh external
+ * memory per write, which V8 counts towards its next full GC.
+ */
+function ownCopy(data: Buffer): Buffer {
+  const b = getReusableBuffer(data.length);
+  data.copy(b, 0, 0, data.length);
+  return b;
+}
+
+/** How a WriteOp's writes go: no peer (local only, marked stale), async, sync (remote first), mwc (both at once). */
+const HOW_LOCAL = 0;
+const HOW_ASYNC = 1;
+const HOW_SYNC = 2;
+const HOW_MWC = 3;
+/** Idle WriteOps kept for reuse (more than the NBD layer lets be in flight per connection). */
+const OP_POOL_MAX = 512;
+
+/** One application write on the callback path (GeoMirrorDevice.writeCb); pooled and reused. */
+interface WriteOp {
+  res: GmdResources | null;
+  offset: number; end: number; first: number; last: number;
+  data: Buffer; fua: boolean; keepStale: boolean;
+  cb: ((err: Error | null) => void) | null;
+  peer: string | null; how: number;
+  /** mwc: writes (local, remote) still outstanding; ok: the peer has it; lerr: the local write's error. */
+  left: number; ok: boolean; lerr: Error | null;
+  // Callbacks made once per op (newOp), bound to it.
+  readonly granted: () => void;
+  readonly pulled: () => void;
+  readonly pullFailed: (e: unknown) => void;
+  readonly marked: (err?: Error) => void;
+  readonly localDone: (e: Error | null) => void;
+  readonly remoteDone: (err: unknown) => void;
+  readonly admitted: () => void;
+}
+
 /** An errno-carrying error for the NBD server. */
 function ioError(code: 'EPERM' | 'EIO' | 'ENOTSUP', errno: number, message: string): Error {
   const e = new GeormError(`GMD_ERR_${code}`, message) as GeormError & { errno: number; nbdCode: string };
@@ -121,6 +160,7 @@ export class GeoMirrorDevice implements Backend {
   private hwmMode = false;
   private attrOverrides: Partial<GmdAttributes> = {};
   private resyncEngine: Resync | null = null;
+  private readonly opPool: WriteOp[] = [];
   private batcher: WriteBatcher | null = null;
   private batcherPeer: string | null = null;
   private lastResync: ResyncProgress | null = null;
@@ -452,7 +492,7 @@ export class GeoMirrorDevice implements Backend {
       if (mode === 'async') {
         await this.localWrite(res, first, last, () => res.local.write(offset, data, opts));
         // The NBD server may reuse its buffer once we resolve: the queued copy must own its bytes.
-        const copy = Buffer.from(data);
+        const copy = ownCopy(data);
         const remote = this.asyncRemote(res, peer, first, last, offset, copy, flags, keepStale);
         // Release before waiting: later overlapping writes queue behind in send order, which is
         // what keeps the secondary a prefix of our write order.
@@ -481,9 +521,10 @@ export class GeoMirrorDevice implements Backend {
 
   /**
    * NBD fast path (Backend.writeCb): the same steps as write() with callbacks — range lock, durable
-   * mark (statemap beginWriteCb), local and remote writes — and no promise per write when nothing
-   * has to wait. The server reuses `data` after `cb`, so only async (which acknowledges before the
-   * remote copy is done) copies it.
+   * mark (statemap beginWriteCb), local and remote writes. Each write's state lives in a pooled
+   * WriteOp whose callbacks are made once per op, so a write allocates no promise and no closure
+   * (at 20k writes/s per-write closures were a steady stream of young garbage). The server reuses
+   * `data` after `cb`, so only async (which acknowledges before the remote copy is done) copies it.
    */
   writeCb(offset: number, data: Buffer, fua: boolean, cb: (err: Error | null) => void): void {
     const r0 = this.res;
@@ -494,67 +535,127 @@ export class GeoMirrorDevice implements Backend {
     }
     let res: GmdResources;
     try { res = this.admit(); } catch (e) { cb(e as Error); return; }
-    const end = offset + data.length;
-    this.lock.acquire(offset, end, () => {
-      const range = res.map.regionRange(offset, data.length);
-      const first = range[0], last = range[1];
-      let keepStale = false;
-      const marked = (err?: Error): void => {
-        if (err) { this.lock.release(offset, end); this.done(); cb(err); return; }
-        this.mirrorWrite(res, offset, end, first, last, data, fua, keepStale, cb);
-      };
-      const mark = (): void => {
-        keepStale = this.anyStale(res.map, first, last);
-        if (res.map.beginWriteCb(first, last, marked)) marked();
-      };
-      // Checked with the lock held (as write() does): a region not yet pulled from the peer is
-      // pulled before it is overwritten, or the pull would later bring back older data.
-      const engine = this.resyncEngine;
-      if (engine?.pulling) engine.pullOnDemand(first, last).then(mark, (e: unknown) => marked(e as Error));
-      else mark();
-    });
+    const op = this.opPool.pop() ?? this.newOp();
+    op.res = res; op.offset = offset; op.end = offset + data.length; op.data = data; op.fua = fua; op.cb = cb;
+    this.lock.acquire(offset, op.end, op.granted);
   }
 
-  /** write() after the lock and the durable mark, callback style. Exactly one endWrite per beginWrite. */
-  private mirrorWrite(res: GmdResources, offset: number, end: number, first: number, last: number, data: Buffer,
-    fua: boolean, keepStale: boolean, cb: (err: Error | null) => void): void {
+  /** The lock is held: pull the regions if resync still has to, then mark them. */
+  private opGranted(op: WriteOp): void {
+    const range = op.res!.map.regionRange(op.offset, op.data.length);
+    op.first = range[0]; op.last = range[1];
+    // Checked with the lock held (as write() does): a region not yet pulled from the peer is
+    // pulled before it is overwritten, or the pull would later bring back older data.
+    const engine = this.resyncEngine;
+    if (engine?.pulling) engine.pullOnDemand(op.first, op.last).then(op.pulled, op.pullFailed);
+    else this.opMark(op);
+  }
+
+  private opMark(op: WriteOp): void {
+    const map = op.res!.map;
+    op.keepStale = this.anyStale(map, op.first, op.last);
+    if (map.beginWriteCb(op.first, op.last, op.marked)) this.opMarked(op);
+  }
+
+  /** The regions are durably marked (or marking failed): issue the local and remote writes. Exactly one endWrite per beginWrite. */
+  private opMarked(op: WriteOp, err?: Error): void {
+    if (err) { this.lock.release(op.offset, op.end); this.done(); this.opEnd(op, err); return; }
+    const res = op.res!;
+    const data = op.data;
     this.stats.localWrites++; this.stats.localWriteBytes += data.length;
     const local = res.local;
     const peer = this.activePeer;
-    const finish = (err: Error | null, ok: boolean): void => {
-      if (err) {
-        this.markLocalOnly(res.map, first, last);
-        this.event('error', `local volume write failed: ${err.message}`);
-      } else if (ok && !keepStale) res.map.endWrite(first, last, 'both');
-      else this.markLocalOnly(res.map, first, last);
-      this.lock.release(offset, end);
-      this.done();
-      cb(err);
-    };
-    if (!peer) { local.writeCb!(offset, data, fua, (e) => finish(e, false)); return; }
-    const flags = fua ? FLAG_FUA : 0;
+    op.peer = peer;
+    op.ok = false; op.lerr = null;
+    if (!peer) { op.how = HOW_LOCAL; local.writeCb!(op.offset, data, op.fua, op.localDone); return; }
     const mode = res.attrs.mode;
-    if (mode === 'async') {
-      local.writeCb!(offset, data, fua, (e) => {
-        if (e) { finish(e, false); return; }
+    if (mode === 'async') { op.how = HOW_ASYNC; local.writeCb!(op.offset, data, op.fua, op.localDone); return; }
+    if (mode === 'sync') { op.how = HOW_SYNC; this.opRemote(op); return; }
+    op.how = HOW_MWC;
+    op.left = 2;
+    local.writeCb!(op.offset, data, op.fua, op.localDone);
+    this.opRemote(op);
+  }
+
+  /** Queues the mirrored copy of an op's write (batched per event-loop turn). */
+  private opRemote(op: WriteOp): void {
+    const peer = op.peer!;
+    this.stats.remoteWrites++; this.stats.remoteWriteBytes += op.data.length;
+    this.batcherFor(peer).add(KIND_APP, op.fua ? FLAG_FUA : 0, op.offset, op.data, op.remoteDone);
+  }
+
+  private opLocalDone(op: WriteOp, e: Error | null): void {
+    switch (op.how) {
+      case HOW_ASYNC: {
+        if (e) { this.opFinish(op, e, false); return; }
+        const res = op.res!;
         // The queued copy must own its bytes: the server reuses `data` once we call back.
-        this.asyncRemoteCb(res, peer, first, last, offset, Buffer.from(data), flags, keepStale);
+        this.asyncRemoteCb(res, op.peer!, op.first, op.last, op.offset, ownCopy(op.data), op.fua ? FLAG_FUA : 0, op.keepStale);
         // Release now: later overlapping writes queue behind in send order (secondary = prefix).
-        this.lock.release(offset, end);
-        const admit = (): void => { this.done(); cb(null); };
-        if (this.asyncInflight > res.attrs.hwm) this.hwmWait(admit); else admit();
-      });
-      return;
+        this.lock.release(op.offset, op.end);
+        if (this.asyncInflight > res.attrs.hwm) this.hwmWait(op.admitted); else this.opAdmitted(op);
+        return;
+      }
+      case HOW_MWC:
+        op.lerr = e;
+        if (--op.left === 0) this.opFinish(op, op.lerr, op.ok);
+        return;
+      case HOW_SYNC:
+        this.opFinish(op, e, op.ok);
+        return;
+      default:
+        this.opFinish(op, e, false);
     }
-    if (mode === 'sync') {
-      this.remoteCb(peer, KIND_APP, offset, data, flags, (ok) => local.writeCb!(offset, data, fua, (e) => finish(e, ok)));
-      return;
-    }
-    let left = 2;
-    let ok = false;
-    let lerr: Error | null = null;
-    local.writeCb!(offset, data, fua, (e) => { lerr = e; if (--left === 0) finish(lerr, ok); });
-    this.remoteCb(peer, KIND_APP, offset, data, flags, (r) => { ok = r; if (--left === 0) finish(lerr, ok); });
+  }
+
+  private opRemoteDone(op: WriteOp, err: unknown): void {
+    op.ok = err === null;
+    if (!op.ok) this.peerFailed(op.peer!, err);
+    // sync: the local write is issued only once the peer has the data.
+    if (op.how === HOW_SYNC) op.res!.local.writeCb!(op.offset, op.data, op.fua, op.localDone);
+    else if (--op.left === 0) this.opFinish(op, op.lerr, op.ok);
+  }
+
+  /** Records the outcome in the map, releases the lock and answers the client. */
+  private opFinish(op: WriteOp, err: Error | null, ok: boolean): void {
+    const map = op.res!.map;
+    if (err) {
+      this.markLocalOnly(map, op.first, op.last);
+      this.event('error', `local volume write failed: ${err.message}`);
+    } else if (ok && !op.keepStale) map.endWrite(op.first, op.last, 'both');
+    else this.markLocalOnly(map, op.first, op.last);
+    this.lock.release(op.offset, op.end);
+    this.done();
+    this.opEnd(op, err);
+  }
+
+  /** Async: acknowledged once the remote queue is within the HWM (the lock is already released). */
+  private opAdmitted(op: WriteOp): void {
+    this.done();
+    this.opEnd(op, null);
+  }
+
+  /** Returns the op to the pool (dropping its references), then calls the client back. */
+  private opEnd(op: WriteOp, err: Error | null): void {
+    const cb = op.cb!;
+    op.res = null; op.data = EMPTY; op.cb = null; op.peer = null; op.lerr = null;
+    if (this.opPool.length < OP_POOL_MAX) this.opPool.push(op);
+    cb(err);
+  }
+
+  private newOp(): WriteOp {
+    const op: WriteOp = {
+      res: null, offset: 0, end: 0, first: 0, last: 0, data: EMPTY, fua: false, keepStale: false, cb: null,
+      peer: null, how: HOW_LOCAL, left: 0, ok: false, lerr: null,
+      granted: () => this.opGranted(op),
+      pulled: () => this.opMark(op),
+      pullFailed: (e: unknown) => this.opMarked(op, e as Error),
+      marked: (err?: Error) => this.opMarked(op, err),
+      localDone: (e: Error | null) => this.opLocalDone(op, e),
+      remoteDone: (err: unknown) => this.opRemoteDone(op, err),
+      admitted: () => this.opAdmitted(op),
+    };
+    return op;
   }
 
   async flush(): Promise<void> {
@@ -622,14 +723,19 @@ export class GeoMirrorDevice implements Backend {
     map.endWrite(first, last, 'local-only');
   }
 
-  /** Callback form of remote() for the I/O path. */
-  private remoteCb(peer: string, kind: number, offset: number, data: Buffer, flags: number, done: (ok: boolean) => void): void {
-    this.stats.remoteWrites++; this.stats.remoteWriteBytes += data.length;
+  /** The batcher of mirrored writes to `peer` (made anew when the peer changes). */
+  private batcherFor(peer: string): WriteBatcher {
     if (!this.batcher || this.batcherPeer !== peer) {
       this.batcher = new WriteBatcher(this.net, peer, this.res?.attrs.mode === 'async', BATCH_BYTES);
       this.batcherPeer = peer;
     }
-    this.batcher.add(kind, flags, offset, data, (err) => {
+    return this.batcher;
+  }
+
+  /** Callback form of remote() for the I/O path. */
+  private remoteCb(peer: string, kind: number, offset: number, data: Buffer, flags: number, done: (ok: boolean) => void): void {
+    this.stats.remoteWrites++; this.stats.remoteWriteBytes += data.length;
+    this.batcherFor(peer).add(kind, flags, offset, data, (err) => {
       if (err === null) { done(true); return; }
       this.peerFailed(peer, err);
       done(false);
@@ -639,11 +745,7 @@ export class GeoMirrorDevice implements Backend {
   /** One mirrored application write (batched per event-loop turn); false (and the peer dropped) on failure. */
   private remote(peer: string, kind: number, offset: number, data: Buffer, flags: number): Promise<boolean> {
     this.stats.remoteWrites++; this.stats.remoteWriteBytes += data.length;
-    if (!this.batcher || this.batcherPeer !== peer) {
-      this.batcher = new WriteBatcher(this.net, peer, this.res?.attrs.mode === 'async', BATCH_BYTES);
-      this.batcherPeer = peer;
-    }
-    return this.batcher.write(kind, flags, offset, data).then((r) => {
+    return this.batcherFor(peer).write(kind, flags, offset, data).then((r) => {
       if (r === true) return true;
       this.peerFailed(peer, r);
       return false;
@@ -654,13 +756,17 @@ export class GeoMirrorDevice implements Backend {
     return new Promise((resolve) => this.asyncRemoteCb(res, peer, first, last, offset, data, flags, keepStale, resolve));
   }
 
-  /** Queues the remote copy of an async write (in write order, pipelined) and counts its bytes in flight. */
+  /**
+   * Queues the remote copy of an async write (in write order, pipelined) and counts its bytes in flight.
+   * `data` is an ownCopy(): given back for reuse once the remote write is answered.
+   */
   private asyncRemoteCb(res: GmdResources, peer: string, first: number, last: number, offset: number, data: Buffer, flags: number, keepStale: boolean, cb?: () => void): void {
     const len = data.length;
     this.asyncInflight += len;
     this.stats.asyncInflightBytes = this.asyncInflight;
     if (this.asyncInflight > this.stats.asyncInflightMax) this.stats.asyncInflightMax = this.asyncInflight;
     this.remoteCb(peer, KIND_APP, offset, data, flags, (ok) => {
+      releaseBuffer(data);
       if (ok && !keepStale) res.map.endWrite(first, last, 'both'); else this.markLocalOnly(res.map, first, last);
       this.asyncInflight -= len;
       this.stats.asyncInflightBytes = this.asyncInflight;

@@ -195,3 +195,22 @@ t.test('FileBackend I/O modes: inline, async, and auto backing off after slow in
   await t.rejects(call((cb) => ro.readInto(0, 10, Buffer.alloc(5), 0, cb)), 'inline read error reported');
   await ro.close();
 });
+
+t.test('buffer pool: reusable small buffers come back once released, others never', async (t) => {
+  const { getBuffer, getReusableBuffer, releaseBuffer } = await import('../../nbd/protocol/buffer-pool.js');
+  const a = getReusableBuffer(4096);
+  t.equal(a.length, 4096);
+  releaseBuffer(a);
+  releaseBuffer(a); // a double release keeps one entry
+  const b = getReusableBuffer(4096);
+  t.equal(b, a, 'the released buffer is reused');
+  t.not(getReusableBuffer(4096), a, 'handed out only once');
+  t.not(getReusableBuffer(512), a, 'free lists are per exact length');
+  const plain = getBuffer(4096);
+  releaseBuffer(plain); // a slab piece nobody asked to reuse is left to the GC
+  t.not(getReusableBuffer(4096), plain);
+  const big = getReusableBuffer(256 * 1024);
+  t.equal(big.length, 256 * 1024);
+  releaseBuffer(big);
+  t.equal(getBuffer(256 * 1024).buffer, big.buffer, 'large ones use the size-class pool');
+});
