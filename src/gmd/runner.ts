@@ -1,6 +1,5 @@
 import { stat } from 'node:fs/promises';
 import { hostname } from 'node:os';
-import { setFlagsFromString } from 'node:v8';
 import { join } from 'node:path';
 import type { Server } from 'node:net';
 import { NbdServer, FileBackend, transmissionFlags } from '../../nbd/index.js';
@@ -46,26 +45,8 @@ export function defaultMachine(machine?: string): string {
   return machine ?? process.env.GEORM_MACHINE ?? hostname();
 }
 
-/**
- * Full garbage collections of a GMD process happen when the old generation is really full, not
- * through V8's incremental marking. Why: the heap of a GMD process is small (≈ 11 MiB live) while
- * the write path can make fresh ArrayBuffer memory per write, which V8 counts against the old
- * generation's limit; in about half of the 4 KiB randwrite qd32 runs measured, the soft limit then
- * restarted incremental marking right after each full GC — a Mark-Compact every ~70 ms (50–140 per
- * 8–10 s instead of 1), with concurrent marking threads on the same two cores, costing the primary
- * 10–20 µs of CPU per write. The GMD's own per-write buffers are now reused (payloads, async copies,
- * batch messages), which alone ended it in the runs measured; this keeps a future source of fresh
- * memory from bringing it back. Without incremental marking: 1–4 atomic full GCs per run, ≈ 8 ms
- * each (the live heap is small). Node flags given explicitly win.
- */
-export function tuneGcForIo(): void {
-  if (process.execArgv.some((a) => a.includes('incremental-marking'))) return;
-  setFlagsFromString('--no-incremental-marking');
-}
-
 /** Runs one GMD in this process: GeoMessage endpoint, NBD server, control socket (`georm gmd run`). */
 export async function runGmd(name: string, opts: RunOptions): Promise<RunningGmd> {
-  tuneGcForIo();
   const log = opts.logger ?? createLogger(`gmd:${name}`);
   let cfg = await loadConfig(opts.config);
   const digest = configDigest(cfg);
