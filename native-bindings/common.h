@@ -23,6 +23,9 @@ napi_value throw_errno(napi_env env, int err, const char *syscall, const char *p
 int arg_int(napi_env env, napi_value v, const char *what, int32_t *out);
 int arg_str(napi_env env, napi_value v, const char *what, char *buf, size_t len);
 
+/* One exported function in a napi_property_descriptor table. */
+#define EXPORT_FN(name, fn) { name, NULL, fn, NULL, NULL, NULL, napi_enumerable, NULL }
+
 /* Adds the GeoMessage datagram functions (udp.c) to the module's exports. */
 void georm_udp_define(napi_env env, napi_value exports);
 

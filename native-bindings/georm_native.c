@@ -494,15 +494,15 @@ static napi_value NbdDetach(napi_env env, napi_callback_info info) {
 
 static napi_value Init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
-    { "seekData", NULL, SeekData, NULL, NULL, NULL, napi_enumerable, NULL },
-    { "seekHole", NULL, SeekHole, NULL, NULL, NULL, napi_enumerable, NULL },
-    { "punchHole", NULL, PunchHole, NULL, NULL, NULL, napi_enumerable, NULL },
-    { "zeroRange", NULL, ZeroRange, NULL, NULL, NULL, napi_enumerable, NULL },
-    { "blockDeviceSize", NULL, BlockDeviceSize, NULL, NULL, NULL, napi_enumerable, NULL },
-    { "sdNotify", NULL, SdNotify, NULL, NULL, NULL, napi_enumerable, NULL },
-    { "socketpair", NULL, SocketPair, NULL, NULL, NULL, napi_enumerable, NULL },
-    { "nbdAttach", NULL, NbdAttach, NULL, NULL, NULL, napi_enumerable, NULL },
-    { "nbdDetach", NULL, NbdDetach, NULL, NULL, NULL, napi_enumerable, NULL },
+    EXPORT_FN("seekData", SeekData),
+    EXPORT_FN("seekHole", SeekHole),
+    EXPORT_FN("punchHole", PunchHole),
+    EXPORT_FN("zeroRange", ZeroRange),
+    EXPORT_FN("blockDeviceSize", BlockDeviceSize),
+    EXPORT_FN("sdNotify", SdNotify),
+    EXPORT_FN("socketpair", SocketPair),
+    EXPORT_FN("nbdAttach", NbdAttach),
+    EXPORT_FN("nbdDetach", NbdDetach),
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   georm_udp_define(env, exports);

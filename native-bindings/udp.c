@@ -602,13 +602,13 @@ static napi_value UdpInfo(napi_env env, napi_callback_info info) {
 
 void georm_udp_define(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
-    { "macKey", NULL, MacKey, NULL, NULL, NULL, napi_enumerable, NULL },
-    { "udpAddress", NULL, UdpAddress, NULL, NULL, NULL, napi_enumerable, NULL },
-    { "udpOpen", NULL, UdpOpen, NULL, NULL, NULL, napi_enumerable, NULL },
-    { "udpRecvStart", NULL, UdpRecvStart, NULL, NULL, NULL, napi_enumerable, NULL },
-    { "udpSend", NULL, UdpSend, NULL, NULL, NULL, napi_enumerable, NULL },
-    { "udpInfo", NULL, UdpInfo, NULL, NULL, NULL, napi_enumerable, NULL },
-    { "udpClose", NULL, UdpClose, NULL, NULL, NULL, napi_enumerable, NULL },
+    EXPORT_FN("macKey", MacKey),
+    EXPORT_FN("udpAddress", UdpAddress),
+    EXPORT_FN("udpOpen", UdpOpen),
+    EXPORT_FN("udpRecvStart", UdpRecvStart),
+    EXPORT_FN("udpSend", UdpSend),
+    EXPORT_FN("udpInfo", UdpInfo),
+    EXPORT_FN("udpClose", UdpClose),
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
 }
