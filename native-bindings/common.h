@@ -2,6 +2,14 @@
 #ifndef GEORM_COMMON_H
 #define GEORM_COMMON_H
 
+/* Included first by every C file of the addon (binding.gyp defines both as well). */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#ifndef NAPI_VERSION
+#define NAPI_VERSION 8
+#endif
+
 #include <node_api.h>
 #include <stddef.h>
 #include <stdint.h>

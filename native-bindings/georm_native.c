@@ -13,14 +13,6 @@
  * `code` is the errno name, `errno` the positive errno number, plus `syscall` and (where there is
  * one) `path`. The TypeScript wrapper src/native/index.ts is the only importer.
  */
-#ifndef _GNU_SOURCE
-#define _GNU_SOURCE
-#endif
-#ifndef NAPI_VERSION
-#define NAPI_VERSION 8
-#endif
-#include <node_api.h>
-
 #include "common.h"
 
 #include <errno.h>

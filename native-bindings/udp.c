@@ -17,12 +17,8 @@
  * On the wire nothing changes: peers using dgram and peers using this interoperate. The MAC uses the
  * SHA-256 of the OpenSSL that Node itself carries, with the key's padded blocks hashed once.
  */
-#ifndef _GNU_SOURCE
-#define _GNU_SOURCE
-#endif
-#ifndef NAPI_VERSION
-#define NAPI_VERSION 8
-#endif
+#include "common.h"
+
 #define OPENSSL_SUPPRESS_DEPRECATED 1
 #include <node_api.h>
 #include <uv.h>
@@ -38,8 +34,6 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
-
-#include "common.h"
 
 #ifndef UDP_SEGMENT
 #define UDP_SEGMENT 103
