@@ -130,6 +130,8 @@ typedef struct {
   uv_poll_t poll;
   napi_env env;
   napi_ref on_batch;
+  napi_ref on_writable;
+  int want_writable; /* udpWaitWritable asked for one writable notification */
   napi_ref rbuf_ref, meta_ref;
   napi_async_context actx;
   uint8_t *rbuf;
@@ -171,6 +173,7 @@ static void begin_close(napi_env env, udp_sock *s) {
   s->fd = -1;
   if (s->receiving) {
     napi_delete_reference(env, s->on_batch);
+    napi_delete_reference(env, s->on_writable);
     napi_delete_reference(env, s->rbuf_ref);
     napi_delete_reference(env, s->meta_ref);
     napi_async_destroy(env, s->actx);
@@ -378,41 +381,54 @@ static size_t drain_once(udp_sock *s) {
   return e;
 }
 
-static void on_readable(uv_poll_t *h, int status, int events) {
+/* Calls a JS callback with make_callback (promises settled in it run when it returns). 0 if it threw. */
+static int call_js(udp_sock *s, napi_ref ref, size_t argc, napi_value *argv) {
+  napi_env env = s->env;
+  napi_value cb, recv, res;
+  if (napi_get_reference_value(env, ref, &cb) != napi_ok || !cb) return 0;
+  napi_get_global(env, &recv); /* make_callback needs an object receiver */
+  napi_make_callback(env, s->actx, recv, cb, argc, argv, &res);
+  bool pending = false;
+  napi_is_exception_pending(env, &pending);
+  if (pending) {
+    napi_value err;
+    napi_get_and_clear_last_exception(env, &err);
+    napi_fatal_exception(env, err); /* to process 'uncaughtException', as a throwing event handler would */
+    return 0;
+  }
+  return 1;
+}
+
+static void on_io(uv_poll_t *h, int status, int events) {
   udp_sock *s = h->data;
   if (s->closing || !s->receiving) return;
   napi_env env = s->env;
   napi_handle_scope scope;
   if (napi_open_handle_scope(env, &scope) != napi_ok) return;
-  for (int round = 0; round < ROUNDS_PER_WAKEUP && !s->closing; round++) {
+  if ((events & UV_WRITABLE) && s->want_writable) {
+    /* One notification per request: back to reading only, then let JS send what it held back. */
+    s->want_writable = 0;
+    uv_poll_start(&s->poll, UV_READABLE, on_io);
+    if (!call_js(s, s->on_writable, 0, NULL)) events = 0;
+  }
+  for (int round = 0; (events & UV_READABLE) && round < ROUNDS_PER_WAKEUP && !s->closing; round++) {
     size_t n = drain_once(s);
     if (n == 0) break;
-    napi_value cb, recv, arg, res;
-    if (napi_get_reference_value(env, s->on_batch, &cb) != napi_ok || !cb) break;
-    napi_get_global(env, &recv); /* make_callback needs an object receiver */
+    napi_value arg;
     napi_create_uint32(env, (uint32_t)n, &arg);
-    /* make_callback, not call_function: promises settled by the handlers run when it returns. */
-    napi_make_callback(env, s->actx, recv, cb, 1, &arg, &res);
-    bool pending = false;
-    napi_is_exception_pending(env, &pending);
-    if (pending) {
-      napi_value err;
-      napi_get_and_clear_last_exception(env, &err);
-      napi_fatal_exception(env, err); /* to process 'uncaughtException', as a throwing event handler would */
-      break;
-    }
+    if (!call_js(s, s->on_batch, 1, &arg)) break;
   }
   napi_close_handle_scope(env, scope);
 }
 
 /*
- * udpRecvStart(sock, recvBuffer, meta: Uint32Array, key: External|null, onBatch(count)): starts
- * delivering. recvBuffer holds up to 64 slots of 64 KiB (its size decides how many); meta receives
- * (offset, length, status) triples.
+ * udpRecvStart(sock, recvBuffer, meta: Uint32Array, key: External|null, onBatch(count), onWritable()):
+ * starts delivering. recvBuffer holds up to 64 slots of 64 KiB (its size decides how many); meta
+ * receives (offset, length, status) triples. onWritable answers udpWaitWritable.
  */
 static napi_value UdpRecvStart(napi_env env, napi_callback_info info) {
-  size_t argc = 5;
-  napi_value argv[5], name;
+  size_t argc = 6;
+  napi_value argv[6], name;
   CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   udp_sock *s = arg_sock(env, argv[0]);
   if (!s) return NULL;
@@ -433,10 +449,11 @@ static napi_value UdpRecvStart(napi_env env, napi_callback_info info) {
   napi_valuetype kt;
   napi_typeof(env, argv[3], &kt);
   if (kt == napi_external) napi_get_value_external(env, argv[3], &key);
-  napi_valuetype ft;
+  napi_valuetype ft, wt;
   napi_typeof(env, argv[4], &ft);
-  if (ft != napi_function) {
-    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "onBatch must be a function");
+  napi_typeof(env, argv[5], &wt);
+  if (ft != napi_function || wt != napi_function) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "onBatch and onWritable must be functions");
     return NULL;
   }
   s->rbuf = rbuf;
@@ -448,12 +465,13 @@ static napi_value UdpRecvStart(napi_env env, napi_callback_info info) {
     s->has_key = 1;
   }
   CHECK(napi_create_reference(env, argv[4], 1, &s->on_batch));
+  CHECK(napi_create_reference(env, argv[5], 1, &s->on_writable));
   CHECK(napi_create_reference(env, argv[1], 1, &s->rbuf_ref));
   CHECK(napi_create_reference(env, argv[2], 1, &s->meta_ref));
   CHECK(napi_create_string_utf8(env, "georm:udp", NAPI_AUTO_LENGTH, &name));
   CHECK(napi_async_init(env, NULL, name, &s->actx));
   s->receiving = 1;
-  int r = uv_poll_start(&s->poll, UV_READABLE, on_readable);
+  int r = uv_poll_start(&s->poll, UV_READABLE, on_io);
   if (r != 0) return throw_errno(env, -r, "uv_poll_start", NULL, NULL);
   return NULL;
 }
@@ -478,9 +496,10 @@ static size_t gso_run(const uint32_t *meta, size_t i, size_t count) {
 
 /*
  * udpSend(sock, buffer, meta: Uint32Array of (offset, length) pairs, count, sockaddr: Buffer,
- * key: External|null) → packets handed to the kernel (fewer than count when the socket buffer is
- * full or the route fails: those are lost, as a dropped datagram would be, and retransmission
- * recovers them). Each packet's last 16 bytes receive its tag first.
+ * key: External|null) → packets handed to the kernel. Fewer than count when the route fails: the
+ * rest are lost, as dropped datagrams would be, and retransmission recovers them. When the socket
+ * buffer is full (EAGAIN, ENOBUFS) it returns -(sent + 1) instead: the rest were not sent and may be
+ * sent again once udpWaitWritable has answered. Each packet's last 16 bytes receive its tag first.
  */
 static napi_value UdpSend(napi_env env, napi_callback_info info) {
   size_t argc = 6;
@@ -521,6 +540,7 @@ static napi_value UdpSend(napi_env env, napi_callback_info info) {
     }
   }
   size_t pi = 0;
+  int blocked = 0;
   while (pi < (size_t)count) {
     size_t nm = 0, p = pi;
     while (p < (size_t)count && nm < SEND_MAX) {
@@ -556,13 +576,32 @@ static napi_value UdpSend(napi_env env, napi_callback_info info) {
         s->gso = 0;
         continue;
       }
-      break; /* EAGAIN (buffer full), ENETUNREACH, …: the rest is lost like dropped datagrams */
+      blocked = errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOBUFS;
+      break; /* blocked, or ENETUNREACH, …: the rest is lost like dropped datagrams */
     }
     /* A partial count means message r failed; the next round starts there and sees its error. */
     for (int k = 0; k < r; k++) pi += s->spkts[k];
   }
-  CHECK(napi_create_uint32(env, (uint32_t)pi, &out));
+  CHECK(napi_create_int64(env, blocked ? -(int64_t)pi - 1 : (int64_t)pi, &out));
   return out;
+}
+
+/* udpWaitWritable(sock): onWritable (see udpRecvStart) is called once the socket can take more. */
+static napi_value UdpWaitWritable(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  udp_sock *s = arg_sock(env, argv[0]);
+  if (!s) return NULL;
+  if (!s->receiving) {
+    napi_throw_error(env, "ERR_SOCKET_NOT_RECEIVING", "udpWaitWritable needs udpRecvStart first");
+    return NULL;
+  }
+  if (s->want_writable) return NULL;
+  s->want_writable = 1;
+  int r = uv_poll_start(&s->poll, UV_READABLE | UV_WRITABLE, on_io);
+  if (r != 0) return throw_errno(env, -r, "uv_poll_start", NULL, NULL);
+  return NULL;
 }
 
 /* udpClose(sock): stops receiving and closes the socket (the fd once libuv has let go of it). */
@@ -601,6 +640,7 @@ void georm_udp_define(napi_env env, napi_value exports) {
     EXPORT_FN("udpOpen", UdpOpen),
     EXPORT_FN("udpRecvStart", UdpRecvStart),
     EXPORT_FN("udpSend", UdpSend),
+    EXPORT_FN("udpWaitWritable", UdpWaitWritable),
     EXPORT_FN("udpInfo", UdpInfo),
     EXPORT_FN("udpClose", UdpClose),
   };

@@ -64,6 +64,8 @@ export interface NetworkStats {
   timeouts: number;
   /** Packets given up on this network (send errors, moved away when the network failed). */
   failures: number;
+  /** Times the socket buffer was full and packets waited for it to drain (native wire). */
+  sendWaits: number;
   /** Duplicate packets or fragments received. */
   duplicates: number;
   /** Control packets (pings, pongs, acks) sent and received. */

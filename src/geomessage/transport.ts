@@ -118,7 +118,7 @@ interface Reasm { buf: Buffer; got: Uint8Array; count: number; missing: number; 
 
 interface NetCounters {
   packetsOut: number; packetsIn: number; bytesOut: number; bytesIn: number;
-  resends: number; timeouts: number; failures: number; duplicates: number; other: number;
+  resends: number; timeouts: number; failures: number; sendWaits: number; duplicates: number; other: number;
   dropped: DropStats;
 }
 
@@ -291,7 +291,7 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
     for (const [i, ep] of o.endpoints.entries()) {
       const mtu = ep.mtu ?? 1500;
       if (fragmentPayloadSize(mtu) < 64) throw new GeoMessageError('GEOMSG_ERR_CONFIG', `network ${ep.network}: MTU ${mtu} too small`);
-      const c: NetCounters = { packetsOut: 0, packetsIn: 0, bytesOut: 0, bytesIn: 0, resends: 0, timeouts: 0, failures: 0, duplicates: 0, other: 0, dropped: emptyDrops() };
+      const c: NetCounters = { packetsOut: 0, packetsIn: 0, bytesOut: 0, bytesIn: 0, resends: 0, timeouts: 0, failures: 0, sendWaits: 0, duplicates: 0, other: 0, dropped: emptyDrops() };
       let wire: Wire;
       try {
         wire = await openWire(o.io ?? 'auto', {
@@ -306,6 +306,7 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
             }
           },
           onSendFailure: (count, err) => { c.failures += count; this.log.debug({ err, network: ep.network, count }, 'send failed'); },
+          onSendWait: () => { c.sendWaits++; },
         });
       } catch (err) {
         throw new GeoMessageError('GEOMSG_ERR_CONFIG', `cannot bind ${ep.address}:${ep.port} for network ${ep.network}: ${(err as Error).message}`, { cause: err });
@@ -325,6 +326,7 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
       });
       if (!links.some((l) => l)) throw new GeoMessageError('GEOMSG_ERR_CONFIG', `peer ${ps.machine} shares no network with ${o.machine}`);
       const peer = new Peer(ps, links, now, this.window);
+      for (const l of links) if (l) l.out.onDrain = () => this.pump(peer);
       // In-flight bytes stay within windowBytes: with jumbo frames 4096 packets would be 36 MB, more
       // than a receive buffer usually holds.
       peer.maxCwnd = Math.max(16, Math.min(this.window, Math.floor((o.windowBytes ?? 4 << 20) / peer.fragSize)));
@@ -446,7 +448,8 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
     if (peer.state !== 'up' || this.closed) return;
     const link = this.chosenLink(peer);
     if (!link) return;
-    while (peer.inflight.size < peer.cwnd) {
+    // A full socket buffer stops the pump as a full window does; its drain event restarts it.
+    while (peer.inflight.size < peer.cwnd && link.out.writable) {
       const r = peer.retxQ.shift();
       if (r) {
         if (r.msg.done || isAcked(r.msg, r.frag)) continue;

@@ -26,6 +26,10 @@ export type ReceivedStatus = 'unchecked' | 'checked' | DropReason;
 export interface PacketOut {
   /** The buffer the packet begun last is written into (valid until `end`). */
   readonly buf: Buffer;
+  /** False while the socket buffer is full and packets wait here: stop producing data packets. */
+  readonly writable: boolean;
+  /** Set by the transport: called when a destination that was not writable can take packets again. */
+  onDrain: (() => void) | null;
   /** Begins a packet whose body (all but the tag) is bodyLen bytes; returns the body's offset in `buf`. */
   begin(bodyLen: number): number;
   /** Ends the packet begun last: it is signed and sent now (dgram) or at the end of this JS turn (native). */
@@ -51,6 +55,8 @@ export interface WireOptions {
   onPacket(buf: Buffer, status: ReceivedStatus): void;
   /** Packets the kernel refused (full buffer, unreachable route): lost, retransmission recovers them. */
   onSendFailure(count: number, err?: Error): void;
+  /** The socket buffer was full: packets wait for it to drain (not lost). */
+  onSendWait(): void;
 }
 
 /** Opens the chosen wire; 'auto' falls back to dgram without the addon (GEORM_GEOMSG_IO=dgram forces it). */
@@ -77,9 +83,16 @@ class NativeWire implements Wire {
   readonly port: number;
   private readonly sock: BatchSocket;
 
+  private readonly blocked = new Set<NativeOut>();
+
   constructor(private readonly o: WireOptions) {
     this.sock = openBatchSocket({
       address: o.address, port: o.port, bufferBytes: o.bufferBytes, key: o.key,
+      onWritable: () => {
+        const outs = [...this.blocked];
+        this.blocked.clear();
+        for (const out of outs) out.drained();
+      },
       onBatch: (buf, meta, count) => {
         for (let i = 0; i < count; i++) {
           const off = meta[3 * i]!;
@@ -96,7 +109,10 @@ class NativeWire implements Wire {
   }
 
   out(address: string, port: number): PacketOut {
-    return new NativeOut(this.sock, this.sock.target(address, port), this.o);
+    return new NativeOut(this.sock, this.sock.target(address, port), this.o, (out) => {
+      this.blocked.add(out);
+      this.sock.waitWritable();
+    });
   }
 
   close(): Promise<void> {
@@ -105,23 +121,43 @@ class NativeWire implements Wire {
   }
 }
 
-/** Packets for one destination, laid out back to back and sent together at the end of the turn. */
+/**
+ * Packets for one destination, laid out back to back and sent together at the end of the turn.
+ * When the socket buffer is full the unsent ones stay here until the socket is writable again;
+ * meanwhile `writable` is false so the transport stops producing data packets (control packets
+ * still queue). Only if this buffer fills while blocked are its packets dropped (counted).
+ */
 class NativeOut implements PacketOut {
   readonly buf = Buffer.allocUnsafe(BATCH_BYTES);
+  onDrain: (() => void) | null = null;
   private readonly meta = new Uint32Array(2 * SEND_MAX_PACKETS);
   private pos = 0;
   private count = 0;
   private pendingLen = 0;
   private scheduled = false;
+  private blocked = false;
   private readonly flushFn = (): void => { this.scheduled = false; this.flush(); };
 
-  constructor(private readonly sock: BatchSocket, private readonly to: BatchTarget, private readonly o: WireOptions) {}
+  constructor(private readonly sock: BatchSocket, private readonly to: BatchTarget, private readonly o: WireOptions,
+    private readonly waitWritable: (out: NativeOut) => void) {}
+
+  get writable(): boolean { return !this.blocked; }
 
   begin(bodyLen: number): number {
     const len = bodyLen + TAG_BYTES;
-    if (this.pos + len > this.buf.length || this.count === SEND_MAX_PACKETS) this.flush();
+    if (this.pos + len > this.buf.length || this.count === SEND_MAX_PACKETS) {
+      this.flush();
+      if (this.pos + len > this.buf.length || this.count === SEND_MAX_PACKETS) this.discard();
+    }
     this.pendingLen = len;
     return this.pos;
+  }
+
+  /** The socket can take packets again: send what waited, then let the transport go on. */
+  drained(): void {
+    this.blocked = false;
+    this.flush();
+    if (!this.blocked) this.onDrain?.();
   }
 
   end(): void {
@@ -138,11 +174,35 @@ class NativeOut implements PacketOut {
 
   private flush(): void {
     const n = this.count;
-    if (n === 0) return;
+    if (n === 0 || this.blocked) return;
+    const r = this.sock.send(this.buf, this.meta, n, this.to);
+    if (r >= 0) {
+      this.count = 0;
+      this.pos = 0;
+      if (r < n) this.o.onSendFailure(n - r);
+      return;
+    }
+    // Socket buffer full: keep the unsent packets, moved to the front, for the writable event.
+    const sent = -r - 1;
+    const m = this.meta;
+    const start = m[2 * sent]!;
+    this.buf.copy(this.buf, 0, start, this.pos);
+    for (let i = sent; i < n; i++) {
+      m[2 * (i - sent)] = m[2 * i]! - start;
+      m[2 * (i - sent) + 1] = m[2 * i + 1]!;
+    }
+    this.count = n - sent;
+    this.pos -= start;
+    this.blocked = true;
+    this.o.onSendWait();
+    this.waitWritable(this);
+  }
+
+  /** Drops the packets waiting here (blocked and full): lost as on a congested link, and counted. */
+  private discard(): void {
+    this.o.onSendFailure(this.count);
     this.count = 0;
     this.pos = 0;
-    const sent = this.sock.send(this.buf, this.meta, n, this.to);
-    if (sent < n) this.o.onSendFailure(n - sent);
   }
 }
 
@@ -193,6 +253,9 @@ class DgramWire implements Wire {
 /** One buffer per packet, with room in front for the HMAC's inner pad (signed in place). */
 class DgramOut implements PacketOut {
   buf: Buffer = Buffer.alloc(0);
+  /** libuv queues what the kernel cannot take yet: always writable. */
+  readonly writable = true;
+  onDrain: (() => void) | null = null;
   private bodyEnd = 0;
   private readonly auth;
 

@@ -34,8 +34,9 @@ export interface Addon {
   macKey(key: Buffer): object;
   udpAddress(ipv6: boolean, address: string, port: number): Buffer;
   udpOpen(ipv6: boolean, address: string, port: number, bufferBytes: number): [object, number, boolean, boolean];
-  udpRecvStart(sock: object, recvBuffer: Buffer, meta: Uint32Array, key: object | null, onBatch: (count: number) => void): void;
+  udpRecvStart(sock: object, recvBuffer: Buffer, meta: Uint32Array, key: object | null, onBatch: (count: number) => void, onWritable: () => void): void;
   udpSend(sock: object, buf: Buffer, meta: Uint32Array, count: number, sockaddr: Buffer, key: object | null): number;
+  udpWaitWritable(sock: object): void;
   udpInfo(sock: object): [boolean, boolean];
   udpClose(sock: object): void;
 }

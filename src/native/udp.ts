@@ -35,6 +35,8 @@ export interface BatchSocketOptions {
    * meta[3i+2] (RECV_*). The bytes are only valid during the call: copy what must outlive it.
    */
   onBatch(buf: Buffer, meta: Uint32Array, count: number): void;
+  /** Called once after `waitWritable()`, when the socket can take packets again. */
+  onWritable?(): void;
 }
 
 /** A destination prepared once (its sockaddr bytes). */
@@ -50,9 +52,12 @@ export interface BatchSocket {
   /**
    * Signs and sends `count` packets found at (meta[2i], meta[2i+1]) in buf (each packet's last 16
    * bytes are overwritten with its tag). Returns how many the kernel took; the rest are lost, as
-   * datagrams dropped by a full buffer or a failed route would be.
+   * datagrams dropped by a failed route would be. When the socket buffer is full it returns
+   * -(taken + 1) instead: the rest were not sent and may be sent again after `waitWritable()`.
    */
   send(buf: Buffer, meta: Uint32Array, count: number, to: BatchTarget): number;
+  /** Asks for one `onWritable` call when the socket can take packets again. */
+  waitWritable(): void;
   close(): void;
 }
 
@@ -73,7 +78,7 @@ export function openBatchSocket(o: BatchSocketOptions): BatchSocket {
   const rbuf = Buffer.allocUnsafe(RECV_BUFFER_BYTES);
   const meta = new Uint32Array(3 * RECV_MAX_PACKETS);
   let closed = false;
-  a.udpRecvStart(sock, rbuf, meta, key, (count) => o.onBatch(rbuf, meta, count));
+  a.udpRecvStart(sock, rbuf, meta, key, (count) => o.onBatch(rbuf, meta, count), () => o.onWritable?.());
   return {
     port,
     get gso() { return !closed && a.udpInfo(sock)[0]; },
@@ -85,6 +90,9 @@ export function openBatchSocket(o: BatchSocketOptions): BatchSocket {
     send(buf, m, count, to) {
       if (closed) return 0;
       return a.udpSend(sock, buf, m, count, to.sockaddr, key);
+    },
+    waitWritable() {
+      if (!closed) a.udpWaitWritable(sock);
     },
     close() {
       if (closed) return;
