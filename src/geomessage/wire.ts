@@ -71,6 +71,11 @@ export async function openWire(choice: WireChoice, o: WireOptions): Promise<Wire
 
 /** Bytes buffered per destination before a batch is sent early (more than one GSO message's worth). */
 const BATCH_BYTES = 512 * 1024;
+/**
+ * While the socket is blocked the batch grows instead of dropping what waits (the transport pauses
+ * its window then, so little more arrives); past this size packets are dropped and counted.
+ */
+const BLOCKED_MAX_BYTES = 16 << 20;
 /** RECV_* codes of the addon, as the transport names them (a truncated datagram is malformed). */
 const STATUS: ReceivedStatus[] = [];
 STATUS[RECV_OK] = 'checked';
@@ -125,12 +130,12 @@ class NativeWire implements Wire {
  * Packets for one destination, laid out back to back and sent together at the end of the turn.
  * When the socket buffer is full the unsent ones stay here until the socket is writable again;
  * meanwhile `writable` is false so the transport stops producing data packets (control packets
- * still queue). Only if this buffer fills while blocked are its packets dropped (counted).
+ * still queue) and the batch grows. Only past BLOCKED_MAX_BYTES are packets dropped (counted).
  */
 class NativeOut implements PacketOut {
-  readonly buf = Buffer.allocUnsafe(BATCH_BYTES);
+  buf = Buffer.allocUnsafe(BATCH_BYTES);
   onDrain: (() => void) | null = null;
-  private readonly meta = new Uint32Array(2 * SEND_MAX_PACKETS);
+  private meta = new Uint32Array(2 * SEND_MAX_PACKETS);
   private pos = 0;
   private count = 0;
   private pendingLen = 0;
@@ -145,12 +150,27 @@ class NativeOut implements PacketOut {
 
   begin(bodyLen: number): number {
     const len = bodyLen + TAG_BYTES;
-    if (this.pos + len > this.buf.length || this.count === SEND_MAX_PACKETS) {
+    if (this.pos + len > this.buf.length || 2 * this.count === this.meta.length) {
       this.flush();
-      if (this.pos + len > this.buf.length || this.count === SEND_MAX_PACKETS) this.discard();
+      if (this.pos + len > this.buf.length || 2 * this.count === this.meta.length) this.grow(len);
     }
     this.pendingLen = len;
     return this.pos;
+  }
+
+  /** Blocked and full: make room for what waits (bounded), or drop it (counted). */
+  private grow(len: number): void {
+    if (this.buf.length * 2 > BLOCKED_MAX_BYTES) { this.discard(); return; }
+    if (this.pos + len > this.buf.length) {
+      const b = Buffer.allocUnsafe(this.buf.length * 2);
+      this.buf.copy(b, 0, 0, this.pos);
+      this.buf = b;
+    }
+    if (2 * this.count === this.meta.length) {
+      const m = new Uint32Array(this.meta.length * 2);
+      m.set(this.meta);
+      this.meta = m;
+    }
   }
 
   /** The socket can take packets again: send what waited, then let the transport go on. */
@@ -175,15 +195,23 @@ class NativeOut implements PacketOut {
   private flush(): void {
     const n = this.count;
     if (n === 0 || this.blocked) return;
-    const r = this.sock.send(this.buf, this.meta, n, this.to);
+    // At most SEND_MAX_PACKETS per call (a grown batch holds more).
+    let done = 0;
+    let r = 0;
+    while (done < n) {
+      const k = Math.min(SEND_MAX_PACKETS, n - done);
+      r = this.sock.send(this.buf, done ? this.meta.subarray(2 * done) : this.meta, k, this.to);
+      if (r < 0) break;
+      if (r < k) this.o.onSendFailure(k - r);
+      done += k;
+    }
     if (r >= 0) {
       this.count = 0;
       this.pos = 0;
-      if (r < n) this.o.onSendFailure(n - r);
       return;
     }
     // Socket buffer full: keep the unsent packets, moved to the front, for the writable event.
-    const sent = -r - 1;
+    const sent = done + (-r - 1);
     const m = this.meta;
     const start = m[2 * sent]!;
     this.buf.copy(this.buf, 0, start, this.pos);
