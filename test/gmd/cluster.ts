@@ -248,7 +248,10 @@ export async function mountExt4(dir: string, uri: string): Promise<{ mnt: string
     await new Promise((r) => setTimeout(r, 50));
   }
   let loop = '';
-  const unmount = async () => {
+  // Runs once however often it is called (a test unmounts, then its teardown does): a second
+  // `losetup -d /dev/loopN` would detach whatever another test file attached there since.
+  let unmounting: Promise<void> | null = null;
+  const unmount = () => unmounting ??= (async () => {
     await runCmd('umount', [mnt]).catch(() => undefined);
     if (loop) await runCmd('losetup', ['-d', loop]).catch(() => undefined);
     await runCmd('fusermount3', ['-u', fuseDir]).catch(() => undefined);
@@ -257,7 +260,7 @@ export async function mountExt4(dir: string, uri: string): Promise<{ mnt: string
       await once(fuse, 'exit');
       clearTimeout(t);
     }
-  };
+  })();
   try {
     loop = (await sh('losetup', ['-f', '--show', join(fuseDir, 'nbd')])).trim();
     await sh('mkfs.ext4', ['-q', '-F', '-E', 'nodiscard,lazy_itable_init=1,lazy_journal_init=1', loop]);
