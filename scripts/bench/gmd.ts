@@ -11,8 +11,7 @@
  * Prints a table with ratios and, with --json, one JSON document. Options: --runtime SEC (10),
  * --size SIZE (256M), --skip-resync, --resync-mtu 1500,9000, --only sync,mwc,… (or --only resync: just the resync part), --dir DIR.
  */
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { once } from 'node:events';
+import { spawn, spawnSync } from 'node:child_process';
 import { copyFileSync, closeSync, mkdtempSync, openSync, rmSync, writeSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { tmpdir } from 'node:os';
@@ -25,6 +24,7 @@ import { parseSize } from '../../src/util/size.js';
 import { TestCluster } from '../../test/gmd/cluster.js';
 import type { GmdMode } from '../../src/gmd/protocol.js';
 import { processCpuSeconds } from './lib/cpu.js';
+import { stopProcess } from '../../src/util/process.js';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
 const GEORM = join(ROOT, 'bin', 'georm.js');
@@ -63,15 +63,6 @@ function fill(path: string): void {
   closeSync(fd);
 }
 
-async function stopProc(p: ChildProcess): Promise<void> {
-  if (p.exitCode !== null || p.signalCode !== null) return;
-  const e = once(p, 'exit');
-  p.kill('SIGTERM');
-  const t = setTimeout(() => p.kill('SIGKILL'), 5000);
-  await e;
-  clearTimeout(t);
-}
-
 async function exportTarget(file: string, dir: string): Promise<Target> {
   const sock = join(dir, 'export.sock');
   const proc = spawn(process.execPath, [GEORM, 'export', file, '--listen', `unix:${sock}`, '--name', 'bench'],
@@ -80,7 +71,7 @@ async function exportTarget(file: string, dir: string): Promise<Target> {
   proc.stdout!.setEncoding('utf8').on('data', (d: string) => { out += d; });
   const end = Date.now() + 15000;
   while (!out.includes('\n')) { if (Date.now() > end) throw new Error('georm export did not start'); await new Promise((r) => setTimeout(r, 50)); }
-  return { name: 'georm export', uri: `nbd+unix:///bench?socket=${sock}`, pids: () => [proc.pid!], stop: () => stopProc(proc) };
+  return { name: 'georm export', uri: `nbd+unix:///bench?socket=${sock}`, pids: () => [proc.pid!], stop: () => stopProcess(proc).then(() => undefined) };
 }
 
 async function gmdTarget(mode: GmdMode, file: string, dir: string, hwm = '128K'): Promise<Target> {

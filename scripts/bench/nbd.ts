@@ -6,13 +6,13 @@
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync, openSync, writeSync, closeSync, existsSync, writeFileSync } from 'node:fs';
-import { once } from 'node:events';
 import { tmpdir, cpus, loadavg } from 'node:os';
 import { join, resolve, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { randomBytes } from 'node:crypto';
 import { runFio, type FioResult } from './lib/fio.js';
 import { processCpuSeconds } from './lib/cpu.js';
+import { stopProcess } from '../../src/util/process.js';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
 const GEORM = join(ROOT, 'bin', 'georm.js');
@@ -71,12 +71,7 @@ async function startNbdkit(file: string, dir: string): Promise<Server> {
 }
 
 async function stop(s: Server): Promise<void> {
-  if (s.proc.exitCode !== null) return;
-  const exited = once(s.proc, 'exit');
-  s.proc.kill('SIGTERM');
-  const t = setTimeout(() => s.proc.kill('SIGKILL'), 5000);
-  await exited;
-  clearTimeout(t);
+  await stopProcess(s.proc);
 }
 
 function value(w: Workload, r: FioResult): number {

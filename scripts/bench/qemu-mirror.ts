@@ -21,6 +21,7 @@ import { createConnection, createServer, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
+import { stopProcess } from '../../src/util/process.js';
 
 export interface QemuMirrorOptions {
   /** Local (source) file, raw. */
@@ -144,15 +145,6 @@ async function waitPort(port: number, child: ChildProcess, timeoutMs = 10000): P
   }
 }
 
-async function stopChild(child: ChildProcess | undefined, graceMs = 5000): Promise<void> {
-  if (!child || child.exitCode !== null || child.signalCode !== null) return;
-  const exited = once(child, 'exit');
-  child.kill('SIGTERM');
-  const t = setTimeout(() => child.kill('SIGKILL'), graceMs);
-  await exited;
-  clearTimeout(t);
-}
-
 export async function startQemuMirror(opts: QemuMirrorOptions): Promise<QemuMirror> {
   const madeDir = opts.runDir === undefined;
   const dir = opts.runDir ?? await mkdtemp(join(tmpdir(), 'georm-qemu-mirror-'));
@@ -168,8 +160,8 @@ export async function startQemuMirror(opts: QemuMirrorOptions): Promise<QemuMirr
   let qmp: Qmp | undefined;
   const cleanup = async () => {
     qmp?.close();
-    await stopChild(qsd);
-    await stopChild(peer);
+    if (qsd) await stopProcess(qsd);
+    if (peer) await stopProcess(peer);
     if (madeDir) await rm(dir, { recursive: true, force: true });
   };
   try {

@@ -4,6 +4,7 @@ import { existsSync } from 'node:fs';
 import net from 'node:net';
 import { join } from 'node:path';
 import { ROOT } from './vm.js';
+import { stopProcess } from '../../src/util/process.js';
 
 /**
  * NBD servers on the host for the guest to reach (as 10.0.2.2): `georm export` and, as the
@@ -44,12 +45,7 @@ function wrap(kind: string, port: number, exportName: string, child: ChildProces
     kind, port, exportName, child,
     output: () => text,
     async stop() {
-      if (child.exitCode !== null || child.signalCode !== null) return;
-      const exited = once(child, 'exit');
-      child.kill('SIGTERM');
-      const t = setTimeout(() => child.kill('SIGKILL'), 5000);
-      await exited;
-      clearTimeout(t);
+      await stopProcess(child);
     },
   };
 }

@@ -1,7 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { createSocket } from 'node:dgram';
-import { once } from 'node:events';
 import { mkdir, open, writeFile, mkdtemp } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -12,6 +11,7 @@ import { parseSize } from '../util/size.js';
 import { renderConfig } from './cluster-config.js';
 import { callControl } from './control.js';
 import type { GmdMode } from './protocol.js';
+import { stopProcess } from '../util/process.js';
 
 export interface DemoOptions {
   dir?: string;
@@ -173,11 +173,7 @@ export async function startDemo(o: DemoOptions): Promise<Demo> {
     for (const [path, child] of [[sock.alpha, alpha], [sock.beta, beta]] as const) {
       if (child.exitCode !== null || child.signalCode !== null) continue;
       await callControl(path, 'stop', {}, 15000).catch(() => undefined);
-      const exited = once(child, 'exit');
-      child.kill('SIGTERM');
-      const t = setTimeout(() => child.kill('SIGKILL'), 5000);
-      await exited;
-      clearTimeout(t);
+      await stopProcess(child);
     }
   };
   try {

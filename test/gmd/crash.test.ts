@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import { TestCluster, identical } from './cluster.js';
 import { ROOT, missingTools } from '../helpers/env.js';
 import type { GmdMode } from '../../src/gmd/protocol.js';
+import { stopProcess } from '../../src/util/process.js';
 
 /**
  * kill -9 of the primary, and separately of the secondary, at random moments under load: a
@@ -80,16 +81,6 @@ async function exited(p: ChildProcess): Promise<number | null> {
   return code;
 }
 
-async function stopProc(p: ChildProcess): Promise<number | null> {
-  if (p.exitCode !== null || p.signalCode !== null) return p.exitCode;
-  const e = once(p, 'exit');
-  p.kill('SIGTERM');
-  const timer = setTimeout(() => p.kill('SIGKILL'), 5000);
-  const [code] = await e as [number | null];
-  clearTimeout(timer);
-  return code;
-}
-
 async function crashMode(t: Test, mode: GmdMode): Promise<void> {
   const c = await TestCluster.create({ mode, size: SIZE, pft: 2 });
   t.teardown(() => c.cleanup());
@@ -102,7 +93,7 @@ async function crashMode(t: Test, mode: GmdMode): Promise<void> {
     await sleep(1000 + Math.floor(Math.random() * 1500));
     await c.kill9(victim);
     if (victim === 'alpha') {
-      await Promise.all([exited(writer), stopProc(fio)]);
+      await Promise.all([exited(writer), stopProcess(fio)]);
       await readLog(log, h);
       if (mode === 'async') {
         await sleep(1000);  // let the secondary apply what it received
@@ -118,7 +109,7 @@ async function crashMode(t: Test, mode: GmdMode): Promise<void> {
       await c.start('beta');
       const fioCode = await exited(fio);
       t.equal(fioCode, 0, 'fio crc32c verify passed across the secondary crash');
-      await stopProc(writer);
+      await stopProcess(writer);
       await readLog(log, h);
     }
     await c.waitInSync(60000);

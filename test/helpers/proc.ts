@@ -1,5 +1,6 @@
 import { spawn, type ChildProcess, type SpawnOptions } from 'node:child_process';
 import { once } from 'node:events';
+import { stopProcess } from '../../src/util/process.js';
 
 /**
  * Child processes started by a test. Every process is killed (by pid, SIGKILL after a grace period)
@@ -16,14 +17,8 @@ export class Procs {
   }
 
   /** Sends `signal`, waits up to `graceMs`, then SIGKILLs. */
-  async stop(child: ChildProcess, signal: NodeJS.Signals = 'SIGTERM', graceMs = 5000): Promise<number | null> {
-    if (child.exitCode !== null || child.signalCode !== null) return child.exitCode;
-    const exited = once(child, 'exit');
-    child.kill(signal);
-    const timer = setTimeout(() => child.kill('SIGKILL'), graceMs);
-    const [code] = (await exited) as [number | null];
-    clearTimeout(timer);
-    return code;
+  stop(child: ChildProcess, signal: NodeJS.Signals = 'SIGTERM', graceMs = 5000): Promise<number | null> {
+    return stopProcess(child, signal, graceMs);
   }
 
   async stopAll(): Promise<void> {

@@ -2,7 +2,6 @@ import t, { type Test } from 'tap';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { once } from 'node:events';
 import { join } from 'node:path';
 import { bootVm, dumpJobFile, keepArtifact, markers, stageRepo, vmUnavailable, type BootResult } from '../../scripts/vm/vm.js';
 import { demoAvailable, freePort, geormAvailable } from '../../scripts/vm/host.js';
@@ -136,6 +135,7 @@ while True:
     print('DONE %d %d U' % (seq, b), flush=True)
     seq += 1
 `;
+import { stopProcess } from '../../src/util/process.js';
 // Debian's python3 has the libnbd binding; a pyenv python on PATH may not.
 const PYTHON = existsSync('/usr/bin/python3') ? '/usr/bin/python3' : 'python3';
 
@@ -211,16 +211,6 @@ function checkRecords(t: Test, image: Buffer, a: Acked, tag: string, what: strin
     if (seq !== acked && !inFlight) bad.push(`block ${b}: holds #${seq}, last acknowledged #${acked}`);
   }
   t.same(bad.slice(0, 8), [], `${what}: every acknowledged record present and intact (${a.last.size} blocks, ${a.count} records, last #${a.maxDone})`);
-}
-
-async function stopChild(c: ChildProcess): Promise<number | null> {
-  if (c.exitCode !== null || c.signalCode !== null) return c.exitCode;
-  const exited = once(c, 'exit');
-  c.kill('SIGTERM');
-  const timer = setTimeout(() => c.kill('SIGKILL'), 10_000);
-  const [code] = await exited as [number | null];
-  clearTimeout(timer);
-  return code;
 }
 
 const skip = vmUnavailable() || missingTools('qemu-system-x86_64', 'busybox', 'cpio', 'mke2fs', 'debugfs', 'fio', 'apt-get')
@@ -307,9 +297,9 @@ ${hostWriter ? 'echo "OK ready for the host writer"; sleep 600' : `node /job/plw
       }
     },
   });
-  if (writer) await stopChild(writer);
+  if (writer) await stopProcess(writer, 'SIGTERM', 10_000);
   if (hostWriter) t.comment(`host writer stderr (expected: the connection broke at the cut): ${writerErr.trim().split('\n').slice(-2).join(' | ')}`);
-  if (!cut) { fail(res1, 'powerloss-boot1', `the workload never reached the cut (guest exit ${res1.exitCode}, timed out ${res1.timedOut})`); await stopChild(beta.child); return; }
+  if (!cut) { fail(res1, 'powerloss-boot1', `the workload never reached the cut (guest exit ${res1.exitCode}, timed out ${res1.timedOut})`); await stopProcess(beta.child, 'SIGTERM', 10_000); return; }
   const acked = ackedRecords(hostWriter ? writerOut : res1.console);
   t.comment(`power cut after ${cutAfterMs} ms of records: ${acked.count} acknowledged (${acked.fua} with FUA), last #${acked.maxDone}`);
   if (writes === 'fua' || writes === 'mixed') t.notOk(/FUA-UNAVAILABLE/.test(res1.console), 'the guest could write records with O_DIRECT|O_DSYNC (FUA)');
@@ -348,7 +338,7 @@ echo "OK data unmounted"
     },
   });
   const bs = await betaStart;
-  const betaCode = await stopChild(beta.child);
+  const betaCode = await stopProcess(beta.child, 'SIGTERM', 10_000);
   if (res2.exitCode !== 0) { fail(res2, 'powerloss-boot2', `recovery boot failed (exit ${res2.exitCode}${res2.timedOut ? ', timed out' : ''}); beta start: ${bs?.stdout}${bs?.stderr}`); return; }
   t.equal(bs?.code, 0, `the secondary started again and rejoined (${(bs?.stdout ?? '').trim()})`);
 
