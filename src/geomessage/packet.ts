@@ -232,24 +232,8 @@ export function sealPacket(key: Buffer, h: PacketHeader, payload: Buffer | null,
   return parts;
 }
 
-/** Spare bytes in front of a packet built by buildPacket (the HMAC inner pad goes there). */
+/** Spare bytes in front of a packet signed with Authenticator.signInPlace (the HMAC inner pad goes there). */
 export const PACKET_HEADROOM = BLOCK;
-
-/**
- * Builds a packet as one contiguous buffer (header, payload, acks, tag): one copy of the payload, and
- * one buffer for dgram to send (no iovec array per packet). Equivalent to Buffer.concat(sealPacket()).
- */
-export function buildPacket(key: Buffer, h: PacketHeader, payload: Buffer | null, ackBlock: Buffer | null): Buffer {
-  const plen = payload ? payload.length : 0;
-  const alen = ackBlock ? ackBlock.length : 0;
-  const bodyEnd = BLOCK + HEADER_BYTES + plen + alen;
-  const full = Buffer.allocUnsafe(bodyEnd + TAG_BYTES);
-  writeHeader(full, h, BLOCK);
-  if (plen) payload!.copy(full, BLOCK + HEADER_BYTES);
-  if (alen) ackBlock!.copy(full, BLOCK + HEADER_BYTES + plen);
-  authFor(key).signInPlace(full, bodyEnd);
-  return full.subarray(BLOCK);
-}
 
 /** Why a packet was refused (the receiver counts each reason). */
 export type DropReason = 'short' | 'auth' | 'version' | 'malformed';

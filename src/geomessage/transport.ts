@@ -467,7 +467,7 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
     this.armRto(peer);
   }
 
-  /** One header object reused for every packet (buildPacket serialises it at once): no garbage per packet. */
+  /** One header object reused for every packet (transmit serialises it at once): no garbage per packet. */
   private readonly scratch: PacketHeader = {
     type: 0, flags: 0, srcMachine: 0, dstMachine: 0, srcEpoch: 0, dstEpoch: 0, pseq: 0, msgId: 0, corrId: 0, orderSeq: 0,
     totalLen: 0, msgFloor: 0, service: 0, fragIndex: 0, fragCount: 0, fragLen: 0,

@@ -3,7 +3,7 @@ import { chmodSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import {
-  openPacket, sealPacket, buildPacket, encodeAckBlock, computeTag, machineId, HEADER_BYTES, TAG_BYTES, T_DATA, T_ACK, F_ACKS, F_ORDERED,
+  openPacket, sealPacket, encodeAckBlock, computeTag, authFor, writeHeader, PACKET_HEADROOM, machineId, HEADER_BYTES, TAG_BYTES, T_DATA, T_ACK, F_ACKS, F_ORDERED,
   type PacketHeader,
 } from '../../src/geomessage/packet.js';
 import { loadClusterKey } from '../../src/geomessage/key.js';
@@ -29,11 +29,21 @@ t.test('seal then open round-trips every field, with and without acks', async (t
   t.same(q.acks, [10, 8, 5, 1]);
 });
 
-t.test('buildPacket equals the concatenated sealPacket parts', async (t) => {
-  const a = buildPacket(KEY, hdr(), Buffer.from('hello'), encodeAckBlock([9, 3]));
+/** A packet laid out and signed in place as the dgram wire does (header room, body, tag). */
+function signedInPlace(key: Buffer, h: ReturnType<typeof hdr>, payload: Buffer | null, acks: Buffer | null): Buffer {
+  const body = Buffer.concat([Buffer.alloc(HEADER_BYTES), payload ?? Buffer.alloc(0), acks ?? Buffer.alloc(0)]);
+  const full = Buffer.alloc(PACKET_HEADROOM + body.length + TAG_BYTES);
+  writeHeader(body, h);
+  body.copy(full, PACKET_HEADROOM);
+  authFor(key).signInPlace(full, PACKET_HEADROOM + body.length);
+  return full.subarray(PACKET_HEADROOM);
+}
+
+t.test('a packet signed in place equals the concatenated sealPacket parts', async (t) => {
+  const a = signedInPlace(KEY, hdr(), Buffer.from('hello'), encodeAckBlock([9, 3]));
   const b = Buffer.concat(sealPacket(KEY, hdr({ flags: F_ORDERED }), Buffer.from('hello'), encodeAckBlock([9, 3])));
   t.ok(a.equals(b));
-  t.ok(buildPacket(Buffer.alloc(100, 3), hdr(), null, null).equals(Buffer.concat(sealPacket(Buffer.alloc(100, 3), hdr(), null, null))));
+  t.ok(signedInPlace(Buffer.alloc(100, 3), hdr(), null, null).equals(Buffer.concat(sealPacket(Buffer.alloc(100, 3), hdr(), null, null))));
 });
 
 t.test('forged, truncated, wrong-key, wrong-version and random packets are refused', async (t) => {
