@@ -246,7 +246,7 @@ static napi_value UdpAddress(napi_env env, napi_callback_info info) {
 }
 
 /*
- * udpOpen(ipv6, address, port, bufferBytes) → [External, boundPort, gso, gro]: a non-blocking UDP
+ * udpOpen(ipv6, address, port, bufferBytes) → [External, boundPort]: a non-blocking UDP
  * socket bound to address:port (0 = any free port) with the given socket buffer sizes.
  */
 static napi_value UdpOpen(napi_env env, napi_callback_info info) {
@@ -301,15 +301,11 @@ static napi_value UdpOpen(napi_env env, napi_callback_info info) {
   int bport = port;
   if (getsockname(fd, (struct sockaddr *)&bound, &blen) == 0)
     bport = ntohs(bound.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&bound)->sin6_port : ((struct sockaddr_in *)&bound)->sin_port);
-  CHECK(napi_create_array_with_length(env, 4, &out));
+  CHECK(napi_create_array_with_length(env, 2, &out));
   CHECK(napi_create_external(env, s, sock_finalize, NULL, &v));
   napi_set_element(env, out, 0, v);
   napi_create_int32(env, bport, &v);
   napi_set_element(env, out, 1, v);
-  napi_get_boolean(env, s->gso, &v);
-  napi_set_element(env, out, 2, v);
-  napi_get_boolean(env, s->gro, &v);
-  napi_set_element(env, out, 3, v);
   return out;
 }
 
@@ -421,6 +417,25 @@ static void on_io(uv_poll_t *h, int status, int events) {
   napi_close_handle_scope(env, scope);
 }
 
+/* A Uint32Array's data and element count; 0 for anything else. */
+static int u32_array(napi_env env, napi_value v, uint32_t **data, size_t *len) {
+  napi_typedarray_type tt;
+  napi_value ab;
+  size_t off;
+  void *p;
+  if (napi_get_typedarray_info(env, v, &tt, len, &p, &ab, &off) != napi_ok || tt != napi_uint32_array) return 0;
+  *data = p;
+  return 1;
+}
+
+/* The key of an optional `key: External|null` argument (macKey), or NULL. */
+static const mac_key *opt_key(napi_env env, napi_value v) {
+  napi_valuetype t;
+  void *key = NULL;
+  if (napi_typeof(env, v, &t) == napi_ok && t == napi_external) napi_get_value_external(env, v, &key);
+  return key;
+}
+
 /*
  * udpRecvStart(sock, recvBuffer, meta: Uint32Array, key: External|null, onBatch(count), onWritable()):
  * starts delivering. recvBuffer holds up to 64 slots of 64 KiB (its size decides how many); meta
@@ -436,19 +451,14 @@ static napi_value UdpRecvStart(napi_env env, napi_callback_info info) {
     napi_throw_error(env, "ERR_SOCKET_RECEIVING", "already receiving");
     return NULL;
   }
-  void *rbuf, *meta, *key = NULL;
+  void *rbuf;
+  uint32_t *meta;
   size_t rlen, mlen;
-  napi_typedarray_type tt;
-  napi_value ab;
-  size_t aoff;
-  if (napi_get_buffer_info(env, argv[1], &rbuf, &rlen) != napi_ok || rlen < SLOT ||
-      napi_get_typedarray_info(env, argv[2], &tt, &mlen, &meta, &ab, &aoff) != napi_ok || tt != napi_uint32_array || mlen < 3) {
+  if (napi_get_buffer_info(env, argv[1], &rbuf, &rlen) != napi_ok || rlen < SLOT || !u32_array(env, argv[2], &meta, &mlen) || mlen < 3) {
     napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "recvStart needs a Buffer of at least 64 KiB and a Uint32Array");
     return NULL;
   }
-  napi_valuetype kt;
-  napi_typeof(env, argv[3], &kt);
-  if (kt == napi_external) napi_get_value_external(env, argv[3], &key);
+  const mac_key *key = opt_key(env, argv[3]);
   napi_valuetype ft, wt;
   napi_typeof(env, argv[4], &ft);
   napi_typeof(env, argv[5], &wt);
@@ -461,7 +471,7 @@ static napi_value UdpRecvStart(napi_env env, napi_callback_info info) {
   s->meta = meta;
   s->meta_entries = mlen / 3;
   if (key) {
-    s->key = *(mac_key *)key;
+    s->key = *key;
     s->has_key = 1;
   }
   CHECK(napi_create_reference(env, argv[4], 1, &s->on_batch));
@@ -507,21 +517,16 @@ static napi_value UdpSend(napi_env env, napi_callback_info info) {
   CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   udp_sock *s = arg_sock(env, argv[0]);
   if (!s) return NULL;
-  void *buf, *metav, *addr, *key = NULL;
-  size_t blen, mlen, alen, aoff;
-  napi_typedarray_type tt;
-  napi_value ab;
+  void *buf, *addr;
+  uint32_t *meta;
+  size_t blen, mlen, alen;
   int32_t count;
-  if (napi_get_buffer_info(env, argv[1], &buf, &blen) != napi_ok ||
-      napi_get_typedarray_info(env, argv[2], &tt, &mlen, &metav, &ab, &aoff) != napi_ok || tt != napi_uint32_array ||
+  if (napi_get_buffer_info(env, argv[1], &buf, &blen) != napi_ok || !u32_array(env, argv[2], &meta, &mlen) ||
       !arg_int(env, argv[3], "count", &count) || napi_get_buffer_info(env, argv[4], &addr, &alen) != napi_ok) {
     napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "udpSend(sock, Buffer, Uint32Array, count, sockaddr, key)");
     return NULL;
   }
-  napi_valuetype kt;
-  napi_typeof(env, argv[5], &kt);
-  if (kt == napi_external) napi_get_value_external(env, argv[5], &key);
-  const uint32_t *meta = metav;
+  const mac_key *key = opt_key(env, argv[5]);
   if (count < 0 || count > SEND_MAX || (size_t)count * 2 > mlen) {
     napi_throw_range_error(env, "ERR_OUT_OF_RANGE", "count out of range");
     return NULL;

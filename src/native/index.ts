@@ -33,7 +33,7 @@ export interface Addon {
   // GeoMessage datagram batches (udp.c); wrapped by ./udp.ts
   macKey(key: Buffer): object;
   udpAddress(ipv6: boolean, address: string, port: number): Buffer;
-  udpOpen(ipv6: boolean, address: string, port: number, bufferBytes: number): [object, number, boolean, boolean];
+  udpOpen(ipv6: boolean, address: string, port: number, bufferBytes: number): [object, number];
   udpRecvStart(sock: object, recvBuffer: Buffer, meta: Uint32Array, key: object | null, onBatch: (count: number) => void, onWritable: () => void): void;
   udpSend(sock: object, buf: Buffer, meta: Uint32Array, count: number, sockaddr: Buffer, key: object | null): number;
   udpWaitWritable(sock: object): void;
