@@ -219,8 +219,8 @@ export function computeTag(key: Buffer, parts: readonly Buffer[]): Buffer {
 }
 
 /**
- * The parts of a packet: [header, payload?, ackBlock?, tag], payload not copied. The transport uses
- * buildPacket (one buffer was cheaper than an iovec per packet); this form serves tests and tools.
+ * The parts of a packet: [header, payload?, ackBlock?, tag], payload not copied. The transport
+ * writes packets into its wire's buffers instead (wire.ts); this form serves tests and tools.
  */
 export function sealPacket(key: Buffer, h: PacketHeader, payload: Buffer | null, ackBlock: Buffer | null): Buffer[] {
   const header = Buffer.allocUnsafe(HEADER_BYTES);
