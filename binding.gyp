@@ -7,7 +7,7 @@
       "sources": ["native-bindings/georm_native.c", "native-bindings/udp.c"],
       "cflags": ["-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter", "-O2", "-fvisibility=hidden"],
       "defines": ["_GNU_SOURCE", "NAPI_VERSION=8"],
-      # SHA-256 for the GeoMessage MAC (udp.c) resolves against the OpenSSL inside the node binary
+      # ChaCha20/Poly1305 for the GeoMessage packet tags (udp.c) resolve against the OpenSSL inside the node binary
       # (official and NodeSource builds export it; distribution builds load libcrypto globally).
       "conditions": [
         ["OS!='linux'", { "type": "none" }]

@@ -5,8 +5,8 @@
  * on receipt, a Buffer and an event: at MTU 1500 that was most of GeoMessage's CPU. Here one call
  * moves a batch:
  *
- *   udpSend     signs the packets laid out back to back in one buffer (HMAC-SHA-256, tag truncated to
- *               16 bytes, written into the last 16 bytes of each packet) and passes them to the kernel
+ *   udpSend     signs the packets laid out back to back in one buffer (a 16-byte ChaCha20-Poly1305
+ *               tag, written into the last 16 bytes of each packet) and passes them to the kernel
  *               with one sendmmsg(). A run of equal-sized, adjacent packets travels as one UDP GSO
  *               message (UDP_SEGMENT): the kernel, or the NIC, cuts it into ordinary datagrams.
  *   receiving   a uv_poll watcher drains the socket with recvmmsg(). With UDP_GRO the kernel may hand
@@ -14,8 +14,8 @@
  *               C, then JS is called once per batch with (offset, length, status) triples in a shared
  *               Uint32Array; the bytes stay valid only during that call.
  *
- * On the wire nothing changes: peers using dgram and peers using this interoperate. The MAC uses the
- * SHA-256 of the OpenSSL that Node itself carries, with the key's padded blocks hashed once.
+ * On the wire nothing changes: peers using dgram and peers using this interoperate. The tags use the
+ * OpenSSL that Node itself carries.
  */
 #include "common.h"
 
@@ -23,7 +23,7 @@
 #include <node_api.h>
 #include <uv.h>
 #include <openssl/crypto.h>
-#include <openssl/sha.h>
+#include <openssl/evp.h>
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -46,7 +46,8 @@
 #endif
 
 #define TAG_BYTES 16
-#define MIN_PACKET (52 + TAG_BYTES) /* header + tag: the receiver's "short" limit */
+#define HEADER_BYTES 64
+#define MIN_PACKET (HEADER_BYTES + TAG_BYTES) /* header + tag: the receiver's "short" limit */
 #define SLOT 65536                  /* one datagram (or one GRO run) per receive slot */
 #define MAX_SEGS 64                 /* kernel limit on segments per GSO message (UDP_MAX_SEGMENTS) */
 #define GSO_MAX_BYTES 65000         /* stay under the 64 KiB IP datagram limit with headers */
@@ -56,63 +57,102 @@
 /* Receive statuses reported per packet (src/native/udp.ts mirrors them). */
 enum { ST_OK = 0, ST_AUTH = 1, ST_SHORT = 2, ST_TRUNCATED = 3 };
 
-/* ---- HMAC-SHA-256 ---------------------------------------------------------------------------- */
+/* ---- packet tags ------------------------------------------------------------------------------ */
 
-/* SHA-256 states after absorbing K ⊕ ipad and K ⊕ opad (RFC 2104): two struct copies per packet. */
+/*
+ * The tag is ChaCha20-Poly1305 (RFC 8439) with nothing encrypted: the whole packet before the tag is
+ * the associated data. The 96-bit nonce is the sender's salt (header bytes 52-59, random, drawn
+ * afresh whenever the low 32 bits of its packet numbers wrap) followed by the low 32 bits of the
+ * packet number (bytes 20-23), which never repeat under one salt. So one key never sees a nonce
+ * twice, which is the one rule this construction needs. Poly1305 costs a fraction of HMAC-SHA-256
+ * per byte; the fixed part per packet is one ChaCha20 block for the one-time key.
+ */
+#define HDR_PSEQ 20
+#define HDR_SALT 52
+
 typedef struct {
-  SHA256_CTX inner, outer;
+  uint8_t key[32];
+  EVP_CIPHER_CTX *chacha; /* keyed once; each packet only sets its nonce */
+  EVP_MAC_CTX *poly;
 } mac_key;
 
-static void mac_init(mac_key *k, const uint8_t *key, size_t len) {
-  uint8_t block[64] = { 0 }, pad[64];
-  if (len > 64) SHA256(key, len, block);
-  else memcpy(block, key, len);
-  for (int i = 0; i < 64; i++) pad[i] = block[i] ^ 0x36;
-  SHA256_Init(&k->inner);
-  SHA256_Update(&k->inner, pad, 64);
-  for (int i = 0; i < 64; i++) pad[i] = block[i] ^ 0x5c;
-  SHA256_Init(&k->outer);
-  SHA256_Update(&k->outer, pad, 64);
-  OPENSSL_cleanse(block, sizeof block);
-  OPENSSL_cleanse(pad, sizeof pad);
+static void mac_free(mac_key *k) {
+  EVP_CIPHER_CTX_free(k->chacha);
+  EVP_MAC_CTX_free(k->poly);
+  k->chacha = NULL;
+  k->poly = NULL;
+  OPENSSL_cleanse(k->key, sizeof k->key);
 }
 
-static void mac_tag(const mac_key *k, const uint8_t *data, size_t len, uint8_t out[32]) {
-  SHA256_CTX c = k->inner;
-  uint8_t ih[32];
-  SHA256_Update(&c, data, len);
-  SHA256_Final(ih, &c);
-  c = k->outer;
-  SHA256_Update(&c, ih, 32);
-  SHA256_Final(out, &c);
+/* Returns 0 when OpenSSL cannot provide ChaCha20 or Poly1305. */
+static int mac_init(mac_key *k, const uint8_t key[32]) {
+  memcpy(k->key, key, 32);
+  k->chacha = EVP_CIPHER_CTX_new();
+  EVP_MAC *m = EVP_MAC_fetch(NULL, "POLY1305", NULL);
+  k->poly = m ? EVP_MAC_CTX_new(m) : NULL;
+  EVP_MAC_free(m); /* the context keeps its own reference */
+  if (!k->chacha || !k->poly || EVP_EncryptInit_ex(k->chacha, EVP_chacha20(), NULL, key, NULL) != 1) {
+    mac_free(k);
+    return 0;
+  }
+  return 1;
+}
+
+static void put_le64(uint8_t *p, uint64_t v) {
+  for (int i = 0; i < 8; i++) p[i] = (uint8_t)(v >> (8 * i));
+}
+
+/* The tag of the first `len` bytes of a packet (len >= HEADER_BYTES). Returns 0 on an OpenSSL failure. */
+static int mac_tag(const mac_key *k, const uint8_t *pkt, size_t len, uint8_t out[TAG_BYTES]) {
+  static const uint8_t zero[32];
+  uint8_t iv[16], otk[32], lens[16];
+  int n;
+  size_t tl;
+  memset(iv, 0, 4); /* block counter 0 yields the Poly1305 key */
+  memcpy(iv + 4, pkt + HDR_SALT, 8);
+  memcpy(iv + 12, pkt + HDR_PSEQ, 4);
+  put_le64(lens, len);
+  put_le64(lens + 8, 0);
+  int ok = EVP_EncryptInit_ex(k->chacha, NULL, NULL, NULL, iv) == 1 &&
+           EVP_EncryptUpdate(k->chacha, otk, &n, zero, 32) == 1 &&
+           EVP_MAC_init(k->poly, otk, 32, NULL) == 1 &&
+           EVP_MAC_update(k->poly, pkt, len) == 1 &&
+           ((len & 15) == 0 || EVP_MAC_update(k->poly, zero, 16 - (len & 15)) == 1) &&
+           EVP_MAC_update(k->poly, lens, 16) == 1 &&
+           EVP_MAC_final(k->poly, out, &tl, TAG_BYTES) == 1 && tl == TAG_BYTES;
+  OPENSSL_cleanse(otk, sizeof otk);
+  return ok;
 }
 
 /* Checks the last TAG_BYTES of a packet against the tag of everything before them. */
 static int mac_ok(const mac_key *k, const uint8_t *pkt, size_t len) {
-  uint8_t t[32];
-  mac_tag(k, pkt, len - TAG_BYTES, t);
-  return CRYPTO_memcmp(t, pkt + len - TAG_BYTES, TAG_BYTES) == 0;
+  uint8_t t[TAG_BYTES];
+  return mac_tag(k, pkt, len - TAG_BYTES, t) && CRYPTO_memcmp(t, pkt + len - TAG_BYTES, TAG_BYTES) == 0;
 }
 
 static void mac_finalize(napi_env env, void *data, void *hint) {
-  OPENSSL_cleanse(data, sizeof(mac_key));
+  mac_free(data);
   free(data);
 }
 
-/* macKey(key: Buffer) → External: the key's HMAC state, for udpSend and udpRecvStart. */
+/* macKey(key: 32-byte Buffer, the tag key of packet.ts) → External, for udpSend and udpRecvStart. */
 static napi_value MacKey(napi_env env, napi_callback_info info) {
   size_t argc = 1;
   napi_value argv[1], out;
   CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   void *key;
   size_t len;
-  if (argc < 1 || napi_get_buffer_info(env, argv[0], &key, &len) != napi_ok || len == 0) {
-    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "key must be a non-empty Buffer");
+  if (argc < 1 || napi_get_buffer_info(env, argv[0], &key, &len) != napi_ok || len != 32) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "key must be a 32-byte Buffer");
     return NULL;
   }
   mac_key *k = malloc(sizeof *k);
   if (!k) return throw_errno(env, ENOMEM, "malloc", NULL, NULL);
-  mac_init(k, key, len);
+  if (!mac_init(k, key)) {
+    free(k);
+    napi_throw_error(env, "ERR_CRYPTO", "georm_native: OpenSSL offers no ChaCha20/Poly1305");
+    return NULL;
+  }
   CHECK(napi_create_external(env, k, mac_finalize, NULL, &out));
   return out;
 }
@@ -151,7 +191,9 @@ typedef struct {
 } udp_sock;
 
 static void free_if_done(udp_sock *s) {
-  if (s->closed && s->finalized) free(s);
+  if (!s->closed || !s->finalized) return;
+  if (s->has_key) mac_free(&s->key);
+  free(s);
 }
 
 static void on_poll_closed(uv_handle_t *h) {
@@ -471,7 +513,11 @@ static napi_value UdpRecvStart(napi_env env, napi_callback_info info) {
   s->meta = meta;
   s->meta_entries = mlen / 3;
   if (key) {
-    s->key = *key;
+    /* Contexts of its own: the key's External may be collected while the socket lives. */
+    if (!mac_init(&s->key, key->key)) {
+      napi_throw_error(env, "ERR_CRYPTO", "georm_native: OpenSSL offers no ChaCha20/Poly1305");
+      return NULL;
+    }
     s->has_key = 1;
   }
   CHECK(napi_create_reference(env, argv[4], 1, &s->on_batch));
@@ -534,14 +580,13 @@ static napi_value UdpSend(napi_env env, napi_callback_info info) {
   uint8_t *b = buf;
   for (int32_t i = 0; i < count; i++) {
     uint32_t off = meta[2 * i], len = meta[2 * i + 1];
-    if (len < TAG_BYTES || (size_t)off + len > blen || len > SLOT) {
-      napi_throw_range_error(env, "ERR_OUT_OF_RANGE", "packet outside the buffer");
+    if (len < MIN_PACKET || (size_t)off + len > blen || len > SLOT) {
+      napi_throw_range_error(env, "ERR_OUT_OF_RANGE", "packet outside the buffer or shorter than a header and tag");
       return NULL;
     }
-    if (key) {
-      uint8_t t[32];
-      mac_tag(key, b + off, len - TAG_BYTES, t);
-      memcpy(b + off + len - TAG_BYTES, t, TAG_BYTES);
+    if (key && !mac_tag(key, b + off, len - TAG_BYTES, b + off + len - TAG_BYTES)) {
+      napi_throw_error(env, "ERR_CRYPTO", "georm_native: packet tag failed");
+      return NULL;
     }
   }
   size_t pi = 0;

@@ -3,7 +3,7 @@ import { performance } from 'node:perf_hooks';
 import { silentLogger, type Logger } from '../util/log.js';
 import { GeoMessageError, type GeoMessageErrorCode } from './errors.js';
 import {
-  ackBlockBytes, decodePacket, fragmentPayloadSize, machineId, openPacket, writeAckBlock, writeHeader, HEADER_BYTES, TAG_BYTES, IP_UDP_OVERHEAD,
+  ackBlockBytes, decodePacket, newSalt, widenPseq, PSEQ_LOW, fragmentPayloadSize, machineId, openPacket, writeAckBlock, writeHeader, HEADER_BYTES, TAG_BYTES, IP_UDP_OVERHEAD,
   F_ACKS, F_ERROR, F_ORDERED, F_REPLY, F_REQUEST, T_ACK, T_DATA, T_PING, T_PONG,
   type DecodedPacket, type DropReason, type PacketHeader,
 } from './packet.js';
@@ -47,6 +47,8 @@ export interface GeoMessageOptions {
   maxMessageBytes?: number;
   /** Override the incarnation number (tests); default: deciseconds since 2025-01-01. */
   epoch?: number;
+  /** First packet number to each peer (tests: start near a 2^32 boundary); default 1. */
+  firstPacketNumber?: number;
   /**
    * Datagram layer (wire.ts): 'native' batches through the addon (sendmmsg/GSO, recvmmsg/GRO, tags in
    * C), 'dgram' is Node's one-send-per-packet path; default 'auto' (native when the addon has it;
@@ -158,6 +160,9 @@ class Peer {
   // sending
   /** Packet numbers are per peer, so the peer sees gaps only where packets were lost. */
   nextPseq = 1;
+  /** Nonce salt of this session's packet tags (packet.ts): random, redrawn when nextPseq's low half wraps. */
+  saltHi: number;
+  saltLo: number;
   nextMsgId = 1;
   nextOrderSeq = 1;
   readonly sendQ: OutMsg[] = [];
@@ -202,6 +207,7 @@ class Peer {
     this.lastHeard = now;
     this.cwnd = Math.min(window, INITIAL_WINDOW);
     this.maxCwnd = window;
+    [this.saltHi, this.saltLo] = newSalt();
   }
 
   get name(): string { return this.spec.machine; }
@@ -326,6 +332,12 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
       });
       if (!links.some((l) => l)) throw new GeoMessageError('GEOMSG_ERR_CONFIG', `peer ${ps.machine} shares no network with ${o.machine}`);
       const peer = new Peer(ps, links, now, this.window);
+      if (o.firstPacketNumber !== undefined) {
+        if (!Number.isInteger(o.firstPacketNumber) || o.firstPacketNumber < 1 || o.firstPacketNumber >= 2 ** 47) {
+          throw new GeoMessageError('GEOMSG_ERR_CONFIG', `firstPacketNumber must be an integer from 1 to 2^47, not ${o.firstPacketNumber}`);
+        }
+        peer.nextPseq = o.firstPacketNumber;
+      }
       for (const l of links) if (l) l.out.onDrain = () => this.pump(peer);
       // In-flight bytes stay within windowBytes: with jumbo frames 4096 packets would be 36 MB, more
       // than a receive buffer usually holds.
@@ -470,13 +482,17 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
   /** One header object reused for every packet (transmit serialises it at once): no garbage per packet. */
   private readonly scratch: PacketHeader = {
     type: 0, flags: 0, srcMachine: 0, dstMachine: 0, srcEpoch: 0, dstEpoch: 0, pseq: 0, msgId: 0, corrId: 0, orderSeq: 0,
-    totalLen: 0, msgFloor: 0, service: 0, fragIndex: 0, fragCount: 0, fragLen: 0,
+    totalLen: 0, msgFloor: 0, service: 0, fragIndex: 0, fragCount: 0, fragLen: 0, saltHi: 0, saltLo: 0,
   };
 
   private header(peer: Peer, type: number, flags: number): PacketHeader {
     const h = this.scratch;
     h.type = type; h.flags = flags; h.srcMachine = this.myId; h.dstMachine = peer.id; h.srcEpoch = this.epoch; h.dstEpoch = peer.epoch;
-    h.pseq = peer.nextPseq++; h.msgId = 0; h.corrId = 0; h.orderSeq = 0; h.totalLen = 0;
+    const pseq = peer.nextPseq++;
+    // A tag nonce is salt ‖ low 32 bits of the number: a new salt each time those bits wrap.
+    if (pseq % PSEQ_LOW === 0) [peer.saltHi, peer.saltLo] = newSalt();
+    h.saltHi = peer.saltHi; h.saltLo = peer.saltLo;
+    h.pseq = pseq; h.msgId = 0; h.corrId = 0; h.orderSeq = 0; h.totalLen = 0;
     h.msgFloor = 0; h.service = 0; h.fragIndex = 0; h.fragCount = 0; h.fragLen = 0;
     return h;
   }
@@ -869,6 +885,10 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
 
   private onAcks(peer: Peer, acks: number[], now: number): void {
     if (peer.inflight.size === 0 || acks.length === 0) return;
+    // The block carries low 32 bits: widen them against our next number, then check the order.
+    const next = peer.nextPseq;
+    for (let i = 0; i < acks.length; i++) acks[i] = widenPseq(acks[i]!, next);
+    for (let i = 0; i < acks.length; i += 2) if (acks[i + 1]! > acks[i]!) return;
     let newest: Inflight | null = null;
     let newestPseq = 0;
     // Merge the in-flight packets (ascending) with the ranges (descending, walked from the lowest):

@@ -5,7 +5,7 @@ import {
   batchSocketsAvailable, openBatchSocket, RECV_AUTH, RECV_OK, RECV_SHORT, SEND_MAX_PACKETS,
   type BatchSocket, type BatchTarget,
 } from '../native/udp.js';
-import { authFor, PACKET_HEADROOM, TAG_BYTES, type DropReason } from './packet.js';
+import { authFor, tagKey, TAG_BYTES, type DropReason } from './packet.js';
 
 /**
  * The datagram layer under GeoMessage: one Wire per local network endpoint. The transport writes each
@@ -51,6 +51,7 @@ export interface WireOptions {
   address: string;
   port: number;
   bufferBytes: number;
+  /** The cluster key (packet.ts derives the tag key from it). */
   key: Buffer;
   onPacket(buf: Buffer, status: ReceivedStatus): void;
   /** Packets the kernel refused (full buffer, unreachable route): lost, retransmission recovers them. */
@@ -92,7 +93,7 @@ class NativeWire implements Wire {
 
   constructor(private readonly o: WireOptions) {
     this.sock = openBatchSocket({
-      address: o.address, port: o.port, bufferBytes: o.bufferBytes, key: o.key,
+      address: o.address, port: o.port, bufferBytes: o.bufferBytes, key: tagKey(o.key),
       onWritable: () => {
         const outs = [...this.blocked];
         this.blocked.clear();
@@ -278,7 +279,7 @@ class DgramWire implements Wire {
   }
 }
 
-/** One buffer per packet, with room in front for the HMAC's inner pad (signed in place). */
+/** One buffer per packet, signed in place. */
 class DgramOut implements PacketOut {
   buf: Buffer = Buffer.alloc(0);
   /** libuv queues what the kernel cannot take yet: always writable. */
@@ -292,13 +293,13 @@ class DgramOut implements PacketOut {
   }
 
   begin(bodyLen: number): number {
-    this.bodyEnd = PACKET_HEADROOM + bodyLen;
-    this.buf = Buffer.allocUnsafe(this.bodyEnd + TAG_BYTES);
-    return PACKET_HEADROOM;
+    this.bodyEnd = bodyLen;
+    this.buf = Buffer.allocUnsafe(bodyLen + TAG_BYTES);
+    return 0;
   }
 
   end(): void {
     this.auth.signInPlace(this.buf, this.bodyEnd);
-    this.socket.send(this.buf.subarray(PACKET_HEADROOM), this.port, this.address);
+    this.socket.send(this.buf, this.port, this.address);
   }
 }

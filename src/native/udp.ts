@@ -5,7 +5,8 @@ import { loadedAddon, nativeUnavailableReason } from './index.js';
 /**
  * UDP sockets that move datagrams in batches (native-bindings/udp.c): one sendmmsg() per batch with
  * runs of equal-sized packets sent as UDP GSO messages, recvmmsg() with UDP_GRO on receipt, and the
- * GeoMessage HMAC-SHA-256 tag computed and checked in C. Built for GeoMessage's packet format: the
+ * GeoMessage packet tag (ChaCha20-Poly1305 as a MAC) computed and checked in C. Built for
+ * GeoMessage's packet format (src/geomessage/packet.ts): the nonce is read from the header and the
  * last TAG_BYTES of every packet are its tag.
  */
 
@@ -28,7 +29,7 @@ export interface BatchSocketOptions {
   port: number;
   /** SO_RCVBUF / SO_SNDBUF (forced past the sysctl limit when privileged). */
   bufferBytes: number;
-  /** HMAC key: packets are signed on send and checked on receipt; null = no tags. */
+  /** 32-byte tag key (packet.ts tagKey): packets are signed on send and checked on receipt; null = no tags. */
   key: Buffer | null;
   /**
    * Called once per received batch. Packet i is buf[meta[3i] … meta[3i] + meta[3i+1]) with status

@@ -1,7 +1,8 @@
 import t from 'tap';
 import { createSocket } from 'node:dgram';
 import { openGeoMessage, type GeoMessage, type IncomingMessage } from '../../src/geomessage/index.js';
-import { sealPacket, machineId, T_DATA, T_PING } from '../../src/geomessage/packet.js';
+import { openPacket, sealPacket, machineId, PSEQ_LOW, T_DATA, T_PING } from '../../src/geomessage/packet.js';
+import { batchSocketsAvailable } from '../../src/native/udp.js';
 import { KEY, freePorts, loopbackPair, openPair, payloadFor, waitFor } from './fixtures.js';
 
 const closeAll = (...gms: (GeoMessage | undefined)[]) => Promise.all(gms.map((g) => g?.close()));
@@ -121,7 +122,7 @@ t.test('forged, truncated, replayed and random packets are dropped and counted',
   t.ok(genuine.length >= 1, 'captured the request');
   const h = {
     type: T_DATA, flags: 2, srcMachine: machineId('a'), dstMachine: machineId('b'), srcEpoch: a.epoch, dstEpoch: b.epoch, pseq: 999999,
-    msgId: 50, corrId: 0, orderSeq: 0, totalLen: 1, msgFloor: 1, service: 1, fragIndex: 0, fragCount: 1, fragLen: 1,
+    msgId: 50, corrId: 0, orderSeq: 0, totalLen: 1, msgFloor: 1, service: 1, fragIndex: 0, fragCount: 1, fragLen: 1, saltHi: 1, saltLo: 2,
   };
   const forged = Buffer.concat(sealPacket(Buffer.alloc(32, 9), h, Buffer.from('x'), null));
   const stale = Buffer.concat(sealPacket(KEY, { ...h, srcEpoch: a.epoch - 1, pseq: 999998 }, Buffer.from('x'), null));
@@ -130,7 +131,7 @@ t.test('forged, truncated, replayed and random packets are dropped and counted',
   await send(forged);                                              // wrong key
   await send(Buffer.concat([forged.subarray(0, 40), forged.subarray(41)])); // truncated in the middle
   await send(forged.subarray(0, 30));                              // shorter than a header
-  await send(Buffer.from('random garbage that is long enough to be a header, maybe, or not at all......'));
+  await send(Buffer.from('random garbage that is long enough to be a header, maybe, or not at all......'.repeat(2)));
   await send(stale);                                               // a previous incarnation of a
   await send(stranger);                                            // authenticated but from no configured machine
   const want = { replay: genuine.length, auth: 3, short: 1, stale: 1, unknownPeer: 1 };
@@ -203,6 +204,7 @@ t.test('fuzz: authenticated packets with random fields never crash a live transp
       type: 1 + (i % 4), flags: r16() & 0x7f, srcMachine: machineId('a'), dstMachine: machineId('b'), srcEpoch: 5000, dstEpoch: b.epoch,
       pseq: r32(), msgId: i % 3 ? r32() : r16() & 7, corrId: r32(), orderSeq: i % 2 ? r16() : 0, totalLen: i % 3 ? r32() : payload.length + (r16() & 3),
       msgFloor: i % 5 ? 0 : r32(), service: r16() & 7, fragIndex: r16() & 3, fragCount: r16() & 3, fragLen: payload.length,
+      saltHi: r32(), saltLo: r32(),
     };
     sock.send(Buffer.concat(sealPacket(KEY, h, payload, null)), pb!, '127.0.0.1');
     if (i % 100 === 0) await new Promise((r) => setImmediate(r));
@@ -216,3 +218,54 @@ t.test('fuzz: authenticated packets with random fields never crash a live transp
   t.equal((await a.request('b', 1, Buffer.alloc(1), { timeoutMs: 10000 })).toString(), 'ok', 'b survived and serves a new session');
   t.ok(calls >= 2);
 });
+
+for (const io of ['native', 'dgram'] as const) {
+  t.test(`packet numbers cross 2^32: traffic goes on, acks widen, the tag nonce never repeats (${io} wire)`, {
+    skip: io === 'native' && !batchSocketsAvailable() ? 'native addon without UDP batch sockets' : false,
+  }, async (t) => {
+    // a reaches b through a tapping relay that keeps every packet; both start just below 2^32.
+    const [pa, pb] = await freePorts(2);
+    const relay = createSocket('udp4');
+    await new Promise<void>((r) => relay.bind(0, '127.0.0.1', () => r()));
+    const captured: Buffer[] = [];
+    relay.on('message', (m) => { captured.push(Buffer.from(m)); relay.send(m, pb!, '127.0.0.1'); });
+    const ep = (port: number) => [{ network: 'n1', address: '127.0.0.1', port, mtu: 1500 }];
+    const first = PSEQ_LOW - 400;
+    const { a, b } = await openPair(ep(pa!), ep(pb!), ep(relay.address().port), ep(pa!), { io, firstPacketNumber: first });
+    t.teardown(async () => { await closeAll(a, b); relay.close(); });
+    const seen: number[] = [];
+    b.handle(1, (m) => { seen.push(m.payload.readUInt32BE(0)); return payloadFor(9000 + m.payload.readUInt32BE(0), 12_000); });
+    // 80 ordered 20 KB requests (15 packets each) and 12 KB replies: about 1200 packets each way.
+    const n = 80;
+    const replies = await Promise.all(Array.from({ length: n }, (_, i) => a.request('b', 1, payloadFor(i, 20_000), { ordered: true })));
+    t.ok(replies.every((r, i) => r.equals(payloadFor(9000 + i, 12_000))), 'every reply intact');
+    t.same(seen, Array.from({ length: n }, (_, i) => i), 'every request delivered once, in order');
+    const na = a.stats().networks[0]!, nb = b.stats().networks[0]!;
+    t.equal(nb.dropped.auth + nb.dropped.malformed + nb.dropped.replay + na.dropped.auth + na.dropped.malformed + na.dropped.replay, 0,
+      'nothing refused on either side');
+    // One-way sends settle only when every fragment is acknowledged: acks of numbers past 2^32 must be
+    // understood (misread, the packets would be resent under new numbers forever).
+    const got: number[] = [];
+    b.handle(2, (m) => { got.push(m.payload.readUInt32BE(0)); });
+    await Promise.all(Array.from({ length: 40 }, (_, i) => a.send('b', 2, payloadFor(i, 20_000), { timeoutMs: 10_000 })));
+    t.equal(got.length, 40, 'one-way messages past the wrap acknowledged and delivered once');
+    // What a sent: numbers on both sides of 2^32, a new salt past it, no (salt, low 32 bits) twice.
+    const nonces = new Set<string>();
+    const saltsBelow = new Set<string>(), saltsAbove = new Set<string>();
+    let below = 0, above = 0, repeats = 0;
+    for (const raw of captured) {
+      const p = openPacket(KEY, raw);
+      if (typeof p === 'string') throw new Error(`captured packet refused: ${p}`);
+      const salt = `${p.saltHi}:${p.saltLo}`;
+      const nonce = `${salt}:${p.pseq % PSEQ_LOW}`;
+      if (nonces.has(nonce)) repeats++;
+      nonces.add(nonce);
+      if (p.pseq < PSEQ_LOW) { below++; saltsBelow.add(salt); } else { above++; saltsAbove.add(salt); }
+    }
+    t.ok(below > 100 && above > 100, `a sent ${below} packets below 2^32 and ${above} above`);
+    t.equal(saltsBelow.size, 1, 'one salt below the wrap');
+    t.equal(saltsAbove.size, 1, 'one salt above it');
+    t.notOk([...saltsAbove].some((s) => saltsBelow.has(s)), 'a new salt after the wrap');
+    t.equal(repeats, 0, 'no tag nonce used twice');
+  });
+}
