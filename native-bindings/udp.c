@@ -621,8 +621,12 @@ static napi_value UdpSend(napi_env env, napi_callback_info info) {
     int r = sendmmsg(s->fd, s->smsgs, (unsigned)nm, MSG_DONTWAIT);
     if (r < 0) {
       if (errno == EINTR) continue;
-      /* Some routes (IPsec, devices without checksum offload) refuse GSO: segment here from now on. */
-      if ((errno == EIO || errno == EINVAL || errno == EOPNOTSUPP) && s->gso && s->spkts[0] > 1) {
+      /*
+       * Some routes refuse GSO: IPsec (EIO), a device without TX checksum offload on older kernels (EIO),
+       * a path MTU below the segment size (EMSGSIZE, where a single datagram would be fragmented).
+       * Segment here from now on and send the same messages again: nothing of the batch is lost.
+       */
+      if ((errno == EIO || errno == EINVAL || errno == EOPNOTSUPP || errno == EMSGSIZE) && s->gso && s->spkts[0] > 1) {
         s->gso = 0;
         continue;
       }

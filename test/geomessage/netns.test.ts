@@ -1,65 +1,15 @@
-import t, { type Test } from 'tap';
-import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import t from 'tap';
 import { openGeoMessage, type GeoMessage } from '../../src/geomessage/index.js';
 import { missingTools, needsRoot } from '../helpers/env.js';
-import { Procs, netnsCommand, runCmd, watchOutput } from '../helpers/proc.js';
+import { runCmd } from '../helpers/proc.js';
 import { KEY, payloadFor, waitFor } from './fixtures.js';
+import { ip, namespacePeer } from './netns-peer.js';
 
 /**
  * Two real networks between the host (machine a) and a network namespace (machine b): two veth pairs,
- * 10.201.<n>.1 on the host and 10.201.<n>.2 in the namespace. Cutting = `ip link set <veth> down`.
- * Names carry the pid so parallel runs do not collide; everything is deleted in teardown.
+ * 10.201.<n>.1 on the host and 10.201.<n>.2 in the namespace (netns-peer.ts). Cutting = `ip link set <veth> down`.
  */
 const skip = needsRoot() || missingTools('ip');
-const CHILD = join(fileURLToPath(new URL('.', import.meta.url)), 'peer-child.js');
-
-async function ip(...args: string[]): Promise<void> {
-  const r = await runCmd('ip', args, { timeoutMs: 10000 });
-  if (r.code !== 0) throw new Error(`ip ${args.join(' ')}: ${r.stderr}`);
-}
-
-interface NsNet { name: string; host: string; peer: string; net: string }
-
-/**
- * A namespace `gmg-<label>-<pid>` joined to the host by `count` veth pairs (10.201.x.1 host side,
- * .2 inside), and machine b running there (peer-child.ts) with `bExtra` options. Torn down by `t`.
- */
-async function namespacePeer(t: Test, label: string, count: number, subnetBase: number, bExtra: object = {}) {
-  const tag = String(process.pid % 100000);
-  const ns = `gmg-${label}-${tag}`;
-  const sub = subnetBase + (process.pid % 60);
-  const nets: NsNet[] = Array.from({ length: count }, (_, k) => ({
-    name: `geo${k + 1}`, host: `gmg${label}${k + 1}h${tag}`, peer: `gmg${label}${k + 1}p${tag}`, net: `10.201.${2 * sub + k}`,
-  }));
-  const procs = new Procs();
-  t.teardown(async () => {
-    await procs.stopAll();
-    await runCmd('ip', ['netns', 'del', ns]);
-    for (const n of nets) await runCmd('ip', ['link', 'del', n.host]);
-  });
-  await ip('netns', 'add', ns);
-  await ip('-n', ns, 'link', 'set', 'lo', 'up');
-  for (const n of nets) {
-    await ip('link', 'add', n.host, 'type', 'veth', 'peer', 'name', n.peer);
-    await ip('link', 'set', n.peer, 'netns', ns);
-    await ip('addr', 'add', `${n.net}.1/24`, 'dev', n.host);
-    await ip('-n', ns, 'addr', 'add', `${n.net}.2/24`, 'dev', n.peer);
-    await ip('link', 'set', n.host, 'up');
-    await ip('-n', ns, 'link', 'set', n.peer, 'up');
-  }
-  const port = 7600;
-  const bOpts = {
-    machine: 'b', keepaliveMs: 200, endpoints: nets.map((n) => ({ network: n.name, address: `${n.net}.2`, port })),
-    peers: [{ machine: 'a', endpoints: nets.map((n) => ({ network: n.name, address: `${n.net}.1`, port })), promoteFailureTimeoutMs: 0 }],
-    ...bExtra,
-  };
-  const child = procs.spawn(...netnsCommand(ns, process.execPath, [CHILD, JSON.stringify(bOpts)]));
-  await watchOutput(child).wait(/"ready"/);
-  const aEndpoints = nets.map((n) => ({ network: n.name, address: `${n.net}.1`, port }));
-  const aPeers = [{ machine: 'b', endpoints: nets.map((n) => ({ network: n.name, address: `${n.net}.2`, port })), promoteFailureTimeoutMs: 0 }];
-  return { ns, nets, aEndpoints, aPeers };
-}
 
 t.test('cutting the active network mid-transfer loses nothing; traffic resumes on the other', { skip }, async (t) => {
   const { nets, aEndpoints, aPeers } = await namespacePeer(t, 'b', 2, 1);
