@@ -8,27 +8,31 @@ import { callControl } from '../../src/gmd/control.js';
 
 /**
  * A two-machine cluster configuration for the VM scenario with a GMD on each side of the qemu NAT:
- * alpha (primary) in the guest, beta (secondary) on the host. The file is the same except for the
+ * alpha in the guest (primary, or secondary with `alphaRole`), beta on the host (the other role). The file is the same except for the
  * addresses each side uses to reach the other (NAT views), rendered per side.
  */
 export interface SideView { alpha: { address: string; port: number }; beta: { address: string; port: number } }
 export interface GmdPair {
   gmd: string; mode: string; keyFile: string;
+  /** alpha's role (beta takes the other one); default primary. Seconds until gmddown of a silent peer; default 30. */
+  alphaRole?: 'primary' | 'secondary'; promoteFailureTimeout?: number;
   alpha: { volume: string; stateMap: string; runDir: string; nbdDevice?: string; nbdListen: string[] };
   beta: { volume: string; stateMap: string; runDir: string; nbdListen: string[] };
 }
 
 export function renderPairConfig(p: GmdPair, view: SideView): string {
   const q = JSON.stringify;
+  const alphaRole = p.alphaRole ?? 'primary';
+  const betaRole = alphaRole === 'primary' ? 'secondary' : 'primary';
   const machine = (name: string, site: string, runDir: string, a: { address: string; port: number }) =>
-    `\n[[machine]]\nname = ${q(name)}\nsite = ${q(site)}\npromote_failure_timeout = 30\nrun_dir = ${q(runDir)}\n` +
+    `\n[[machine]]\nname = ${q(name)}\nsite = ${q(site)}\npromote_failure_timeout = ${p.promoteFailureTimeout ?? 30}\nrun_dir = ${q(runDir)}\n` +
     `  [[machine.interface]]\n  network = "geo1"\n  address = ${q(a.address)}\n  port = ${a.port}\n`;
   let t = `[cluster]\nname = "vmtest"\nkey_file = ${q(p.keyFile)}\n\n[[site]]\nname = "east"\n[[site]]\nname = "west"\n\n[[network]]\nname = "geo1"\nmtu = 1500\n`;
   t += machine('alpha', 'east', p.alpha.runDir, view.alpha) + machine('beta', 'west', p.beta.runDir, view.beta);
   t += `\n[[gmd]]\nname = ${q(p.gmd)}\nminor = 0\nmode = ${q(p.mode)}\nregion_size = "32K"\nsync_rate = "256K"\nhwm = "128K"\n`;
-  t += `  [[gmd.machine]]\n  machine = "alpha"\n  volume = ${q(p.alpha.volume)}\n  state_map = ${q(p.alpha.stateMap)}\n  role = "primary"\n  nbd_listen = ${q(p.alpha.nbdListen)}\n`;
+  t += `  [[gmd.machine]]\n  machine = "alpha"\n  volume = ${q(p.alpha.volume)}\n  state_map = ${q(p.alpha.stateMap)}\n  role = ${q(alphaRole)}\n  nbd_listen = ${q(p.alpha.nbdListen)}\n`;
   if (p.alpha.nbdDevice) t += `  nbd_device = ${q(p.alpha.nbdDevice)}\n`;
-  t += `  [[gmd.machine]]\n  machine = "beta"\n  volume = ${q(p.beta.volume)}\n  state_map = ${q(p.beta.stateMap)}\n  role = "secondary"\n  nbd_listen = ${q(p.beta.nbdListen)}\n`;
+  t += `  [[gmd.machine]]\n  machine = "beta"\n  volume = ${q(p.beta.volume)}\n  state_map = ${q(p.beta.stateMap)}\n  role = ${q(betaRole)}\n  nbd_listen = ${q(p.beta.nbdListen)}\n`;
   return t;
 }
 
@@ -47,7 +51,11 @@ export interface VmPair {
  * volume (sparse, `betaSizeMb`). UDP: the guest binds 10.0.2.15:GA and reaches the host's beta as
  * 10.0.2.2:PB (slirp NAT); the host reaches the guest through 127.0.0.1:HF forwarded to 10.0.2.15:GA.
  */
-export async function setupVmPair(dir: string, job: string, o: { mode: string; alphaVolume: string; alphaMap: string; betaSizeMb: number; alphaNbdListen?: string[] }): Promise<VmPair> {
+export async function setupVmPair(dir: string, job: string, o: {
+  mode: string; alphaVolume: string; alphaMap: string; betaSizeMb: number; alphaNbdListen?: string[];
+  /** The guest's role; 'secondary' makes the host's beta the primary (no /dev/nbd0 in the guest then). */
+  alphaRole?: 'primary' | 'secondary'; promoteFailureTimeout?: number;
+}): Promise<VmPair> {
   const key = randomBytes(32).toString('hex') + '\n';
   writeFileSync(join(job, 'cluster.key'), key, { mode: 0o600 });
   writeFileSync(join(dir, 'cluster.key'), key, { mode: 0o600 });
@@ -56,8 +64,9 @@ export async function setupVmPair(dir: string, job: string, o: { mode: string; a
   const PB = await freePort();
   const HF = await freePort();
   const pair = {
-    gmd: 'vm0gmd', mode: o.mode,
-    alpha: { volume: o.alphaVolume, stateMap: o.alphaMap, runDir: '/tmp/run', nbdDevice: '/dev/nbd0', nbdListen: o.alphaNbdListen ?? [] },
+    gmd: 'vm0gmd', mode: o.mode, alphaRole: o.alphaRole ?? 'primary', promoteFailureTimeout: o.promoteFailureTimeout ?? 30,
+    alpha: { volume: o.alphaVolume, stateMap: o.alphaMap, runDir: '/tmp/run', nbdListen: o.alphaNbdListen ?? [],
+      ...(o.alphaRole === 'secondary' ? {} : { nbdDevice: '/dev/nbd0' }) },
     beta: { volume: join(dir, 'beta.img'), stateMap: join(dir, 'beta.map'), runDir: join(dir, 'run'), nbdListen: [`unix:${join(dir, 'run', 'beta.nbd')}`] },
   };
   writeFileSync(join(job, 'georm.toml'), renderPairConfig({ ...pair, keyFile: '/job/cluster.key' },
@@ -72,7 +81,7 @@ export async function setupVmPair(dir: string, job: string, o: { mode: string; a
 }
 
 /**
- * beta (the secondary) on the host: `georm gmd run vm0gmd --machine beta …`, registered with `track`,
+ * beta (the secondary, or the primary when the guest's alpha is secondary) on the host: `georm gmd run vm0gmd --machine beta …`, registered with `track`,
  * output collected. `available()` waits until beta's GMD is AVAILABLE: boot the guest only then, or
  * beta's start may meet alpha while alpha is still DEFINED, and a DEFINED GMD reports mode "mwc"
  * whatever its definition says (device.ts info()), which refuses the start of a sync or async pair.

@@ -1,15 +1,14 @@
 import t, { type Test } from 'tap';
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
-import { randomBytes } from 'node:crypto';
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
-import { bootVm, dumpJobFile, keepArtifact, markers, stageRepo, vmUnavailable, type BootResult } from '../../scripts/vm/vm.js';
-import { demoAvailable, freePort, geormAvailable } from '../../scripts/vm/host.js';
-import { geormDetach, gmdWaitAttached } from '../../scripts/vm/jobs.js';
-import { GEORM_BIN, missingTools, ROOT } from '../helpers/env.js';
-import { runCmd } from '../helpers/proc.js';
-import { sha256File, vmWorkspace } from './helpers.js';
+import { bootVm, dumpJobFile, keepArtifact, markers, type BootResult } from '../../scripts/vm/vm.js';
+import { freePort } from '../../scripts/vm/host.js';
+import { gmdWaitAttached } from '../../scripts/vm/jobs.js';
+import { stopProcess } from '../../src/util/process.js';
+import { sha256File } from './helpers.js';
 import { runHostBeta, setupVmPair } from './gmd-config.js';
+import { failBoot, noLibnbd, powerlossSkip as skip, powerlossWorkspace, PYTHON, recoverGuestPrimary } from './powerloss-common.js';
 
 /**
  * Power loss of the primary's machine (DESIGN §4 rules 1 and 2 with "power loss", not kill -9).
@@ -135,41 +134,6 @@ while True:
     print('DONE %d %d U' % (seq, b), flush=True)
     seq += 1
 `;
-import { stopProcess } from '../../src/util/process.js';
-// Debian's python3 has the libnbd binding; a pyenv python on PATH may not.
-const PYTHON = existsSync('/usr/bin/python3') ? '/usr/bin/python3' : 'python3';
-
-/** Guest-side control client: `ctl.mjs before|start|wait-sync`, printing marker lines. */
-const CTL = `import { callControl } from '/job/georm/dist/src/gmd/control.js';
-const sock = '/tmp/run/vm0gmd.sock';
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-const op = process.argv[2];
-async function status(timeoutMs = 10000) { return callControl(sock, 'status', {}, timeoutMs); }
-try {
-  if (op === 'before') {
-    let s;
-    for (let i = 0; ; i++) { try { s = await status(); break; } catch (e) { if (i > 600) throw e; await sleep(200); } }
-    console.log('MAPBEFORE ' + s.state + ' ' + JSON.stringify(s.map));
-    if (s.map) console.log('CELLS ' + (await callControl(sock, 'cells', { peers: false }, 10000)).cells);
-  } else if (op === 'start') {
-    const r = await callControl(sock, 'start', { down: ['beta'] }, 120000);
-    console.log('OK alpha started: ' + JSON.stringify(r).slice(0, 200));
-  } else if (op === 'wait-sync') {
-    const deadline = Date.now() + Number(process.argv[3]) * 1000;
-    for (;;) {
-      const s = await status();
-      const rs = s.resync;
-      if (s.peers.some((p) => p.active) && s.map && s.map.stale === 0 && s.map.inconsistent === 0 && (!rs || rs.complete || rs.leftBytes === 0)) {
-        console.log('OK in sync ' + JSON.stringify({ map: s.map, resync: rs && { direction: rs.direction, doneBytes: rs.doneBytes, leftBytes: rs.leftBytes } }));
-        break;
-      }
-      if (Date.now() > deadline) { console.log('SYNC-TIMEOUT ' + JSON.stringify({ peers: s.peers, map: s.map, resync: rs })); process.exit(1); }
-      await sleep(500);
-    }
-  }
-} catch (e) { console.log('CTL-ERROR ' + op + ' ' + (e.code ?? '') + ' ' + e.message); process.exit(1); }
-`;
-
 interface Acked { last: Map<number, number>; maxDone: number; count: number; fua: number }
 
 /** The records the guest reported durable, from complete console lines only (the last one may be cut). */
@@ -213,24 +177,10 @@ function checkRecords(t: Test, image: Buffer, a: Acked, tag: string, what: strin
   t.same(bad.slice(0, 8), [], `${what}: every acknowledged record present and intact (${a.last.size} blocks, ${a.count} records, last #${a.maxDone})`);
 }
 
-const skip = vmUnavailable() || missingTools('qemu-system-x86_64', 'busybox', 'cpio', 'mke2fs', 'debugfs', 'fio', 'apt-get')
-  || (!existsSync(join(ROOT, 'build/Release/georm_native.node')) && 'native addon not built')
-  || (!geormAvailable() && '`georm export` not built yet (nbd module)')
-  || (!demoAvailable() && 'GMD not built yet (gmd module)');
-const noLibnbd = spawnSync(PYTHON, ['-c', 'import nbd'], { stdio: 'ignore' }).status !== 0 && 'python3 without the libnbd binding (python3-libnbd)';
-
 for (const { mode: MODE, writes } of CASES) t.test(`power cut of the primary's machine (qemu SIGKILL) under a durable write workload (${MODE}, ${writes}): no acknowledged write lost, map intact, identical after resync`,
   { skip: skip || (writes === 'nbdfua' && noLibnbd), timeout: 420_000 }, async (t) => {
-  const { dir, job, images, track } = await vmWorkspace(t, 'georm-vm-pl-');
-  await stageRepo(join(job, 'georm'));
-  const tag = randomBytes(8).toString('hex');
+  const { dir, job, images, track, tag, dataDisk } = await powerlossWorkspace(t, 'georm-vm-pl-');
   writeFileSync(join(job, 'plwriter.cjs'), writerScript());
-  writeFileSync(join(job, 'ctl.mjs'), CTL);
-
-  // The persistent data disk: an ext4 filesystem the guest mounts at /data, holding alpha's volume and map.
-  const dataDisk = join(dir, 'data.img');
-  const mk = await runCmd('mke2fs', ['-q', '-F', '-t', 'ext4', '-L', 'georm-data', dataDisk, '64M']);
-  t.equal(mk.code, 0, 'data disk made');
 
   const hostWriter = writes === 'nbdfua';
   const NBD_GUEST_PORT = 10809;
@@ -239,11 +189,7 @@ for (const { mode: MODE, writes } of CASES) t.test(`power cut of the primary's m
     betaSizeMb: VOLUME_MB, ...(hostWriter ? { alphaNbdListen: [`tcp://0.0.0.0:${NBD_GUEST_PORT}`] } : {}) });
   writeFileSync(join(dir, 'nbdfua.py'), NBD_FUA_WRITER);
 
-  const fail = (res: BootResult, name: string, what: string): void => {
-    t.fail(`${what}; console kept at ${keepArtifact(res.consoleLog, name)}`);
-    t.comment(res.console.split('\n').slice(-40).join('\n'));
-    t.comment(`secondary log: ${beta.log().slice(-2000)}`);
-  };
+  const fail = (res: BootResult, name: string, what: string): void => failBoot(t, res, name, what, beta.log());
 
   // --- boot 1: mirror up, writer running, power cut -------------------------------------------------
   const beta = runHostBeta(hostCfg, pair.beta.runDir, track, ['--start', '--down', 'alpha']);
@@ -311,34 +257,9 @@ ${hostWriter ? 'echo "OK ready for the host writer"; sleep 600' : `node /job/plw
   checkRecords(t, readFileSync(pair.beta.volume), acked, tag, 'secondary right after the cut');
 
   // --- boot 2: same data disk, map loads, primary starts with gmddown, secondary rejoins, resync --------
-  let betaStart: Promise<{ code: number | null; stdout: string; stderr: string }> | undefined;
-  let console2 = '';
-  writeFileSync(join(job, 'run.sh'), `set -e
-mkdir -p /data /tmp/run
-mount /dev/vdc /data
-node /job/georm/bin/georm.js gmd run vm0gmd --config /job/georm.toml --machine alpha >/tmp/gmd.out 2>/tmp/gmd.err &
-GEORM_PID=$!
-node /job/ctl.mjs before
-node /job/ctl.mjs start
-${gmdWaitAttached()}echo "OK attached again"
-node /job/ctl.mjs wait-sync 150
-dd if=/dev/nbd0 of=/job/served.img bs=1M 2>/dev/null
-${geormDetach()}umount /data
-echo "OK data unmounted"
-`);
-  const res2 = await bootVm({
-    images, jobDir: job, workDir: join(dir, 'vm2'), timeoutMs: 300_000, jobSpaceMb: 64 + VOLUME_MB, dataDisk,
-    udpIn, track,
-    onConsole: (d) => {
-      console2 += d;
-      // gmddown stopped the secondary; start it again once the primary is AVAILABLE, so it rejoins.
-      if (!betaStart && console2.includes('OK alpha started')) {
-        betaStart = runCmd(process.execPath, [GEORM_BIN, 'start', 'vm0gmd', '--config', hostCfg, '--machine', 'beta'], { timeoutMs: 120_000 });
-      }
-    },
+  const { res: res2, betaStart: bs, betaCode } = await recoverGuestPrimary({
+    images, job, workDir: join(dir, 'vm2'), dataDisk, volumeMb: VOLUME_MB, hostCfg, beta: beta.child, udpIn, track,
   });
-  const bs = await betaStart;
-  const betaCode = await stopProcess(beta.child, 'SIGTERM', 10_000);
   if (res2.exitCode !== 0) { fail(res2, 'powerloss-boot2', `recovery boot failed (exit ${res2.exitCode}${res2.timedOut ? ', timed out' : ''}); beta start: ${bs?.stdout}${bs?.stderr}`); return; }
   t.equal(bs?.code, 0, `the secondary started again and rejoined (${(bs?.stdout ?? '').trim()})`);
 
