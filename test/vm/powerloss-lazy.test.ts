@@ -56,6 +56,17 @@ sync
 `;
 }
 
+/**
+ * How much the cut lost: the guest's volume as the cut left it on the data disk against the host's.
+ * A comment, not an assertion (it depends on the guest kernel's writeback): it shows whether the case
+ * really probed lost writes, so that a pass after resync means something.
+ */
+async function reportLoss(t: Test, dataDisk: string, hostVolume: string, dest: string, tag: string): Promise<void> {
+  await dumpJobFile(dataDisk, '/alpha.img', dest);
+  const d = diffVolumes(readFileSync(hostVolume), readFileSync(dest), tag, 0);
+  t.comment(`right after the cut the guest's volume differs from the host's in ${d.regions.length} region(s), ${d.blocks} blocks${d.regions.length ? `: ${ranges(d.regions)}` : ''}`);
+}
+
 /** Both volumes compared; the result is one assertion plus comments saying what differs. */
 function compareVolumes(t: Test, a: string, b: string, tag: string, what: string): number {
   const d = diffVolumes(readFileSync(a), readFileSync(b), tag);
@@ -141,6 +152,7 @@ sleep 600
     timing.boot1 = Date.now() - t0;
     if (error || !writer) { fail(res1, 'powerloss-lazy-sec-boot1', `the workload never reached the cut: ${error?.message}`); return; }
     t.equal(res1.exitCode, null, 'the guest was cut off mid-run (power cut)');
+    await reportLoss(t, dataDisk, pair.beta.volume, join(dir, 'alpha-cut.img'), tag);
 
     // --- the primary goes on alone: it drops the silent peer, set P2 is marked stale ------------------
     timing.p2 = await writer.write('P2', 500, 300, 100, 120_000);
@@ -236,6 +248,7 @@ sleep 600
     // Not an assertion (no timing assertions): past ~30 s the guest may have written set A back, and
     // the case would pass without probing anything.
     t.comment(`the cut came ${timing.cutAfterFirstWrite} ms after the first write of set A (the guest writes dirty pages back after 30 s)`);
+    await reportLoss(t, dataDisk, pair.beta.volume, join(dir, 'alpha-cut.img'), tag);
 
     // --- boot 2: map loads, start with gmddown, the secondary rejoins, resync, stop ---------------
     const t2 = Date.now();
