@@ -9,6 +9,7 @@ import {
   HEADER_BYTES, encodeHeader, decodeHeader, type ControlMessage, type GmdMode, type GmdRole, type GmdState, type PeerInfo,
 } from './protocol.js';
 import { RangeLock } from './rangelock.js';
+import { CleanGate } from './clean-gate.js';
 import { WriteBatcher } from './batcher.js';
 import { Resync, type ResyncProgress } from './resync.js';
 
@@ -17,6 +18,8 @@ const CELL_STALE = 0xf;
 const EMPTY = Buffer.alloc(0);
 /** Bytes of mirrored writes per GeoMessage batch (GEORM_GMD_BATCH_BYTES overrides, for measurements). */
 const BATCH_BYTES = Number(process.env.GEORM_GMD_BATCH_BYTES) || 512 * 1024;
+/** How often the clean gate flushes both volumes itself when the application does not (clean-gate.ts). */
+const CLEAN_FLUSH_MS = Number(process.env.GEORM_GMD_FLUSH_MS) || 1000;
 
 export interface GmdAttributes {
   mode: GmdMode;
@@ -62,6 +65,8 @@ export interface GmdStats {
   hwmFallbacks: number; hwmWaits: number; hwmCatchUps: number;
   asyncInflightBytes: number; asyncInflightMax: number;
   rejectedIo: number;
+  /** Writes done on both sides whose regions wait for a flush of both volumes before cleaning (clean-gate.ts). */
+  unconfirmedWrites: number;
 }
 
 export interface GmdEvent { time: string; level: 'info' | 'warn' | 'error'; message: string }
@@ -162,6 +167,12 @@ export class GeoMirrorDevice implements Backend {
   private resyncEngine: Resync | null = null;
   private readonly opPool: WriteOp[] = [];
   private batcher: WriteBatcher | null = null;
+  /** Writes done on both sides wait here for a flush of both volumes before their regions are cleaned. */
+  private readonly gate = new CleanGate({
+    endWrite: (first, last, outcome) => this.res?.map.endWrite(first, last, outcome),
+    flushBoth: () => this.flushBoth(),
+    onError: (e) => this.event('error', `volume flush failed (regions stay marked): ${(e as Error)?.message ?? String(e)}`),
+  }, CLEAN_FLUSH_MS);
   private batcherPeer: string | null = null;
   private lastResync: ResyncProgress | null = null;
   private readonly events: GmdEvent[] = [];
@@ -169,7 +180,7 @@ export class GeoMirrorDevice implements Backend {
     reads: 0, readBytes: 0, localWrites: 0, localWriteBytes: 0, remoteWrites: 0, remoteWriteBytes: 0,
     remoteFailures: 0, incomingWrites: 0, incomingWriteBytes: 0, resyncBytesSent: 0, resyncBytesReceived: 0,
     resyncRegions: 0, staleMarkings: 0, hwmFallbacks: 0, hwmWaits: 0, hwmCatchUps: 0, asyncInflightBytes: 0, asyncInflightMax: 0,
-    rejectedIo: 0,
+    rejectedIo: 0, unconfirmedWrites: 0,
   };
 
   constructor(opts: GmdOptions) {
@@ -340,6 +351,7 @@ export class GeoMirrorDevice implements Backend {
     await this.resyncEngine?.stop();
     if (this.ioInflight > 0) await new Promise<void>((r) => { this.ioDrained = r; });
     await this.waitAsyncDrained(10000);
+    await this.gate.drain();
     const peer = this.activePeer;
     this.activePeer = null;
     if (peer) await this.control(peer, { op: 'leave' }, 3000).catch(() => undefined);
@@ -512,7 +524,7 @@ export class GeoMirrorDevice implements Backend {
         ]);
         ok = r;
       }
-      if (ok && !keepStale) res.map.endWrite(first, last, 'both'); else this.markLocalOnly(res.map, first, last);
+      if (ok && !keepStale) this.gate.done(first, last); else this.markLocalOnly(res.map, first, last);
     } finally {
       if (locked) this.lock.release(offset, end);
       this.done();
@@ -622,7 +634,7 @@ export class GeoMirrorDevice implements Backend {
     if (err) {
       this.markLocalOnly(map, op.first, op.last);
       this.event('error', `local volume write failed: ${err.message}`);
-    } else if (ok && !op.keepStale) map.endWrite(op.first, op.last, 'both');
+    } else if (ok && !op.keepStale) this.gate.done(op.first, op.last);
     else this.markLocalOnly(map, op.first, op.last);
     this.lock.release(op.offset, op.end);
     this.done();
@@ -662,11 +674,30 @@ export class GeoMirrorDevice implements Backend {
     const res = this.admit();
     try {
       const peer = this.activePeer;
-      const remote = peer ? this.net.request(peer, SVC_FLUSH, Buffer.alloc(0), { ordered: res.attrs.mode === 'async' })
-        .then(() => true, (e: unknown) => { this.peerFailed(peer, e); return false; }) : Promise.resolve(true);
+      // Writes completed before this flush are durable on both volumes once it has reached both.
+      const mark = this.gate.mark();
+      const remote = peer ? this.flushPeer(peer, res) : Promise.resolve(false);
       await res.local.flush();
-      if (res.attrs.mode !== 'async') await remote;
+      // async: the application does not wait for the peer (it may lag); the gate still may.
+      if (res.attrs.mode !== 'async') { if (await remote) this.gate.covered(mark); }
+      else void remote.then((ok) => { if (ok) this.gate.covered(mark); });
     } finally { this.done(); }
+  }
+
+  /** SVC_FLUSH to the peer: true once its volume is durable; false (and the peer dropped) on failure. */
+  private flushPeer(peer: string, res: GmdResources): Promise<boolean> {
+    return this.net.request(peer, SVC_FLUSH, EMPTY, { ordered: res.attrs.mode === 'async' })
+      .then(() => true, (e: unknown) => { this.peerFailed(peer, e); return false; });
+  }
+
+  /** The clean gate's flush: both volumes, or false when there is no peer to confirm. */
+  private async flushBoth(): Promise<boolean> {
+    const res = this.res;
+    const peer = this.activePeer;
+    if (!res || !peer) return false;
+    const remote = this.flushPeer(peer, res);
+    await res.local.flush();
+    return remote;
   }
 
   async trim(offset: number, length: number, opts: WriteOptions): Promise<void> {
@@ -693,7 +724,7 @@ export class GeoMirrorDevice implements Backend {
           .then(() => true, (e: unknown) => { this.peerFailed(peer, e); return false; })
         : Promise.resolve(false);
       const [, ok] = await Promise.all([this.localWrite(res, first, last, () => op(res)), remote]);
-      if (ok && !keepStale) res.map.endWrite(first, last, 'both'); else this.markLocalOnly(res.map, first, last);
+      if (ok && !keepStale) this.gate.done(first, last); else this.markLocalOnly(res.map, first, last);
     } finally {
       this.lock.release(offset, end);
       this.done();
@@ -767,7 +798,7 @@ export class GeoMirrorDevice implements Backend {
     if (this.asyncInflight > this.stats.asyncInflightMax) this.stats.asyncInflightMax = this.asyncInflight;
     this.remoteCb(peer, KIND_APP, offset, data, flags, (ok) => {
       releaseBuffer(data);
-      if (ok && !keepStale) res.map.endWrite(first, last, 'both'); else this.markLocalOnly(res.map, first, last);
+      if (ok && !keepStale) this.gate.done(first, last); else this.markLocalOnly(res.map, first, last);
       this.asyncInflight -= len;
       this.stats.asyncInflightBytes = this.asyncInflight;
       if (this.hwmWaiters.length > 0 && this.asyncInflight <= res.attrs.hwm) {
@@ -808,6 +839,8 @@ export class GeoMirrorDevice implements Backend {
   private dropPeer(peer: string, why: string): void {
     if (this.activePeer !== peer) return;
     this.activePeer = null;
+    // Writes it acknowledged but never flushed may die with its page cache: stale, so they travel again.
+    this.gate.peerLost();
     void this.resyncEngine?.stop();
     this.event('warn', `mirroring to ${peer} stopped (${why}); writes are marked stale until it rejoins`);
   }
@@ -1092,7 +1125,7 @@ export class GeoMirrorDevice implements Backend {
       peers: this.peers.map((p) => ({ machine: p, link: this.net.peerState(p), active: this.activePeer === p, downGiven: this.downGiven.has(p) })),
       map: counts && res ? { ...counts, crashed: res.map.crashed } : null,
       resync: this.resyncEngine?.running ? this.resyncEngine.progress() : this.lastResync,
-      stats: { ...this.stats }, attrs: res ? { ...res.attrs } : null, events: this.events.slice(-10),
+      stats: { ...this.stats, unconfirmedWrites: this.gate.waiting }, attrs: res ? { ...res.attrs } : null, events: this.events.slice(-10),
     };
   }
 }

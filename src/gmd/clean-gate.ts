@@ -1,0 +1,115 @@
+/**
+ * Flush-gated cleaning (DESIGN §4 rules 1 and 2 under power loss, not only kill -9).
+ *
+ * A write acknowledged by both sides may still sit in either machine's page cache: a power cut of
+ * that machine loses it while the other keeps it. If the region were cleaned at once, nothing would
+ * record the difference and no resync would ever repair it:
+ *  - the secondary loses power: the primary, still running, had cleaned the region; when the
+ *    secondary rejoins only regions marked since the drop travel;
+ *  - the primary loses power after its map persisted the clean cell (lazy cleaning, then any
+ *    durable commit) but before its volume's pages were written back.
+ * So a region done on both sides is cleaned only once both volumes have been flushed after its
+ * write. Until then the write stays in flight in the state map (marked on disk: a crash of this
+ * machine resyncs it), and if the peer drops or restarts first it becomes stale (the peer may have
+ * lost it; it travels again on rejoin). An application FLUSH that reached both volumes releases
+ * everything completed before it; otherwise the gate flushes both volumes itself every
+ * `intervalMs`, or sooner when `maxPending` writes wait. Resync keeps the same rule on its own
+ * (resync.ts: the peer is flushed before copied regions are cleaned).
+ */
+
+export interface CleanGateHooks {
+  /** The state map's endWrite: exactly one per completed write. */
+  endWrite(first: number, last: number, outcome: 'both' | 'local-only'): void;
+  /**
+   * Flushes the local volume and the peer's. Resolves true when both are durable, false when the
+   * peer could not confirm (it is dropped then); rejects when the local flush fails.
+   */
+  flushBoth(): Promise<boolean>;
+  /** A gate flush failed locally: the writes stay in flight and are tried again. */
+  onError(e: unknown): void;
+}
+
+/** A point in the gate's history: writes completed before it are covered by a flush started after it. */
+export interface GateMark { session: number; pushed: number }
+
+export class CleanGate {
+  /** first, last pairs of completed writes not yet covered by a flush, oldest first. */
+  private pending: number[] = [];
+  /** Pairs ever pushed / released in this session: marks are absolute, so flushes may overlap. */
+  private pushed = 0;
+  private released = 0;
+  /** Bumped when the peer is lost: a flush started before that proves nothing for the new peer. */
+  private session = 0;
+  private timer: NodeJS.Timeout | null = null;
+  private running: Promise<void> | null = null;
+  private readonly tick = (): void => { this.timer = null; void this.flushNow(); };
+
+  constructor(private readonly h: CleanGateHooks, private readonly intervalMs = 1000, private readonly maxPending = 65536) {}
+
+  /** Writes waiting for a flush. */
+  get waiting(): number { return this.pending.length >> 1; }
+
+  /** A write finished on both volumes (in their caches, not yet durable). */
+  done(first: number, last: number): void {
+    this.pending.push(first, last);
+    this.pushed++;
+    if (this.pending.length >= 2 * this.maxPending) void this.flushNow();
+    else if (!this.timer && !this.running) this.timer = setTimeout(this.tick, this.intervalMs).unref();
+  }
+
+  /** Taken before an application flush is issued. */
+  mark(): GateMark { return { session: this.session, pushed: this.pushed }; }
+
+  /** Both volumes were flushed after `m` was taken: the writes completed before it are clean. */
+  covered(m: GateMark): void {
+    if (m.session !== this.session) return;
+    this.release(m.pushed - this.released, 'both');
+  }
+
+  /** The peer dropped or restarted: every write not yet covered is stale now. */
+  peerLost(): void {
+    this.session++;
+    this.release(this.pending.length >> 1, 'local-only');
+    this.pushed = this.released = 0;
+  }
+
+  /** Flushes both volumes and releases what that covers; one at a time (callers share a running one). */
+  flushNow(): Promise<void> {
+    if (this.running) return this.running;
+    if (this.timer) { clearTimeout(this.timer); this.timer = null; }
+    if (this.pending.length === 0) return Promise.resolve();
+    const m = this.mark();
+    this.running = this.h.flushBoth().then(
+      (ok) => {
+        if (ok) this.covered(m);
+        else if (m.session === this.session) this.release(m.pushed - this.released, 'local-only');
+      },
+      (e: unknown) => this.h.onError(e),
+    ).finally(() => {
+      this.running = null;
+      if (this.pending.length > 0 && !this.timer) this.timer = setTimeout(this.tick, this.intervalMs).unref();
+    });
+    return this.running;
+  }
+
+  /** Stop: flush until nothing waits (or the flush fails); what the peer cannot confirm is stale. */
+  async drain(): Promise<void> {
+    if (this.timer) { clearTimeout(this.timer); this.timer = null; }
+    while (this.running) await this.running;
+    if (this.pending.length === 0) return;
+    const m = this.mark();
+    let ok = false;
+    try { ok = await this.h.flushBoth(); } catch (e) { this.h.onError(e); }
+    if (m.session !== this.session) return;
+    // Also when the local flush failed: the map then keeps the regions stale, never clean.
+    this.release(m.pushed - this.released, ok ? 'both' : 'local-only');
+  }
+
+  private release(n: number, outcome: 'both' | 'local-only'): void {
+    if (n <= 0) return;
+    const p = this.pending;
+    for (let i = 0; i < 2 * n; i += 2) this.h.endWrite(p[i]!, p[i + 1]!, outcome);
+    this.pending = p.length === 2 * n ? [] : p.slice(2 * n);
+    this.released += n;
+  }
+}
