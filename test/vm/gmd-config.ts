@@ -86,11 +86,11 @@ export async function setupVmPair(dir: string, job: string, o: {
  * beta's start may meet alpha while alpha is still DEFINED, and a DEFINED GMD reports mode "mwc"
  * whatever its definition says (device.ts info()), which refuses the start of a sync or async pair.
  */
-export function runHostBeta(hostCfg: string, runDir: string, track: (c: ChildProcess) => void, extra: string[]):
+export function runHostBeta(hostCfg: string, runDir: string, track: (c: ChildProcess) => void, extra: string[], env: NodeJS.ProcessEnv = {}):
   { child: ChildProcess; log: () => string; available: () => Promise<void> } {
   let text = '';
   const child = spawn(process.execPath, [GEORM_BIN, 'gmd', 'run', 'vm0gmd', '--config', hostCfg, '--machine', 'beta', ...extra],
-    { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, GEORM_LOG_LEVEL: 'warn' } });
+    { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, GEORM_LOG_LEVEL: 'warn', ...env } });
   track(child);
   child.stdout!.setEncoding('utf8').on('data', (d: string) => { text += d; });
   child.stderr!.setEncoding('utf8').on('data', (d: string) => { text += d; });

@@ -37,13 +37,22 @@ import {
  *    primary lost A from its page cache while its map says clean, the volumes differ in A's regions.
  *
  * Which version of a lost write survives is not checked, only that both volumes end identical.
- * Cases: GEORM_POWERLOSS_LAZY_CASES="side:mode,…", side secondary|primary, mode mwc|sync; default
- * "secondary:mwc,secondary:sync,primary:mwc".
+ *
+ * The GMD's clean gate (clean-gate.ts) flushes both volumes itself every GEORM_GMD_FLUSH_MS (1 s by
+ * default), so with the default the writes are durable on both sides before the cut, and the case
+ * checks that this flush really reaches both disks (the loss report then says 0 regions). A case with
+ * a gate interval (third field, e.g. 60000) longer than the run keeps the writes unflushed: the cut
+ * really loses them, and the case checks the other half — a peer that drops turns those regions
+ * stale, a primary that crashes still has them marked — so they travel again.
+ *
+ * Cases: GEORM_POWERLOSS_LAZY_CASES="side:mode[:gateMs],…", side secondary|primary, mode mwc|sync;
+ * default below.
  */
-const CASES = (process.env.GEORM_POWERLOSS_LAZY_CASES ?? 'secondary:mwc,secondary:sync,primary:mwc').split(',').map((c) => {
-  const [side, mode] = c.split(':') as [string, string | undefined];
-  return { side, mode: mode ?? 'mwc' };
-});
+const CASES = (process.env.GEORM_POWERLOSS_LAZY_CASES ?? 'secondary:mwc,secondary:mwc:60000,secondary:sync:60000,primary:mwc,primary:mwc:60000')
+  .split(',').map((c) => {
+    const [side, mode, gate] = c.split(':') as [string, string | undefined, string | undefined];
+    return { side, mode: mode ?? 'mwc', gateMs: gate ? Number(gate) : 0 };
+  });
 const VOLUME_MB = 16;          // 512 regions of 32 KiB
 const PROMOTE_FAILURE_S = 8;   // the host primary drops the silent guest after this (default config: 30)
 
@@ -121,8 +130,12 @@ async function bootWriteAndCut(o: {
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
-for (const { side, mode } of CASES) {
-  if (side === 'secondary') t.test(`power cut of the SECONDARY's machine a few seconds after plain writes (${mode}): identical after rejoin and resync`,
+for (const { side, mode, gateMs } of CASES) {
+  // The clean gate's flush interval for both GMDs (host env, guest command prefix); 0 = the default.
+  const gateEnv: NodeJS.ProcessEnv = gateMs ? { GEORM_GMD_FLUSH_MS: String(gateMs) } : {};
+  const gatePrefix = gateMs ? `GEORM_GMD_FLUSH_MS=${gateMs} ` : '';
+  const gateLabel = gateMs ? `, clean gate every ${gateMs} ms` : '';
+  if (side === 'secondary') t.test(`power cut of the SECONDARY's machine a few seconds after plain writes (${mode}${gateLabel}): identical after rejoin and resync`,
     { skip: powerlossSkip || noLibnbd, timeout: 400_000 }, async (t) => {
     const t0 = Date.now();
     const ws = await powerlossWorkspace(t, 'georm-vm-pll-');
@@ -130,14 +143,14 @@ for (const { side, mode } of CASES) {
     // alpha (guest) is the secondary, beta (host) the primary.
     const { pair, hostCfg, udpIn } = await setupVmPair(dir, job, { mode, alphaVolume: '/data/alpha.img', alphaMap: '/data/alpha.map',
       betaSizeMb: VOLUME_MB, alphaRole: 'secondary', promoteFailureTimeout: PROMOTE_FAILURE_S });
-    const primary = runHostBeta(hostCfg, pair.beta.runDir, track, ['--start', '--down', 'alpha']);
+    const primary = runHostBeta(hostCfg, pair.beta.runDir, track, ['--start', '--down', 'alpha'], gateEnv);
     await primary.available();
     const nbdUri = `nbd+unix:///vm0gmd?socket=${pair.beta.nbdListen[0]!.slice('unix:'.length)}`;
     const fail = (res: BootResult, name: string, what: string): void => failBoot(t, res, name, what, primary.log());
 
     // --- boot 1: the secondary joins, set P1 is mirrored, the guest loses power ------------------
     writeFileSync(join(job, 'run.sh'), `set -e
-${dataDiskSetup()}node /job/georm/bin/georm.js gmd run vm0gmd --config /job/georm.toml --machine alpha --start >/tmp/gmd.out 2>/tmp/gmd.err &
+${dataDiskSetup()}${gatePrefix}node /job/georm/bin/georm.js gmd run vm0gmd --config /job/georm.toml --machine alpha --start >/tmp/gmd.out 2>/tmp/gmd.err &
 node /job/ctl.mjs wait-active 120
 sleep 600
 `);
@@ -145,12 +158,12 @@ sleep 600
     const { res: res1, writer, error } = await bootWriteAndCut({ ws, udpIn, ready: 'OK alpha mirroring', uri: nbdUri, workload: async (w) => {
       timing.p1 = await w.write('P1', 3000, 0, 300);
       const s = await hostStatus(pair.beta.runDir);
-      t.comment(`primary after P1: ${JSON.stringify({ peers: s?.peers, map: s?.map })}`);
+      t.comment(`primary after P1: ${JSON.stringify({ active: s?.peers.some((p) => p.active), map: s?.map, unconfirmedWrites: s?.stats?.unconfirmedWrites })}`);
       // Long enough for the writes to be settled on both sides, far below the guest's 30 s writeback.
       await sleep(3000);
     } });
     timing.boot1 = Date.now() - t0;
-    if (error || !writer) { fail(res1, 'powerloss-lazy-sec-boot1', `the workload never reached the cut: ${error?.message}`); return; }
+    if (error || !writer) { fail(res1, `powerloss-lazy-sec-${mode}-boot1`, `the workload never reached the cut: ${error?.message}`); return; }
     t.equal(res1.exitCode, null, 'the guest was cut off mid-run (power cut)');
     await reportLoss(t, dataDisk, pair.beta.volume, join(dir, 'alpha-cut.img'), tag);
 
@@ -195,7 +208,7 @@ echo "OK data unmounted"
     });
     const sync = await synced;
     timing.boot2 = Date.now() - t2;
-    if (res2.exitCode !== 0) { fail(res2, 'powerloss-lazy-sec-boot2', `recovery boot failed (exit ${res2.exitCode}${res2.timedOut ? ', timed out' : ''})`); return; }
+    if (res2.exitCode !== 0) { fail(res2, `powerloss-lazy-sec-${mode}-boot2`, `recovery boot failed (exit ${res2.exitCode}${res2.timedOut ? ', timed out' : ''})`); return; }
     const before = markers(res2.console, 'MAPBEFORE')[0] ?? [];
     t.comment(`secondary's map after the cut: ${before.join(' ')}`);
     t.ok(sync?.s, `the secondary rejoined and the resync finished (${JSON.stringify(sync?.s?.map)}, resync ${JSON.stringify(sync?.s?.resync)})`);
@@ -206,10 +219,10 @@ echo "OK data unmounted"
     await dumpJobFile(dataDisk, '/alpha.img', alphaVol);
     compareVolumes(t, pair.beta.volume, alphaVol, tag, 'primary (host) vs secondary (guest)');
     t.comment(`times (ms): ${JSON.stringify({ ...timing, total: Date.now() - t0 })}`);
-    if (!t.passing()) t.comment(`consoles kept at ${keepArtifact(res1.consoleLog, 'powerloss-lazy-sec-boot1')} and ${keepArtifact(res2.consoleLog, 'powerloss-lazy-sec-boot2')}`);
+    if (!t.passing()) t.comment(`consoles kept at ${keepArtifact(res1.consoleLog, `powerloss-lazy-sec-${mode}-boot1`)} and ${keepArtifact(res2.consoleLog, `powerloss-lazy-sec-${mode}-boot2`)}`);
   });
 
-  if (side === 'primary') t.test(`power cut of the PRIMARY's machine after lazy cleaning of plain writes (${mode}): identical after resync`,
+  if (side === 'primary') t.test(`power cut of the PRIMARY's machine after lazy cleaning of plain writes (${mode}${gateLabel}): identical after resync`,
     { skip: powerlossSkip || noLibnbd, timeout: 400_000 }, async (t) => {
     const t0 = Date.now();
     const ws = await powerlossWorkspace(t, 'georm-vm-plp-');
@@ -218,13 +231,13 @@ echo "OK data unmounted"
     const nbdHostPort = await freePort();
     const { pair, hostCfg, udpIn } = await setupVmPair(dir, job, { mode, alphaVolume: '/data/alpha.img', alphaMap: '/data/alpha.map',
       betaSizeMb: VOLUME_MB, alphaNbdListen: [`tcp://0.0.0.0:${NBD_GUEST_PORT}`] });
-    const beta = runHostBeta(hostCfg, pair.beta.runDir, track, ['--start', '--down', 'alpha']);
+    const beta = runHostBeta(hostCfg, pair.beta.runDir, track, ['--start', '--down', 'alpha'], gateEnv);
     await beta.available();
     const fail = (res: BootResult, name: string, what: string): void => failBoot(t, res, name, what, beta.log());
 
     // --- boot 1: set A, idle past the activity log, set B to new regions, power cut ---------------
     writeFileSync(join(job, 'run.sh'), `set -e
-${dataDiskSetup()}node /job/georm/bin/georm.js gmd run vm0gmd --config /job/georm.toml --machine alpha --start >/tmp/gmd.out 2>/tmp/gmd.err &
+${dataDiskSetup()}${gatePrefix}node /job/georm/bin/georm.js gmd run vm0gmd --config /job/georm.toml --machine alpha --start >/tmp/gmd.out 2>/tmp/gmd.err &
 GEORM_PID=$!
 ${gmdWaitAttached()}echo "OK ready for the host writer"
 sleep 600
