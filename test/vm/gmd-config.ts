@@ -16,6 +16,8 @@ export interface GmdPair {
   gmd: string; mode: string; keyFile: string;
   /** alpha's role (beta takes the other one); default primary. Seconds until gmddown of a silent peer; default 30. */
   alphaRole?: 'primary' | 'secondary'; promoteFailureTimeout?: number;
+  /** resync_rate_limit of the GMD (e.g. "1M" per second); default none. */
+  resyncRateLimit?: string;
   alpha: { volume: string; stateMap: string; runDir: string; nbdDevice?: string; nbdListen: string[] };
   beta: { volume: string; stateMap: string; runDir: string; nbdListen: string[] };
 }
@@ -30,6 +32,7 @@ export function renderPairConfig(p: GmdPair, view: SideView): string {
   let t = `[cluster]\nname = "vmtest"\nkey_file = ${q(p.keyFile)}\n\n[[site]]\nname = "east"\n[[site]]\nname = "west"\n\n[[network]]\nname = "geo1"\nmtu = 1500\n`;
   t += machine('alpha', 'east', p.alpha.runDir, view.alpha) + machine('beta', 'west', p.beta.runDir, view.beta);
   t += `\n[[gmd]]\nname = ${q(p.gmd)}\nminor = 0\nmode = ${q(p.mode)}\nregion_size = "32K"\nsync_rate = "256K"\nhwm = "128K"\n`;
+  if (p.resyncRateLimit) t += `resync_rate_limit = ${q(p.resyncRateLimit)}\n`;
   t += `  [[gmd.machine]]\n  machine = "alpha"\n  volume = ${q(p.alpha.volume)}\n  state_map = ${q(p.alpha.stateMap)}\n  role = ${q(alphaRole)}\n  nbd_listen = ${q(p.alpha.nbdListen)}\n`;
   if (p.alpha.nbdDevice) t += `  nbd_device = ${q(p.alpha.nbdDevice)}\n`;
   t += `  [[gmd.machine]]\n  machine = "beta"\n  volume = ${q(p.beta.volume)}\n  state_map = ${q(p.beta.stateMap)}\n  role = ${q(betaRole)}\n  nbd_listen = ${q(p.beta.nbdListen)}\n`;
@@ -54,7 +57,7 @@ export interface VmPair {
 export async function setupVmPair(dir: string, job: string, o: {
   mode: string; alphaVolume: string; alphaMap: string; betaSizeMb: number; alphaNbdListen?: string[];
   /** The guest's role; 'secondary' makes the host's beta the primary (no /dev/nbd0 in the guest then). */
-  alphaRole?: 'primary' | 'secondary'; promoteFailureTimeout?: number;
+  alphaRole?: 'primary' | 'secondary'; promoteFailureTimeout?: number; resyncRateLimit?: string;
 }): Promise<VmPair> {
   const key = randomBytes(32).toString('hex') + '\n';
   writeFileSync(join(job, 'cluster.key'), key, { mode: 0o600 });
@@ -65,6 +68,7 @@ export async function setupVmPair(dir: string, job: string, o: {
   const HF = await freePort();
   const pair = {
     gmd: 'vm0gmd', mode: o.mode, alphaRole: o.alphaRole ?? 'primary', promoteFailureTimeout: o.promoteFailureTimeout ?? 30,
+    ...(o.resyncRateLimit ? { resyncRateLimit: o.resyncRateLimit } : {}),
     alpha: { volume: o.alphaVolume, stateMap: o.alphaMap, runDir: '/tmp/run', nbdListen: o.alphaNbdListen ?? [],
       ...(o.alphaRole === 'secondary' ? {} : { nbdDevice: '/dev/nbd0' }) },
     beta: { volume: join(dir, 'beta.img'), stateMap: join(dir, 'beta.map'), runDir: join(dir, 'run'), nbdListen: [`unix:${join(dir, 'run', 'beta.nbd')}`] },

@@ -161,7 +161,8 @@ echo "OK data unmounted"
  * when each set of writes goes out and the connection stays open across the power cut (a
  * disconnect could make the server flush). `write PHASE COUNT FIRST N` issues COUNT plain 4 KiB
  * writes — no FUA, no FLUSH — 16 in flight, cycling over regions FIRST … FIRST+N-1 (32 KiB each) at
- * varying blocks, and prints `DONE PHASE COUNT` once every one was acknowledged. Each block starts
+ * varying blocks, and prints `DONE PHASE COUNT` once every one was acknowledged; `flush ID` sends one
+ * NBD FLUSH and prints `FLUSHED ID`. Each block starts
  * with `GEORM-LZ`, the run's tag, the phase and (write number, region); the rest is random, so a
  * block read back says which write it holds.
  */
@@ -177,6 +178,10 @@ for line in sys.stdin:
         continue
     if a[0] == 'quit':
         break
+    if a[0] == 'flush':
+        h.flush()
+        print('FLUSHED %s' % a[1], flush=True)
+        continue
     phase, count, first, n = a[1], int(a[2]), int(a[3]), int(a[4])
     live = []
     for i in range(count):
@@ -200,6 +205,7 @@ export class PlainWriter {
   private text = '';
   private err = '';
   private waiters: Array<() => void> = [];
+  private flushes = 0;
   private constructor(readonly child: ChildProcess) {
     child.stdout!.setEncoding('utf8').on('data', (d: string) => { this.text += d; this.wake(); });
     child.stderr!.setEncoding('utf8').on('data', (d: string) => { this.err += d; });
@@ -236,6 +242,13 @@ export class PlainWriter {
     this.child.stdin!.write(`write ${phase} ${count} ${first} ${n}\n`);
     await this.until(`DONE ${phase} ${count}`, timeoutMs);
     return Date.now() - t0;
+  }
+
+  /** One NBD FLUSH; resolves once it was acknowledged. */
+  async flush(timeoutMs = 60_000): Promise<void> {
+    const id = ++this.flushes;
+    this.child.stdin!.write(`flush ${id}\n`);
+    await this.until(`FLUSHED ${id}`, timeoutMs);
   }
 
   stderr(): string { return this.err; }

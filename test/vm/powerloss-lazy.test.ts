@@ -26,8 +26,8 @@ import {
  *    the host. The host writes set P1 through the primary's NBD socket; both sides acknowledge and
  *    the primary counts those regions clean. A few seconds later the guest loses power. The
  *    primary keeps running, drops the silent peer (promote failure timeout) and takes set P2 (marked
- *    stale). The guest boots again, its secondary starts and rejoins, the primary resyncs what its map
- *    marks, both stop cleanly, and the volumes are compared byte for byte. If the secondary lost P1
+ *    stale). The guest boots again, its secondary starts and rejoins, an application FLUSH comes at
+ *    once (while the resync runs), the primary resyncs what its map marks, both stop cleanly, and the volumes are compared byte for byte. If the secondary lost P1
  *    from its page cache and nothing re-sends it, the volumes differ in P1's regions.
  *  primary: the GMD *primary* runs in the guest (as in powerloss.test.ts), the secondary on the host.
  *    Set A, then a pause longer than the activity log's idle time (5 s) plus its background writer
@@ -142,7 +142,7 @@ for (const { side, mode, gateMs } of CASES) {
     const { dir, job, images, track, tag, dataDisk } = ws;
     // alpha (guest) is the secondary, beta (host) the primary.
     const { pair, hostCfg, udpIn } = await setupVmPair(dir, job, { mode, alphaVolume: '/data/alpha.img', alphaMap: '/data/alpha.map',
-      betaSizeMb: VOLUME_MB, alphaRole: 'secondary', promoteFailureTimeout: PROMOTE_FAILURE_S });
+      betaSizeMb: VOLUME_MB, alphaRole: 'secondary', promoteFailureTimeout: PROMOTE_FAILURE_S, resyncRateLimit: '1M' });
     const primary = runHostBeta(hostCfg, pair.beta.runDir, track, ['--start', '--down', 'alpha'], gateEnv);
     await primary.available();
     const nbdUri = `nbd+unix:///vm0gmd?socket=${pair.beta.nbdListen[0]!.slice('unix:'.length)}`;
@@ -156,7 +156,10 @@ sleep 600
 `);
     const timing: Record<string, number> = {};
     const { res: res1, writer, error } = await bootWriteAndCut({ ws, udpIn, ready: 'OK alpha mirroring', uri: nbdUri, workload: async (w) => {
-      timing.p1 = await w.write('P1', 3000, 0, 300);
+      // P1 above P2: the resync (ascending, its first window of 32 chunks = 256 regions at once, then
+      // throttled to 1 MiB/s) takes up P1's regions only seconds after the rejoin, well after the
+      // application FLUSH that follows it, which must not have cleaned them meanwhile.
+      timing.p1 = await w.write('P1', 3000, 256, 256);
       const s = await hostStatus(pair.beta.runDir);
       t.comment(`primary after P1: ${JSON.stringify({ active: s?.peers.some((p) => p.active), map: s?.map, unconfirmedWrites: s?.stats?.unconfirmedWrites })}`);
       // Long enough for the writes to be settled on both sides, far below the guest's 30 s writeback.
@@ -168,11 +171,10 @@ sleep 600
     await reportLoss(t, dataDisk, pair.beta.volume, join(dir, 'alpha-cut.img'), tag);
 
     // --- the primary goes on alone: it drops the silent peer, set P2 is marked stale ------------------
-    timing.p2 = await writer.write('P2', 500, 300, 100, 120_000);
+    timing.p2 = await writer.write('P2', 500, 0, 256, 120_000);
     const alone = await waitHost(pair.beta.runDir, (s) => !s.peers.some((p) => p.active), 30_000);
     t.ok(alone, 'the primary dropped the peer whose machine lost power');
     t.ok((alone?.map?.stale ?? 0) > 0, `the primary marks the regions written since (map ${JSON.stringify(alone?.map)})`);
-    await writer.stop();
 
     // --- boot 2: the secondary starts again and rejoins; the primary resyncs -------------------------
     writeFileSync(join(job, 'run.sh'), `set -e
@@ -200,6 +202,11 @@ echo "OK data unmounted"
         // In sync = mirroring again with a clean map and no resync left; then the primary stops,
         // which tells the secondary, whose job then stops its GMD and unmounts.
         synced = (async () => {
+          // An application FLUSH right after the rejoin, while the resync is still copying: it must
+          // not count writes from before the drop as flushed on the new peer (it never got them).
+          await writer.flush().catch((e: unknown) => t.comment(`flush after the rejoin failed: ${(e as Error).message}`));
+          const f = await hostStatus(pair.beta.runDir);
+          t.comment(`primary right after that flush: ${JSON.stringify({ map: f?.map, resyncDone: f?.resync?.doneBytes, resyncLeft: f?.resync?.leftBytes })}`);
           const s = await waitHost(pair.beta.runDir, (x) => x.peers.some((p) => p.active) && !!x.map && x.map.stale === 0
             && x.map.inconsistent === 0 && (!x.resync || !!x.resync.complete || x.resync.leftBytes === 0), 180_000);
           return { s, code: await stopProcess(primary.child, 'SIGTERM', 15_000) };
@@ -207,6 +214,7 @@ echo "OK data unmounted"
       },
     });
     const sync = await synced;
+    await writer.stop();
     timing.boot2 = Date.now() - t2;
     if (res2.exitCode !== 0) { fail(res2, `powerloss-lazy-sec-${mode}-boot2`, `recovery boot failed (exit ${res2.exitCode}${res2.timedOut ? ', timed out' : ''})`); return; }
     const before = markers(res2.console, 'MAPBEFORE')[0] ?? [];
