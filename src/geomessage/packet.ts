@@ -259,68 +259,103 @@ export type DropReason = 'short' | 'auth' | 'version' | 'malformed';
  * beyond the length is read before the tag has been verified.
  */
 export function openPacket(key: Buffer, buf: Buffer): DecodedPacket | DropReason {
+  const why = checkTag(key, buf);
+  return why ?? decodePacket(buf);
+}
+
+/** The tag check of openPacket: null when buf is a whole packet whose tag verifies. */
+export function checkTag(key: Buffer, buf: Buffer): DropReason | null {
   const n = buf.length;
   if (n < HEADER_BYTES + TAG_BYTES) return 'short';
   if (n > MAX_PACKET) return 'malformed';
-  if (!authFor(key).verify(buf)) return 'auth';
-  return decodePacket(buf);
+  return authFor(key).verify(buf) ? null : 'auth';
 }
 
 /**
- * Decodes a packet whose tag has been verified (by openPacket, or by the native wire in C). Checks
- * every length against the buffer; the tag bytes at the end are skipped.
+ * A decoded packet in place: header fields, and where the payload lies in `buf`. The transport
+ * decodes every received packet into one reused view (no object, Buffer view or array per packet);
+ * it is valid until the next packet is decoded into it.
  */
-export function decodePacket(buf: Buffer): DecodedPacket | DropReason {
-  const n = buf.length;
-  if (n < HEADER_BYTES + TAG_BYTES) return 'short';
-  if (buf[0] !== VERSION) return 'version';
-  const type = buf[1]!;
-  const flags = buf[2]!;
+export interface PacketView extends PacketHeader {
+  buf: Buffer;
+  /** payload = buf[payloadOff, payloadOff + fragLen) */
+  payloadOff: number;
+  /** Ack ranges (low 32 bits), flat [high0, low0, …]; meaningful only when hasAcks. Reused. */
+  acks: number[];
+  hasAcks: boolean;
+}
+
+export function newPacketView(): PacketView {
+  return {
+    type: 0, flags: 0, srcMachine: 0, dstMachine: 0, srcEpoch: 0, dstEpoch: 0, pseq: 0, msgId: 0, corrId: 0, orderSeq: 0,
+    totalLen: 0, msgFloor: 0, service: 0, fragIndex: 0, fragCount: 0, fragLen: 0, saltHi: 0, saltLo: 0,
+    buf: Buffer.alloc(0), payloadOff: 0, acks: [], hasAcks: false,
+  };
+}
+
+/**
+ * Decodes the packet buf[off, off + len), whose tag has been verified (by checkTag, or by the
+ * native wire in C), into `v`. Checks every length against the packet; the tag bytes at the end are
+ * skipped. Returns null, or why the packet must be dropped (v is then partly filled).
+ */
+export function viewPacket(buf: Buffer, off: number, len: number, v: PacketView): DropReason | null {
+  if (len < HEADER_BYTES + TAG_BYTES) return 'short';
+  if (buf[off] !== VERSION) return 'version';
+  const type = buf[off + 1]!;
+  const flags = buf[off + 2]!;
   if (type < T_DATA || type > T_PONG || (flags & F_ENCRYPTED) !== 0) return 'malformed';
-  const fragLen = buf.readUInt16BE(50);
-  const bodyLen = n - TAG_BYTES;
-  let pos = HEADER_BYTES + fragLen;
-  if (pos > bodyLen) return 'malformed';
-  const fragIndex = buf.readUInt16BE(46);
-  const fragCount = buf.readUInt16BE(48);
-  const totalLen = buf.readUInt32BE(36);
+  const fragLen = buf.readUInt16BE(off + 50);
+  const bodyEnd = off + len - TAG_BYTES;
+  let pos = off + HEADER_BYTES + fragLen;
+  if (pos > bodyEnd) return 'malformed';
+  const fragIndex = buf.readUInt16BE(off + 46);
+  const fragCount = buf.readUInt16BE(off + 48);
+  const totalLen = buf.readUInt32BE(off + 36);
   if (type === T_DATA && (fragCount === 0 || fragIndex >= fragCount || fragLen > totalLen)) return 'malformed';
-  let acks: number[] | null = null;
-  if (flags & F_ACKS) {
-    if (pos + 2 > bodyLen) return 'malformed';
+  const acks = v.acks;
+  v.hasAcks = (flags & F_ACKS) !== 0;
+  if (v.hasAcks) {
+    if (pos + 2 > bodyEnd) return 'malformed';
     const cnt = buf.readUInt16BE(pos);
     pos += 2;
-    if (cnt > MAX_ACK_RANGES || pos + cnt * 8 !== bodyLen) return 'malformed';
-    acks = new Array<number>(cnt * 2);
-    for (let i = 0; i < cnt; i++) {
-      // Low 32 bits only: the sender widens them (widenPseq) and checks the order then.
-      acks[2 * i] = buf.readUInt32BE(pos);
-      acks[2 * i + 1] = buf.readUInt32BE(pos + 4);
-      pos += 8;
-    }
-  } else if (pos !== bodyLen) return 'malformed';
-  return {
-    type,
-    flags,
-    srcMachine: buf.readUInt32BE(4),
-    dstMachine: buf.readUInt32BE(8),
-    srcEpoch: buf.readUInt32BE(12),
-    dstEpoch: buf.readUInt32BE(16),
-    pseq: buf.readUInt16BE(60) * PSEQ_LOW + buf.readUInt32BE(20),
-    msgId: buf.readUInt32BE(24),
-    corrId: buf.readUInt32BE(28),
-    orderSeq: buf.readUInt32BE(32),
-    totalLen,
-    msgFloor: buf.readUInt32BE(40),
-    service: buf.readUInt16BE(44),
-    fragIndex,
-    fragCount,
-    fragLen,
-    saltHi: buf.readUInt32BE(52),
-    saltLo: buf.readUInt32BE(56),
-    payload: buf.subarray(HEADER_BYTES, HEADER_BYTES + fragLen),
-    acks,
-  };
+    if (cnt > MAX_ACK_RANGES || pos + cnt * 8 !== bodyEnd) return 'malformed';
+    acks.length = cnt * 2;
+    // Low 32 bits only: the sender widens them (widenPseq) and checks the order then.
+    for (let i = 0; i < 2 * cnt; i++, pos += 4) acks[i] = buf.readUInt32BE(pos);
+  } else {
+    if (pos !== bodyEnd) return 'malformed';
+    acks.length = 0;
+  }
+  v.type = type;
+  v.flags = flags;
+  v.srcMachine = buf.readUInt32BE(off + 4);
+  v.dstMachine = buf.readUInt32BE(off + 8);
+  v.srcEpoch = buf.readUInt32BE(off + 12);
+  v.dstEpoch = buf.readUInt32BE(off + 16);
+  v.pseq = buf.readUInt16BE(off + 60) * PSEQ_LOW + buf.readUInt32BE(off + 20);
+  v.msgId = buf.readUInt32BE(off + 24);
+  v.corrId = buf.readUInt32BE(off + 28);
+  v.orderSeq = buf.readUInt32BE(off + 32);
+  v.totalLen = totalLen;
+  v.msgFloor = buf.readUInt32BE(off + 40);
+  v.service = buf.readUInt16BE(off + 44);
+  v.fragIndex = fragIndex;
+  v.fragCount = fragCount;
+  v.fragLen = fragLen;
+  v.saltHi = buf.readUInt32BE(off + 52);
+  v.saltLo = buf.readUInt32BE(off + 56);
+  v.buf = buf;
+  v.payloadOff = off + HEADER_BYTES;
+  return null;
+}
+
+/** Decodes a packet whose tag has been verified into a fresh object (tests and tools; see viewPacket). */
+export function decodePacket(buf: Buffer): DecodedPacket | DropReason {
+  const v = newPacketView();
+  const why = viewPacket(buf, 0, buf.length, v);
+  if (why) return why;
+  const { payloadOff, hasAcks, buf: _b, ...h } = v;
+  return { ...h, payload: buf.subarray(payloadOff, payloadOff + v.fragLen), acks: hasAcks ? v.acks : null };
 }
 
 /** Fragment payload bytes that fit one packet on a network with this MTU. */

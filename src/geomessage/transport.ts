@@ -3,9 +3,9 @@ import { performance } from 'node:perf_hooks';
 import { silentLogger, type Logger } from '../util/log.js';
 import { GeoMessageError, type GeoMessageErrorCode } from './errors.js';
 import {
-  ackBlockBytes, decodePacket, newSalt, widenPseq, PSEQ_LOW, fragmentPayloadSize, machineId, openPacket, writeAckBlock, writeHeader, HEADER_BYTES, TAG_BYTES, IP_UDP_OVERHEAD,
+  ackBlockBytes, checkTag, newPacketView, viewPacket, newSalt, widenPseq, PSEQ_LOW, fragmentPayloadSize, machineId, writeAckBlock, writeHeader, HEADER_BYTES, TAG_BYTES, IP_UDP_OVERHEAD,
   F_ACKS, F_ERROR, F_ORDERED, F_REPLY, F_REQUEST, T_ACK, T_DATA, T_PING, T_PONG,
-  type DecodedPacket, type DropReason, type PacketHeader,
+  type DropReason, type PacketHeader, type PacketView,
 } from './packet.js';
 import { ReceivedRanges, ReplayWindow } from './replay.js';
 import { RttEstimator } from './rtt.js';
@@ -302,9 +302,9 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
       try {
         wire = await openWire(o.io ?? 'auto', {
           address: ep.address, port: ep.port, bufferBytes: o.socketBufferBytes ?? 8 << 20, key: this.key,
-          onPacket: (buf, status) => {
+          onPacket: (buf, off, len, status) => {
             try {
-              this.onPacket(net, buf, status);
+              this.onPacket(net, buf, off, len, status);
             } catch (err) {
               // A bug must not take the process (and its GMD) down on one odd packet: count and log it.
               c.dropped.malformed++;
@@ -808,13 +808,19 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
     net.c.dropped[why]++;
   }
 
-  private onPacket(net: Net, buf: Buffer, status: ReceivedStatus): void {
+  /** Every received packet is decoded into this one view (valid until the next packet). */
+  private readonly rx: PacketView = newPacketView();
+
+  private onPacket(net: Net, buf: Buffer, off: number, len: number, status: ReceivedStatus): void {
     if (this.closed) return;
     const c = net.c;
     c.packetsIn++;
-    c.bytesIn += buf.length;
-    const p = status === 'checked' ? decodePacket(buf) : status === 'unchecked' ? openPacket(this.key, buf) : status;
-    if (typeof p === 'string') return this.drop(net, p);
+    c.bytesIn += len;
+    const p = this.rx;
+    const why = status === 'checked' ? viewPacket(buf, off, len, p)
+      : status === 'unchecked' ? checkTag(this.key, off === 0 && len === buf.length ? buf : buf.subarray(off, off + len)) ?? viewPacket(buf, off, len, p)
+        : status;
+    if (why) return this.drop(net, why);
     if (p.dstMachine !== this.myId) return this.drop(net, 'malformed');
     const peer = this.peersById.get(p.srcMachine);
     if (!peer) return this.drop(net, 'unknownPeer');
@@ -841,24 +847,24 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
     peer.lastHeard = now;
     link.lastHeard = now;
     if (peer.state !== 'up') this.peerUp(peer);
-    if (p.acks) this.onAcks(peer, p.acks, now);
+    if (p.hasAcks) this.onAcks(peer, p.acks, now);
     switch (p.type) {
       case T_DATA:
         peer.ackPending = true;
         peer.ackLink = net.index;
         this.scheduleAck(peer);
-        this.onData(peer, net, p);
+        this.onData(peer, net, p, now);
         break;
       case T_PING: {
         c.other++;
-        this.sendControl(peer, link, T_PONG, Buffer.from(p.payload), false);
+        this.sendControl(peer, link, T_PONG, Buffer.from(p.buf.subarray(p.payloadOff, p.payloadOff + p.fragLen)), false);
         // Not yet proven both ways on this network: probe now rather than at the next keepalive.
         if (!link.up && now - link.lastProbe > 20) { link.lastProbe = now; this.ping(peer, link); }
         break;
       }
       case T_PONG: {
         c.other++;
-        if (p.payload.length === 8) link.rtt.sample(now - p.payload.readDoubleBE(0));
+        if (p.fragLen === 8) link.rtt.sample(now - p.buf.readDoubleBE(p.payloadOff));
         link.consecutiveTimeouts = 0;
         if (!link.up) this.linkUp(peer, link);
         else if (peer.chosen < 0) this.rechoose(peer);
@@ -960,7 +966,7 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
     }
   }
 
-  private onData(peer: Peer, net: Net, p: DecodedPacket): void {
+  private onData(peer: Peer, net: Net, p: PacketView, now: number): void {
     // The sender's floor lets us forget ids it will never send again.
     if (p.msgFloor > peer.deliveredBelow) {
       for (let id = peer.deliveredBelow; id < p.msgFloor && peer.delivered.size; id++) peer.delivered.delete(id);
@@ -973,7 +979,8 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
     if (p.fragCount === 1) {
       if (p.fragLen !== p.totalLen) return this.drop(net, 'malformed');
       // The native wire reuses its receive buffer after the batch: the handler may keep the payload.
-      data = net.wire.stableBuffers ? p.payload : Buffer.from(p.payload);
+      const payload = p.buf.subarray(p.payloadOff, p.payloadOff + p.fragLen);
+      data = net.wire.stableBuffers ? payload : Buffer.from(payload);
     } else {
       let r = peer.reasm.get(p.msgId);
       if (!r) {
@@ -986,9 +993,9 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
       // Fragments other than the last are full: their size fixes every offset.
       const off = p.fragIndex === p.fragCount - 1 ? p.totalLen - p.fragLen : p.fragIndex * p.fragLen;
       if (off < 0 || off + p.fragLen > p.totalLen) return this.drop(net, 'malformed');
-      p.payload.copy(r.buf, off);
+      p.buf.copy(r.buf, off, p.payloadOff, p.payloadOff + p.fragLen);
       r.got[p.fragIndex] = 1;
-      r.touched = nowMs();
+      r.touched = now;
       if (--r.missing > 0) return;
       peer.reasm.delete(p.msgId);
       data = r.buf;
@@ -1015,7 +1022,7 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
     this.dispatch(peer, msg, p.flags, p.msgId);
   }
 
-  private onReply(peer: Peer, p: DecodedPacket, data: Buffer): void {
+  private onReply(peer: Peer, p: PacketView, data: Buffer): void {
     const req = peer.awaitingReply.get(p.corrId);
     if (!req) return; // timed out or failed already
     peer.awaitingReply.delete(p.corrId);

@@ -53,7 +53,8 @@ export interface WireOptions {
   bufferBytes: number;
   /** The cluster key (packet.ts derives the tag key from it). */
   key: Buffer;
-  onPacket(buf: Buffer, status: ReceivedStatus): void;
+  /** A received packet: buf[off, off + len). With stableBuffers false the bytes are valid only during the call. */
+  onPacket(buf: Buffer, off: number, len: number, status: ReceivedStatus): void;
   /** Packets the kernel refused (full buffer, unreachable route): lost, retransmission recovers them. */
   onSendFailure(count: number, err?: Error): void;
   /** The socket buffer was full: packets wait for it to drain (not lost). */
@@ -101,8 +102,7 @@ class NativeWire implements Wire {
       },
       onBatch: (buf, meta, count) => {
         for (let i = 0; i < count; i++) {
-          const off = meta[3 * i]!;
-          o.onPacket(buf.subarray(off, off + meta[3 * i + 1]!), STATUS[meta[3 * i + 2]!] ?? 'malformed');
+          o.onPacket(buf, meta[3 * i]!, meta[3 * i + 1]!, STATUS[meta[3 * i + 2]!] ?? 'malformed');
         }
       },
     });
@@ -247,7 +247,7 @@ function fastLookup(host: string, opts: unknown, cb: LookupCb): void {
 
 async function openDgramWire(o: WireOptions): Promise<Wire> {
   const socket = createSocket({ type: isIPv6(o.address) ? 'udp6' : 'udp4', lookup: fastLookup });
-  socket.on('message', (buf) => o.onPacket(buf, 'unchecked'));
+  socket.on('message', (buf) => o.onPacket(buf, 0, buf.length, 'unchecked'));
   // Sends are fire-and-forget: an error (ENETUNREACH on a cut link, ENOBUFS) is a lost packet that
   // retransmission recovers; it is counted, never thrown.
   socket.on('error', (err) => o.onSendFailure(1, err));

@@ -13,7 +13,8 @@
  * machine resyncs it), and if the peer drops or restarts first it becomes stale (the peer may have
  * lost it; it travels again on rejoin). An application FLUSH that reached both volumes releases
  * everything completed before it; otherwise the gate flushes both volumes itself every
- * `intervalMs`, or sooner when `maxPending` writes wait. Resync keeps the same rule on its own
+ * `intervalMs`, or sooner when `maxRegions` regions wait (65536: 2 GiB of 32 KiB regions, the
+ * post-crash resync this adds at most). Resync keeps the same rule on its own
  * (resync.ts: the peer is flushed before copied regions are cleaned).
  */
 
@@ -30,64 +31,70 @@ export interface CleanGateHooks {
 }
 
 /** A point in the gate's history: writes completed before it are covered by a flush started after it. */
-export interface GateMark { session: number; pushed: number }
+export interface GateMark { session: number; gen: number }
 
 export class CleanGate {
-  /** first, last pairs of completed writes not yet covered by a flush, oldest first. */
-  private pending: number[] = [];
-  /** Pairs ever pushed / released in this session: marks are absolute, so flushes may overlap. */
-  private pushed = 0;
-  private released = 0;
+  /**
+   * Regions holding one state-map reference each (a write's beginWrite not yet ended), with the
+   * number of the last write done there. Later writes to a held region end their own reference at
+   * once and only move the number up, so the map's in-flight counts stay small and the gate's memory
+   * follows the regions written since the last flush, not the writes.
+   */
+  private held = new Map<number, number>();
+  /** Writes numbered so far in this session (marks compare against it). */
+  private gen = 0;
   /** Bumped when the peer is lost: a flush started before that proves nothing for the new peer. */
   private session = 0;
   private timer: NodeJS.Timeout | null = null;
   private running: Promise<void> | null = null;
   private readonly tick = (): void => { this.timer = null; void this.flushNow(); };
 
-  constructor(private readonly h: CleanGateHooks, private readonly intervalMs = 1000, private readonly maxPending = 65536) {}
+  constructor(private readonly h: CleanGateHooks, private readonly intervalMs = 30_000, private readonly maxRegions = 65536) {}
 
-  /** Writes waiting for a flush. */
-  get waiting(): number { return this.pending.length >> 1; }
+  /** Regions waiting for a flush. */
+  get waiting(): number { return this.held.size; }
 
   /** A write finished on both volumes (in their caches, not yet durable). */
   done(first: number, last: number): void {
-    this.pending.push(first, last);
-    this.pushed++;
-    if (this.pending.length >= 2 * this.maxPending) void this.flushNow();
+    const g = ++this.gen;
+    const held = this.held;
+    for (let r = first; r <= last; r++) {
+      if (held.has(r)) this.h.endWrite(r, r, 'both'); // the region stays held by an earlier reference
+      held.set(r, g);
+    }
+    if (held.size >= this.maxRegions) void this.flushNow();
     else if (!this.timer && !this.running) this.timer = setTimeout(this.tick, this.intervalMs).unref();
   }
 
   /** Taken before an application flush is issued. */
-  mark(): GateMark { return { session: this.session, pushed: this.pushed }; }
+  mark(): GateMark { return { session: this.session, gen: this.gen }; }
 
-  /** Both volumes were flushed after `m` was taken: the writes completed before it are clean. */
+  /** Both volumes were flushed after `m` was taken: regions whose last write came before it are clean. */
   covered(m: GateMark): void {
-    if (m.session !== this.session) return;
-    this.release(m.pushed - this.released, 'both');
+    if (m.session === this.session) this.release(m.gen, 'both');
   }
 
-  /** The peer dropped or restarted: every write not yet covered is stale now. */
+  /** The peer dropped or restarted: every region not yet covered is stale now. */
   peerLost(): void {
     this.session++;
-    this.release(this.pending.length >> 1, 'local-only');
-    this.pushed = this.released = 0;
+    this.release(Infinity, 'local-only');
   }
 
   /** Flushes both volumes and releases what that covers; one at a time (callers share a running one). */
   flushNow(): Promise<void> {
     if (this.running) return this.running;
     if (this.timer) { clearTimeout(this.timer); this.timer = null; }
-    if (this.pending.length === 0) return Promise.resolve();
+    if (this.held.size === 0) return Promise.resolve();
     const m = this.mark();
     this.running = this.h.flushBoth().then(
       (ok) => {
-        if (ok) this.covered(m);
-        else if (m.session === this.session) this.release(m.pushed - this.released, 'local-only');
+        if (m.session !== this.session) return;
+        this.release(m.gen, ok ? 'both' : 'local-only');
       },
       (e: unknown) => this.h.onError(e),
     ).finally(() => {
       this.running = null;
-      if (this.pending.length > 0 && !this.timer) this.timer = setTimeout(this.tick, this.intervalMs).unref();
+      if (this.held.size > 0 && !this.timer) this.timer = setTimeout(this.tick, this.intervalMs).unref();
     });
     return this.running;
   }
@@ -96,20 +103,21 @@ export class CleanGate {
   async drain(): Promise<void> {
     if (this.timer) { clearTimeout(this.timer); this.timer = null; }
     while (this.running) await this.running;
-    if (this.pending.length === 0) return;
+    if (this.held.size === 0) return;
     const m = this.mark();
     let ok = false;
     try { ok = await this.h.flushBoth(); } catch (e) { this.h.onError(e); }
     if (m.session !== this.session) return;
     // Also when the local flush failed: the map then keeps the regions stale, never clean.
-    this.release(m.pushed - this.released, ok ? 'both' : 'local-only');
+    this.release(m.gen, ok ? 'both' : 'local-only');
   }
 
-  private release(n: number, outcome: 'both' | 'local-only'): void {
-    if (n <= 0) return;
-    const p = this.pending;
-    for (let i = 0; i < 2 * n; i += 2) this.h.endWrite(p[i]!, p[i + 1]!, outcome);
-    this.pending = p.length === 2 * n ? [] : p.slice(2 * n);
-    this.released += n;
+  /** Ends the reference of every held region whose last write is numbered ≤ upTo. */
+  private release(upTo: number, outcome: 'both' | 'local-only'): void {
+    for (const [r, g] of this.held) {
+      if (g > upTo) continue;
+      this.held.delete(r);
+      this.h.endWrite(r, r, outcome);
+    }
   }
 }

@@ -31,7 +31,7 @@ export function formatStatus(s: GmdStatus): string {
   const st = s.stats;
   lines.push(`  written:${formatSize(st.localWriteBytes)} mirrored:${formatSize(st.remoteWriteBytes)} received:${formatSize(st.incomingWriteBytes)}`
     + ` resync-sent:${formatSize(st.resyncBytesSent)} resync-received:${formatSize(st.resyncBytesReceived)}`
-    + (st.unconfirmedWrites ? ` unflushed:${st.unconfirmedWrites}` : '')
+    + (st.unflushedRegions ? ` unflushed:${st.unflushedRegions}` : '')
     + (s.mode === 'async' ? ` hwm-fallbacks:${st.hwmFallbacks} hwm-waits:${st.hwmWaits} catch-ups:${st.hwmCatchUps} in-flight:${formatSize(st.asyncInflightBytes)}` : ''));
   return lines.join('\n');
 }

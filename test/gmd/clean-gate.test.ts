@@ -19,25 +19,28 @@ function harness() {
 }
 const tick = () => new Promise((r) => setImmediate(r));
 
-t.test('a flush covers exactly the writes completed before it started', async (t) => {
+t.test('a flush covers exactly the regions whose last write completed before it started', async (t) => {
   const { gate, ended, flushes } = harness();
   gate.done(1, 1); gate.done(2, 3);
+  t.equal(gate.waiting, 3, 'regions 1, 2, 3 held');
   const f = gate.flushNow();
   gate.done(4, 4);                                   // after the flush began: not covered by it
+  gate.done(3, 3);                                   // region 3 written again: its held reference must wait too
+  t.same(ended, ['3-3:both'], 'the second write to a held region ends its own reference at once');
   t.equal(flushes.length, 1);
   t.equal(gate.flushNow(), f, 'a second caller shares the running flush');
   flushes[0]!.resolve(true);
   await f;
-  t.same(ended, ['1-1:both', '2-3:both']);
-  t.equal(gate.waiting, 1, 'the later write still waits');
+  t.same(ended.slice(1), ['1-1:both', '2-2:both']);
+  t.equal(gate.waiting, 2, 'regions 3 and 4 still wait');
   const m = gate.mark();
   gate.done(5, 5);
   gate.covered(m);                                   // an application flush issued before write 5
-  t.same(ended.slice(2), ['4-4:both']);
+  t.same(ended.slice(3).sort(), ['3-3:both', '4-4:both']);
   t.equal(gate.waiting, 1);
 });
 
-t.test('peer lost: waiting writes turn stale at once; a flush begun before proves nothing afterwards', async (t) => {
+t.test('peer lost: waiting regions turn stale at once; a flush begun before proves nothing afterwards', async (t) => {
   const { gate, ended, flushes } = harness();
   gate.done(1, 1); gate.done(2, 2);
   const f = gate.flushNow();
@@ -52,7 +55,7 @@ t.test('peer lost: waiting writes turn stale at once; a flush begun before prove
   t.equal(gate.waiting, 1);
 });
 
-t.test('a flush the peer cannot confirm makes its writes stale; a local failure keeps them waiting', async (t) => {
+t.test('a flush the peer cannot confirm makes its regions stale; a local failure keeps them waiting', async (t) => {
   const { gate, ended, flushes, errors } = harness();
   gate.done(1, 1);
   const f = gate.flushNow();
@@ -68,10 +71,10 @@ t.test('a flush the peer cannot confirm makes its writes stale; a local failure 
   t.equal(ended.length, 1);
 });
 
-t.test('maxPending triggers a flush without waiting for the interval; drain releases everything', async (t) => {
+t.test('maxRegions triggers a flush without waiting for the interval; drain releases everything', async (t) => {
   const { gate, ended, flushes } = harness();
   for (let i = 0; i < 4; i++) gate.done(i, i);
-  t.equal(flushes.length, 1, 'the fourth waiting write started a flush');
+  t.equal(flushes.length, 1, 'the fourth held region started a flush');
   flushes[0]!.resolve(true);
   await tick();
   t.equal(ended.length, 4);
