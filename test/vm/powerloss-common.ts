@@ -303,7 +303,7 @@ export function ranges(ns: number[]): string {
 
 /** The status of a GMD on the host (its control socket in `runDir`), or null if it does not answer. */
 export interface GmdStatus { state: string; peers: Array<{ name?: string; active: boolean }>; map: { stale: number; inconsistent: number; clean: number; crashed: boolean } | null; resync?: { complete?: boolean; leftBytes?: number; doneBytes?: number } | null;
-  stats?: { unconfirmedWrites?: number } }
+  stats?: { unflushedRegions?: number } }
 export function hostStatus(runDir: string): Promise<GmdStatus | null> {
   return callControl(join(runDir, 'vm0gmd.sock'), 'status', {}, 5000).then((s) => s as GmdStatus, () => null);
 }

@@ -38,17 +38,18 @@ import {
  *
  * Which version of a lost write survives is not checked, only that both volumes end identical.
  *
- * The GMD's clean gate (clean-gate.ts) flushes both volumes itself every GEORM_GMD_FLUSH_MS (1 s by
- * default), so with the default the writes are durable on both sides before the cut, and the case
- * checks that this flush really reaches both disks (the loss report then says 0 regions). A case with
- * a gate interval (third field, e.g. 60000) longer than the run keeps the writes unflushed: the cut
- * really loses them, and the case checks the other half — a peer that drops turns those regions
- * stale, a primary that crashes still has them marked — so they travel again.
+ * The GMD's clean gate (clean-gate.ts) cleans a region only after both volumes were flushed after its
+ * writes; it flushes both itself every GEORM_GMD_FLUSH_MS (default 30 s, the kernel's writeback age).
+ * With the default the writes are still unflushed at the cut, which really loses them: the case checks
+ * that a peer that drops turns those regions stale, and that a primary that crashes still has them
+ * marked, so they travel again. With a short gate interval (third field, e.g. 1000) they were flushed
+ * before the cut: the case checks that the gate's flush really reaches both disks (the loss report
+ * then says 0 regions).
  *
  * Cases: GEORM_POWERLOSS_LAZY_CASES="side:mode[:gateMs],…", side secondary|primary, mode mwc|sync;
  * default below.
  */
-const CASES = (process.env.GEORM_POWERLOSS_LAZY_CASES ?? 'secondary:mwc,secondary:mwc:60000,secondary:sync:60000,primary:mwc,primary:mwc:60000')
+const CASES = (process.env.GEORM_POWERLOSS_LAZY_CASES ?? 'secondary:mwc,secondary:sync,secondary:mwc:1000,primary:mwc,primary:mwc:1000')
   .split(',').map((c) => {
     const [side, mode, gate] = c.split(':') as [string, string | undefined, string | undefined];
     return { side, mode: mode ?? 'mwc', gateMs: gate ? Number(gate) : 0 };
@@ -161,7 +162,7 @@ sleep 600
       // application FLUSH that follows it, which must not have cleaned them meanwhile.
       timing.p1 = await w.write('P1', 3000, 256, 256);
       const s = await hostStatus(pair.beta.runDir);
-      t.comment(`primary after P1: ${JSON.stringify({ active: s?.peers.some((p) => p.active), map: s?.map, unconfirmedWrites: s?.stats?.unconfirmedWrites })}`);
+      t.comment(`primary after P1: ${JSON.stringify({ active: s?.peers.some((p) => p.active), map: s?.map, unflushedRegions: s?.stats?.unflushedRegions })}`);
       // Long enough for the writes to be settled on both sides, far below the guest's 30 s writeback.
       await sleep(3000);
     } });
