@@ -12,7 +12,8 @@
  * write. Until then the write stays in flight in the state map (marked on disk: a crash of this
  * machine resyncs it), and if the peer drops or restarts first it becomes stale (the peer may have
  * lost it; it travels again on rejoin). An application FLUSH that reached both volumes releases
- * everything completed before it; otherwise the gate flushes both volumes itself every
+ * everything completed on both sides before it (in async, a write whose remote copy was still
+ * travelling waits for the next flush); otherwise the gate flushes both volumes itself every
  * `intervalMs`, or sooner when `maxRegions` regions wait (65536: 2 GiB of 32 KiB regions, the
  * post-crash resync this adds at most). Resync keeps the same rule on its own
  * (resync.ts: the peer is flushed before copied regions are cleaned).

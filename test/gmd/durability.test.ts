@@ -41,7 +41,12 @@ for (const mode of ['mwc', 'sync', 'async'] as const) {
     t.equal(s1.map!.stale, 0, 'nothing stale while the peer is up');
 
     const flushed = [100, 101, 150];
-    t.equal((await nbdWrites(c.uri, flushed, 0x6b, true)).code, 0, 'writes then FLUSH acknowledged');
+    t.equal((await nbdWrites(c.uri, flushed, 0x6b)).code, 0, 'more plain writes');
+    // A FLUSH covers writes done on both sides before it; in async the remote copies finish later,
+    // so wait for them (a write whose copy is still travelling waits for the next flush).
+    await c.waitFor('alpha', (s) => s.map?.inconsistent === unflushed.length + flushed.length && s.stats.asyncInflightBytes === 0,
+      'remote copies done', 20000);
+    t.equal((await nbdWrites(c.uri, [], 0, true)).code, 0, 'FLUSH acknowledged');
     const s2 = await c.waitFor('alpha', (s) => s.map?.inconsistent === 0, 'the FLUSH reached both volumes: every region clean', 20000);
     t.equal(s2.map!.stale, 0);
 
