@@ -20,14 +20,14 @@
  */
 
 export interface CleanGateHooks {
-  /** The state map's endWrite: exactly one per completed write. */
+  /** The state map's endWrite, once for every reference the gate ends (one per region, first = last). */
   endWrite(first: number, last: number, outcome: 'both' | 'local-only'): void;
   /**
    * Flushes the local volume and the peer's. Resolves true when both are durable, false when the
    * peer could not confirm (it is dropped then); rejects when the local flush fails.
    */
   flushBoth(): Promise<boolean>;
-  /** A gate flush failed locally: the writes stay in flight and are tried again. */
+  /** A gate flush failed locally: the regions stay in flight and are tried again. */
   onError(e: unknown): void;
 }
 
