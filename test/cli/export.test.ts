@@ -4,7 +4,7 @@ import net from 'node:net';
 import { once } from 'node:events';
 import { join } from 'node:path';
 import { writeFileSync, existsSync, statSync } from 'node:fs';
-import { GEORM_BIN, tempDir, missingTools } from '../helpers/env.js';
+import { GEORM_BIN, tempDir, missingTools, nbdshEnv } from '../helpers/env.js';
 import { Procs, runCmd, watchOutput } from '../helpers/proc.js';
 
 const georm = (args: string[]) => runCmd('node', [GEORM_BIN, ...args], { timeoutMs: 30000 });
@@ -80,7 +80,7 @@ t.test('serves, prints the URI, stops cleanly on SIGTERM and SIGINT', { skip: mi
   const [uri] = await watchOutput(plain).wait(/nbd\+unix:\S+/);
   t.equal(uri, `nbd+unix:///disk.img?socket=${sock}`, 'plain URI line, name defaults to the file name');
   // The file is sparse: with the native addon (SEEK_DATA) the map shows holes, otherwise all data.
-  const w = await runCmd('nbdsh', ['-u', uri!, '-c', "h.pwrite(b'x' * 65536, 1048576)"], { env: { ...process.env, PATH: `/usr/bin:/bin:${process.env.PATH}` }, timeoutMs: 20000 });
+  const w = await runCmd('nbdsh', ['-u', uri!, '-c', "h.pwrite(b'x' * 65536, 1048576)"], { env: nbdshEnv(), timeoutMs: 20000 });
   t.equal(w.code, 0, w.stderr);
   const map = await runCmd('nbdinfo', ['--map', '--json', uri!], { timeoutMs: 20000 });
   const ext = JSON.parse(map.stdout) as Array<{ offset: number; length: number; type: number }>;

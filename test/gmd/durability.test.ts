@@ -2,7 +2,7 @@ import t from 'tap';
 import { open } from 'node:fs/promises';
 import { TestCluster, identical } from './cluster.js';
 import { runCmd } from '../helpers/proc.js';
-import { missingTools } from '../helpers/env.js';
+import { missingTools, nbdshEnv } from '../helpers/env.js';
 
 /**
  * Flush-gated cleaning (src/gmd/clean-gate.ts, DESIGN §4 rules 1-2 under power loss). A write both
@@ -22,8 +22,7 @@ const REGION = 32768;
 /** Plain NBD writes through libnbd: no FUA, and no FLUSH before disconnecting (qemu-io would send one). */
 const nbdWrites = (uri: string, blocks: number[], fill: number, thenFlush = false) => runCmd('nbdsh', ['-u', uri, '-c',
   blocks.map((r) => `h.pwrite(bytes([${fill}]) * 4096, ${r * REGION + 8192})`).join('\n') + (thenFlush ? '\nh.flush()' : '')],
-  // Debian's python3 has the libnbd module; another python3 earlier in PATH may not.
-  { env: { ...process.env, PATH: `/usr/bin:/bin:${process.env.PATH}` }, timeoutMs: 60000 });
+  { env: nbdshEnv(), timeoutMs: 60000 });
 
 for (const mode of ['mwc', 'sync', 'async'] as const) {
   t.test(`${mode}: writes the secondary acknowledged but never flushed travel again when it drops; a FLUSH makes them clean`, {

@@ -29,6 +29,14 @@ export function missingTools(...cmds: string[]): string | false {
   return missing.length ? `missing tools: ${missing.join(', ')} (scripts/install-deps.sh installs them as root)` : false;
 }
 
+/**
+ * Environment for nbdsh: Debian's python3 carries the libnbd module, another python3 earlier in PATH
+ * (pyenv, a venv) may not.
+ */
+export function nbdshEnv(): NodeJS.ProcessEnv {
+  return { ...process.env, PATH: `/usr/bin:/bin:${process.env.PATH}` };
+}
+
 /** Why a root-only test must skip, or false when running as root. */
 export function needsRoot(): string | false {
   return process.getuid?.() === 0 ? false : 'needs root (loop devices, FUSE mounts, network namespaces)';
