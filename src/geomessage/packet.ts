@@ -131,10 +131,11 @@ export function writeHeader(buf: Buffer, h: PacketHeader, o = 0): void {
   buf.writeUInt16BE(0, o + 62);
 }
 
-/** 2^32: packet numbers are 48-bit; the header and ack blocks carry their low 32 bits apart. */
+/**
+ * 2^32: packet numbers are 48-bit (nine years at a million packets per second); the header and ack
+ * blocks carry their low 32 bits apart.
+ */
 export const PSEQ_LOW = 0x1_0000_0000;
-/** Packet numbers stay below 2^48 (nine years at a million packets per second). */
-export const PSEQ_LIMIT = 2 ** 48;
 
 /**
  * The full packet number of a low-32-bit value from an ack block: the largest number below `next`
