@@ -1099,6 +1099,7 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
       io: n.wire.describe(),
       mtu: n.mtu,
       ...n.c,
+      ...n.wire.gsoStats(),
       dropped: { ...n.c.dropped },
       links: [...this.peers.values()].flatMap((p) => {
         const l = p.links[n.index];
