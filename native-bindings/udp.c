@@ -166,8 +166,10 @@ static napi_value MacKey(napi_env env, napi_callback_info info) {
  * for a while: the first send after gso_retry_at tries one GSO message again (a probe), and each
  * refusal in a row doubles the wait (gso_first_ms, by default 1 s, up to gso_max_ms, 60 s). A refused
  * probe costs one failed system call and nothing else (the batch is sent again without GSO, as on the
- * first refusal), so at most one refusal per wait: no spinning. The wait starts over at gso_first_ms
- * once a GSO message reaches the destination whose refusal started it.
+ * first refusal), so at most one refusal per wait: no spinning. A probe passes, and the wait starts
+ * over at gso_first_ms, only when a GSO message with segments at least as large as the refused ones
+ * is accepted (a path MTU refuses large segments but lets a run of small acks through), and for the
+ * wait, only one to the destination whose refusal started it.
  *
  * All refusal errnos are treated alike: they do not separate "this device never does GSO" from "this
  * path, for now" (EINVAL also means a segment larger than the route's MTU; EIO means an IPsec route,
@@ -191,7 +193,8 @@ typedef struct {
   uint32_t gso_wait_ms;              /* the wait after the next refusal */
   uint64_t gso_retry_at;             /* CLOCK_MONOTONIC ms when a probe may go */
   struct sockaddr_storage gso_refused; /* the destination of the last refusal */
-  socklen_t gso_refused_len;
+  socklen_t gso_refused_len;           /* 0 once a GSO message reached it again */
+  uint32_t gso_refused_seg;            /* the segment size refused */
   double gso_refusals;               /* GSO messages refused by the kernel (each sent again without GSO) */
   double gso_reenabled;              /* probes that a GSO message passed: GSO back on */
   int gro;        /* UDP_GRO enabled */
@@ -220,6 +223,7 @@ typedef struct {
     struct cmsghdr align;
   } sctl[SEND_MAX];
   uint32_t spkts[SEND_MAX];
+  uint32_t sseg[SEND_MAX]; /* segment size of a GSO message, 0 for a single datagram */
 } udp_sock;
 
 static void free_if_done(udp_sock *s) {
@@ -574,8 +578,8 @@ static uint64_t now_ms(void) {
   return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
-/* The kernel refused a GSO message to addr: off until the wait is over (see GSO_FIRST_MS). */
-static void gso_refused(udp_sock *s, const void *addr, size_t alen) {
+/* The kernel refused a GSO message of segment size seg to addr: off until the wait is over (see GSO_FIRST_MS). */
+static void gso_refused(udp_sock *s, const void *addr, size_t alen, uint32_t seg) {
   s->gso = 0;
   s->gso_probe = 0;
   s->gso_refusals++;
@@ -584,10 +588,15 @@ static void gso_refused(udp_sock *s, const void *addr, size_t alen) {
   if (alen > sizeof s->gso_refused) alen = sizeof s->gso_refused;
   memcpy(&s->gso_refused, addr, alen);
   s->gso_refused_len = (socklen_t)alen;
+  s->gso_refused_seg = seg;
 }
 
-/* A GSO message to addr was accepted: a probe succeeded, and the wait starts over if addr had refused. */
-static void gso_accepted(udp_sock *s, const void *addr, size_t alen) {
+/*
+ * GSO messages to addr were accepted, the largest segment size seg: a probe passed if seg is at least
+ * the refused size, and then the wait starts over if addr had refused.
+ */
+static void gso_accepted(udp_sock *s, const void *addr, size_t alen, uint32_t seg) {
+  if (seg < s->gso_refused_seg) return;
   if (s->gso_probe) {
     s->gso_probe = 0;
     s->gso_reenabled++;
@@ -680,6 +689,7 @@ static napi_value UdpSend(napi_env env, napi_callback_info info) {
         memcpy(CMSG_DATA(c), &seg, sizeof seg);
       }
       s->spkts[nm] = (uint32_t)run;
+      s->sseg[nm] = run > 1 ? meta[2 * p + 1] : 0;
       nm++;
       p += run;
     }
@@ -693,19 +703,19 @@ static napi_value UdpSend(napi_env env, napi_callback_info info) {
        * batch is lost.
        */
       if ((errno == EIO || errno == EINVAL || errno == EOPNOTSUPP || errno == EMSGSIZE) && s->gso && s->spkts[0] > 1) {
-        gso_refused(s, addr, alen);
+        gso_refused(s, addr, alen, s->sseg[0]);
         continue;
       }
       blocked = errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOBUFS;
       break; /* blocked, or ENETUNREACH, …: the rest is lost like dropped datagrams */
     }
     /* A partial count means message r failed; the next round starts there and sees its error. */
-    int gso_sent = 0;
+    uint32_t gso_seg = 0; /* the largest segment size of the GSO messages accepted */
     for (int k = 0; k < r; k++) {
       pi += s->spkts[k];
-      gso_sent |= s->spkts[k] > 1;
+      if (s->sseg[k] > gso_seg) gso_seg = s->sseg[k];
     }
-    if (gso_sent && (s->gso_probe || s->gso_refused_len)) gso_accepted(s, addr, alen);
+    if (gso_seg && (s->gso_probe || s->gso_refused_len)) gso_accepted(s, addr, alen, gso_seg);
   }
   CHECK(napi_create_int64(env, blocked ? -(int64_t)pi - 1 : (int64_t)pi, &out));
   return out;

@@ -45,6 +45,8 @@ export interface BatchSocketOptions {
    * 'never' leaves GSO off for good after a refusal; 'off' never uses GSO (benchmarks).
    */
   gso?: GsoPolicy;
+  /** With gso 'retry': the wait after a first refusal and its cap, in ms (tests; default 1000, 60000). */
+  gsoWaitMs?: { first: number; max: number };
 }
 
 export type GsoPolicy = 'retry' | 'never' | 'off';
@@ -96,8 +98,14 @@ export function openBatchSocket(o: BatchSocketOptions): BatchSocket {
   const meta = new Uint32Array(3 * RECV_MAX_PACKETS);
   let closed = false;
   a.udpRecvStart(sock, rbuf, meta, key, (count) => o.onBatch(rbuf, meta, count), () => o.onWritable?.());
-  // 'retry' is the addon's default (udp.c GSO_FIRST_MS, GSO_MAX_MS).
-  if (o.gso === 'never' || o.gso === 'off') a.udpGso(sock, o.gso === 'off' ? -1 : 0, 0);
+  // 'retry' with the default waits is the addon's default (udp.c GSO_FIRST_MS, GSO_MAX_MS).
+  try {
+    if (o.gso === 'never' || o.gso === 'off') a.udpGso(sock, o.gso === 'off' ? -1 : 0, 0);
+    else if (o.gsoWaitMs) a.udpGso(sock, o.gsoWaitMs.first, o.gsoWaitMs.max);
+  } catch (err) {
+    a.udpClose(sock);
+    throw err;
+  }
   return {
     port,
     get gso() { return !closed && a.udpInfo(sock)[0]; },
