@@ -14,7 +14,7 @@
 import { spawn, spawnSync } from 'node:child_process';
 import { copyFileSync, closeSync, fsyncSync, mkdtempSync, openSync, rmSync, writeSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
-import { tmpdir } from 'node:os';
+import { cpus, tmpdir } from 'node:os';
 import { join, resolve, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { runFio, type FioResult } from './lib/fio.js';
@@ -23,7 +23,7 @@ import { startDemo } from '../../src/gmd/demo.js';
 import { parseSize } from '../../src/util/size.js';
 import { TestCluster } from '../../test/gmd/cluster.js';
 import type { GmdMode } from '../../src/gmd/protocol.js';
-import { processCpuSeconds } from './lib/cpu.js';
+import { machineCpuTicks, processCpuSeconds } from './lib/cpu.js';
 import { stopProcess } from '../../src/util/process.js';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
@@ -44,7 +44,8 @@ const WORKLOADS: Workload[] = [
 ];
 
 interface Target { name: string; uri: string; pids: () => number[]; stop: () => Promise<void> }
-interface Cell { value: number; p99Us: number; cpuUsPerIo: number | null }
+/** cpuUsPerIo: the target's processes; fioUsPerIo: fio's own; idle: share of all cores left idle. */
+interface Cell { value: number; p99Us: number; cpuUsPerIo: number | null; fioUsPerIo: number; idle: number }
 
 async function fio(uri: string, w: Workload): Promise<FioResult> {
   return runFio({
@@ -112,16 +113,34 @@ async function measure(t: Target): Promise<Record<string, Cell>> {
   for (const w of WORKLOADS) {
     const pids = t.pids();
     const cpu0 = pids.reduce((s, p) => s + processCpuSeconds(p), 0);
+    const m0 = machineCpuTicks();
     const r = await fio(t.uri, w);
+    const m1 = machineCpuTicks();
     const cpu1 = pids.reduce((s, p) => s + processCpuSeconds(p), 0);
     const d = r.write;
     out[w.key] = {
       value: w.unit === 'IOPS' ? d.iops : d.bw / 1e6, p99Us: d.latP99Us,
       cpuUsPerIo: pids.length && d.ios ? ((cpu1 - cpu0) * 1e6) / d.ios : null,
+      fioUsPerIo: d.iops ? (r.cpuPercent / 100) * 1e6 / d.iops : NaN,
+      idle: (m1.idle - m0.idle) / (m1.total - m0.total),
     };
     say(`  ${t.name.padEnd(22)} ${w.key.padEnd(18)} ${out[w.key]!.value.toFixed(w.unit === 'IOPS' ? 0 : 1)} ${w.unit}`);
   }
   return out;
+}
+
+/**
+ * What async / export could reach on this machine if the mirror cost nothing beyond a second copy of
+ * the export's own work: the primary doing what the export server does (E CPU µs per write), the
+ * secondary as cheap as an NBD server receiving the same write (E again), fio as before (F). With all
+ * cores busy the rate is at most cores / (F + 2E), against the export's measured rate. A peer on the
+ * same cores as the application makes mirroring cost twice the I/O work; a target above this bound
+ * cannot be met here by any implementation.
+ */
+function idealMirrorBound(exportCell: Cell | undefined): number {
+  if (!exportCell || exportCell.cpuUsPerIo === null) return NaN;
+  const perWrite = exportCell.fioUsPerIo + 2 * exportCell.cpuUsPerIo;
+  return (cpus().length * 1e6) / perWrite / exportCell.value;
 }
 
 /** Resync of 1 GiB of stale regions between namespaces over a 1 Gbit/s tbf-capped veth. */
@@ -199,22 +218,24 @@ async function main(): Promise<void> {
       asyncVsExport4k: v('GMD async', WORKLOADS[0]!.key) / v('georm export', WORKLOADS[0]!.key),
       async8MVsExport4k: v('GMD async (hwm 8M)', WORKLOADS[0]!.key) / v('georm export', WORKLOADS[0]!.key),
       mwcVsQemuBest1m: v('GMD mwc', WORKLOADS[1]!.key) / qemuBest(WORKLOADS[1]!.key),
+      idealMirrorVsExport4k: idealMirrorBound(results['georm export']?.[WORKLOADS[0]!.key]),
     };
     if (json) {
       process.stdout.write(JSON.stringify({ runtimeSec: runtime, size, results, ratios, resync }, null, 2) + '\n');
       return;
     }
     const lines: string[] = [];
-    lines.push(`| target | 4k randwrite qd32 (IOPS) | p99 µs | CPU µs/IO | 1M write qd8 (MB/s) |`);
-    lines.push('|---|---|---|---|---|');
+    lines.push(`| target | 4k randwrite qd32 (IOPS) | p99 µs | CPU µs/IO | fio µs/IO | idle | 1M write qd8 (MB/s) |`);
+    lines.push('|---|---|---|---|---|---|---|');
     for (const [name, r] of Object.entries(results)) {
       const a = r[WORKLOADS[0]!.key]!, b = r[WORKLOADS[1]!.key]!;
-      lines.push(`| ${name} | ${a.value.toFixed(0)} | ${a.p99Us.toFixed(0)} | ${a.cpuUsPerIo === null ? '-' : a.cpuUsPerIo.toFixed(0)} | ${b.value.toFixed(0)} |`);
+      lines.push(`| ${name} | ${a.value.toFixed(0)} | ${a.p99Us.toFixed(0)} | ${a.cpuUsPerIo === null ? '-' : a.cpuUsPerIo.toFixed(1)} | ${a.fioUsPerIo.toFixed(1)} | ${(a.idle * 100).toFixed(0)}% | ${b.value.toFixed(0)} |`);
     }
     lines.push('');
     lines.push(`mwc / qemu mirror (direct), 4k randwrite: ${ratios.mwcVsQemuDirect4k.toFixed(2)}×   (target ≥ 1.0×, want 2×)`);
     lines.push(`mwc / best qemu mirror, 4k randwrite:     ${ratios.mwcVsQemuBest4k.toFixed(2)}×`);
     lines.push(`async / georm export, 4k randwrite:       ${ratios.asyncVsExport4k.toFixed(2)}×   (target ≥ 0.7×)`);
+    lines.push(`  bound for an ideal mirror on ${cpus().length} cores:   ${ratios.idealMirrorVsExport4k.toFixed(2)}×   (fio + the export server per write on the primary, once more the server's cost on the secondary; see idealMirrorBound)`);
     lines.push(`async (hwm 8M) / georm export, 4k:       ${ratios.async8MVsExport4k.toFixed(2)}×   (configured HWM 8 MiB; default 128 KiB above)`);
     lines.push(`mwc / best qemu mirror, 1M write:         ${ratios.mwcVsQemuBest1m.toFixed(2)}×`);
     for (const r of resync) lines.push(`resync 1 GiB stale over tbf 1gbit veth, MTU ${r.mtu}: ${r.mbPerSec.toFixed(1)} MB/s in ${r.seconds.toFixed(1)} s = ${(r.ratio * 100).toFixed(0)}% of 125 MB/s   (target ≥ 80%)`);

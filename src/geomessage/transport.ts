@@ -474,13 +474,15 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
     if (peer.state !== 'up' || this.closed) return;
     const link = this.chosenLink(peer);
     if (!link) return;
+    // No message completes while the pump runs: the floor holds for every packet it sends.
+    const floor = this.msgFloor(peer);
     // A full socket buffer stops the pump as a full window does; its drain event restarts it.
     while (peer.inflight.size < peer.cwnd && link.out.writable) {
       const r = peer.retxQ.shift();
       if (r) {
         if (r.msg.done || isAcked(r.msg, r.frag)) continue;
         link.net.c.resends++;
-        this.sendFragment(peer, link, r.msg, r.frag);
+        this.sendFragment(peer, link, r.msg, r.frag, floor);
         continue;
       }
       const msg = peer.sendQ[0];
@@ -488,7 +490,7 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
       if (msg.done) { peer.sendQ.shift(); continue; }
       const frag = msg.nextFrag++;
       if (msg.nextFrag >= msg.fragCount) peer.sendQ.shift();
-      this.sendFragment(peer, link, msg, frag);
+      this.sendFragment(peer, link, msg, frag, floor);
     }
     this.armRto(peer);
   }
@@ -516,16 +518,16 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
     return peer.nextMsgId;
   }
 
-  private sendFragment(peer: Peer, link: Link, msg: OutMsg, frag: number): void {
-    const off = frag * msg.fragSize;
-    const chunk = msg.data.subarray(off, Math.min(msg.data.length, off + msg.fragSize));
+  private sendFragment(peer: Peer, link: Link, msg: OutMsg, frag: number, floor: number): void {
+    const start = frag * msg.fragSize;
+    const end = Math.min(msg.data.length, start + msg.fragSize);
     const h = this.header(peer, T_DATA, msg.flags);
     h.msgId = msg.id; h.corrId = msg.corrId; h.orderSeq = msg.orderSeq; h.totalLen = msg.data.length;
-    h.msgFloor = this.msgFloor(peer); h.service = msg.service; h.fragIndex = frag; h.fragCount = msg.fragCount; h.fragLen = chunk.length;
+    h.msgFloor = floor; h.service = msg.service; h.fragIndex = frag; h.fragCount = msg.fragCount; h.fragLen = end - start;
     // Acks ride along when there is room (full-size fragments rarely leave any).
     let ackPairs = 0;
     if (peer.ackPending) {
-      const room = link.net.mtu - IP_UDP_OVERHEAD - HEADER_BYTES - TAG_BYTES - chunk.length;
+      const room = link.net.mtu - IP_UDP_OVERHEAD - HEADER_BYTES - TAG_BYTES - (end - start);
       ackPairs = Math.min(peer.ranges.r.length >> 1, (room - 2) >> 3);
       if (ackPairs >= 1) {
         h.flags |= F_ACKS;
@@ -534,18 +536,22 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
     }
     peer.intervalSent++;
     peer.inflight.set(h.pseq, { msg, frag, sentAt: nowMs(), link: link.net.index });
-    this.transmit(link, h, chunk, ackPairs ? peer.ranges.r : null, ackPairs);
+    this.transmit(link, h, msg.data, start, end, ackPairs ? peer.ranges.r : null, ackPairs);
   }
 
-  /** Writes header, payload and ack block into the link's output; the wire adds the tag and sends. */
-  private transmit(link: Link, h: PacketHeader, payload: Buffer | null, acks: readonly number[] | null, ackPairs: number): void {
-    const plen = payload ? payload.length : 0;
+  /**
+   * Writes header, payload[start, end) and ack block into the link's output; the wire adds the tag
+   * and sends. (A range rather than a subarray: no Buffer object per packet.)
+   */
+  private transmit(link: Link, h: PacketHeader, payload: Buffer | null, start: number, end: number,
+    acks: readonly number[] | null, ackPairs: number): void {
+    const plen = payload ? end - start : 0;
     const bodyLen = HEADER_BYTES + plen + (acks ? ackBlockBytes(ackPairs) : 0);
     const out = link.out;
     const off = out.begin(bodyLen);
     const b = out.buf;
     writeHeader(b, h, off);
-    if (plen) payload!.copy(b, off + HEADER_BYTES);
+    if (plen) payload!.copy(b, off + HEADER_BYTES, start, end);
     if (acks) writeAckBlock(b, off + HEADER_BYTES + plen, acks, ackPairs);
     out.end();
     const c = link.net.c;
@@ -566,7 +572,7 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
     if (type === T_PING && peer.epoch === 0) h.dstEpoch = 0;
     h.fragLen = payload ? payload.length : 0;
     link.net.c.other++;
-    this.transmit(link, h, payload, withBlock ? peer.ranges.r : null, ackPairs);
+    this.transmit(link, h, payload, 0, payload ? payload.length : 0, withBlock ? peer.ranges.r : null, ackPairs);
   }
 
   private pingAll(peer: Peer): void {

@@ -13,3 +13,14 @@ export function processCpuSeconds(pid: number): number {
     return Number.NaN;
   }
 }
+
+/** Idle and total CPU time of the whole machine so far (all cores), in ticks, from /proc/stat. */
+export function machineCpuTicks(): { idle: number; total: number } {
+  try {
+    const f = readFileSync('/proc/stat', 'utf8').split('\n', 1)[0]!.trim().split(/\s+/).slice(1).map(Number);
+    // user nice system idle iowait irq softirq steal …
+    return { idle: f[3]! + (f[4] ?? 0), total: f.slice(0, 8).reduce((s, x) => s + x, 0) };
+  } catch {
+    return { idle: Number.NaN, total: Number.NaN };
+  }
+}
