@@ -169,6 +169,8 @@ class Peer {
   lastHeard: number;
   chosen = -1;
   // sending
+  /** Queued to be pumped at the end of the current receive batch. */
+  pumpDeferred = false;
   /** Packet numbers are per peer, so the peer sees gaps only where packets were lost. */
   nextPseq = 1;
   /** Nonce salt of this session's packet tags (packet.ts): random, redrawn when nextPseq's low half wraps. */
@@ -254,6 +256,8 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
   private readonly peersById = new Map<number, Peer>();
   private readonly handlers = new Map<number, Handler>();
   private readonly payloadMem = new Map<number, PayloadMemory>();
+  /** Peers to pump once the current receive batch has been handled (pumpDeferred). */
+  private deferred: Peer[] = [];
   private tick: NodeJS.Timeout | null = null;
   private closed = false;
   private readonly started = nowMs();
@@ -321,6 +325,13 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
               // A bug must not take the process (and its GMD) down on one odd packet: count and log it.
               c.dropped.malformed++;
               this.log.error({ err, network: ep.network }, 'packet handling failed');
+            }
+          },
+          onBatchEnd: () => {
+            try {
+              this.pumpDeferred();
+            } catch (err) {
+              this.log.error({ err, network: ep.network }, 'sending after a receive batch failed');
             }
           },
           onSendFailure: (count, err) => { c.failures += count; this.log.debug({ err, network: ep.network, count }, 'send failed'); },
@@ -893,7 +904,18 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
       default:
         c.other++;
     }
-    this.pump(peer);
+    // A batching wire calls onBatchEnd after the batch: one pump per peer there, not one per packet.
+    if (net.wire.kind !== 'native') this.pump(peer);
+    else if (!peer.pumpDeferred) { peer.pumpDeferred = true; this.deferred.push(peer); }
+  }
+
+  /** Pumps the peers whose packets arrived in the receive batch just handled. */
+  private pumpDeferred(): void {
+    const peers = this.deferred;
+    if (peers.length === 0) return;
+    this.deferred = [];
+    for (const peer of peers) peer.pumpDeferred = false; // first: a throwing pump must not strand the others
+    for (const peer of peers) this.pump(peer);
   }
 
   private scheduleAck(peer: Peer): void {

@@ -57,6 +57,11 @@ export interface WireOptions {
   key: Buffer;
   /** A received packet: buf[off, off + len). With stableBuffers false the bytes are valid only during the call. */
   onPacket(buf: Buffer, off: number, len: number, status: ReceivedStatus): void;
+  /**
+   * The packets of one receive batch have all been passed to onPacket (native wire only; dgram
+   * delivers packets one by one and never calls it): for work due once per batch, not per packet.
+   */
+  onBatchEnd?(): void;
   /** Packets the kernel refused (full buffer, unreachable route): lost, retransmission recovers them. */
   onSendFailure(count: number, err?: Error): void;
   /** The socket buffer was full: packets wait for it to drain (not lost). */
@@ -111,6 +116,7 @@ class NativeWire implements Wire {
         for (let i = 0; i < count; i++) {
           o.onPacket(buf, meta[3 * i]!, meta[3 * i + 1]!, STATUS[meta[3 * i + 2]!] ?? 'malformed');
         }
+        o.onBatchEnd?.();
       },
     });
     this.port = this.sock.port;
