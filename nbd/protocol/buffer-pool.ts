@@ -35,7 +35,8 @@ export function getBuffer(n: number): Buffer {
  * reused pages cost no page faults and no fresh external memory.
  */
 export function getPooledBuffer(n: number): Buffer {
-  const cls = Math.max(1, Math.ceil(n / CLASS)) * CLASS;
+  // Up to 64 KiB: power-of-two classes from 4 KiB (small batches do not hold 64 KiB each).
+  const cls = n <= CLASS ? Math.max(4096, 2 ** Math.ceil(Math.log2(Math.max(n, 1)))) : Math.ceil(n / CLASS) * CLASS;
   const list = free.get(cls);
   let base = list?.pop();
   if (base) idleBytes -= cls;

@@ -25,6 +25,8 @@ export class WriteBatcher {
   private pos = 0;
   private count = 0;
   private dones: MirrorDone[] = [];
+  /** Size to start the next batch's buffer with: the last batch's (sizes recur under steady load). */
+  private expect = 4096;
   private scheduled = false;
   private readonly flushNow = (): void => { this.scheduled = false; this.flush(); };
 
@@ -34,10 +36,11 @@ export class WriteBatcher {
   /** Callback form (I/O path). `data` is copied before add returns. */
   add(kind: number, flags: number, offset: number, data: Buffer, done: MirrorDone): void {
     const need = HEADER_BYTES + data.length;
-    if (this.msg && this.pos + need > this.msg.length) this.flush();
-    // A batch holds maxBytes of entries (one larger write gets a batch of its own).
-    const msg = this.msg ??= getPooledBuffer(4 + Math.max(this.maxBytes, need));
-    if (this.pos === 0) this.pos = 4;
+    // A batch holds up to maxBytes of entries (a larger write gets a batch of its own).
+    if (this.count > 0 && this.pos - 4 + need > this.maxBytes) this.flush();
+    let msg = this.msg;
+    if (!msg) { msg = this.msg = getPooledBuffer(Math.max(4 + need, this.expect)); this.pos = 4; }
+    else if (this.pos + need > msg.length) msg = this.grow(this.pos + need);
     writeHeader(msg, this.pos, kind, flags, offset, data.length);
     data.copy(msg, this.pos + HEADER_BYTES);
     this.pos += need;
@@ -45,6 +48,19 @@ export class WriteBatcher {
     this.dones.push(done);
     if (this.pos - 4 >= this.maxBytes) this.flush();
     else if (!this.scheduled) { this.scheduled = true; setImmediate(this.flushNow); }
+  }
+
+  /**
+   * A bigger buffer for the batch being filled: doubling, up to a full batch. The buffer starts at
+   * the size of the last batch rather than a full one: with many small batches in flight (async to
+   * a distant peer under a large HWM) full-size buffers would hold far more memory than data.
+   */
+  private grow(min: number): Buffer {
+    const old = this.msg!;
+    const b = getPooledBuffer(Math.max(min, Math.min(2 * old.length, 4 + this.maxBytes)));
+    old.copy(b, 0, 0, this.pos);
+    releaseBuffer(old);
+    return (this.msg = b);
   }
 
   /** Resolves true when the peer wrote it, or with the error. */
@@ -59,6 +75,7 @@ export class WriteBatcher {
     const dones = this.dones;
     const len = this.pos;
     this.msg = null; this.pos = 0; this.count = 0; this.dones = [];
+    this.expect = Math.min(len, 4 + this.maxBytes);
     whole.writeUInt32BE(n, 0);
     this.net.request(this.peer, SVC_WRITEV, whole.subarray(0, len), { ordered: this.ordered }).then(
       () => { releaseBuffer(whole); for (let i = 0; i < n; i++) dones[i]!(null); },
