@@ -247,6 +247,15 @@ export function launchDemo(o: DemoOptions): DemoLaunch {
   const up = async (): Promise<DemoInfo> => {
     const dir = resolve(o.dir ?? await mkdtemp(join(tmpdir(), 'georm-demo-')));
     await mkdir(dir, { recursive: true });
+    const run = { alpha: join(dir, 'run', 'alpha'), beta: join(dir, 'run', 'beta') };
+    const sock = { alpha: join(run.alpha, `${GMD}.sock`), beta: join(run.beta, `${GMD}.sock`) };
+    // A demo already running on this dir would answer our start-up calls instead of our own
+    // processes (which fail on its sockets), and rewriting its key and config would break it.
+    for (const path of Object.values(sock)) {
+      const answer = await callControl(path, 'status', {}, 2000).then(() => true, () => false);
+      if (answer) throw new GeormError('DEMO_ERR_IN_USE', `${dir} is in use: a GMD process answers on ${path}; stop that demo first or choose another --dir`);
+    }
+    if (stopRequested) throw interrupted();
     const keyFile = join(dir, 'cluster.key');
     await writeFile(keyFile, randomBytes(32).toString('hex') + '\n', { mode: 0o600 });
     const vol = { alpha: join(dir, 'alpha.img'), beta: join(dir, 'beta.img') };
@@ -261,7 +270,6 @@ export function launchDemo(o: DemoOptions): DemoLaunch {
     let pB = await freeUdpPort(addrs);
     while (pB === pA) pB = await freeUdpPort(addrs);
     const tcp = await freeTcpPort();
-    const run = { alpha: join(dir, 'run', 'alpha'), beta: join(dir, 'run', 'beta') };
     const nbdSock = join(run.alpha, `${GMD}.nbd`);
     const config = renderTwoSiteConfig({
       keyFile, mode: o.mode, gmd: GMD, minor: 0, regionSize: o.regionSize ?? '32K', syncRate: o.syncRate ?? '256K', hwm: o.hwm ?? '128K',
@@ -279,7 +287,6 @@ export function launchDemo(o: DemoOptions): DemoLaunch {
     await mkdir(run.beta, { recursive: true });
 
     const logs = { primary: join(dir, 'alpha.log'), secondary: join(dir, 'beta.log') };
-    const sock = { alpha: join(run.alpha, `${GMD}.sock`), beta: join(run.beta, `${GMD}.sock`) };
     const logA = await open(logs.primary, 'a');
     const logB = await open(logs.secondary, 'a').catch(async (e: unknown) => { await logA.close(); throw e; });
     let alpha: ChildProcess;

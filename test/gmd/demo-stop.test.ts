@@ -166,3 +166,21 @@ t.test('demo SIGKILLed: its gmd run processes notice and stop by themselves', as
   }
   await reusable(t, tr, 'after the SIGKILLs');
 });
+
+t.test('a second demo on a dir in use is refused before it touches anything; the first runs on', async (t) => {
+  const { dir, cleanup } = tempDir('georm-demostop-');
+  t.teardown(cleanup);
+  const tr = tracker(t, dir);
+  const first = tr.start();
+  await first.out.wait(/\n/, 30000);
+  const pids = gmdPids(tr.config);
+  const key = readFileSync(join(dir, 'cluster.key'), 'utf8');
+  const second = tr.start();
+  t.equal(await exitsClean(t, { ...second, config: '/nonexistent' }, 'second demo'), 1, 'the second demo exits 1');
+  t.match(second.err.text, /is in use: a GMD process answers/, 'and says why');
+  t.equal(second.out.text, '', 'it printed no JSON line');
+  t.equal(readFileSync(join(dir, 'cluster.key'), 'utf8'), key, 'the cluster key was not rewritten');
+  t.same(gmdPids(tr.config).sort(), pids.sort(), 'the first demo\'s processes still run');
+  first.child.kill('SIGTERM');
+  t.equal(await exitsClean(t, first, 'first demo'), 0, 'the first demo stops cleanly');
+});

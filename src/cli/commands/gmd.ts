@@ -18,6 +18,8 @@ export function register(program: Command): void {
     .option('--start', 'start the GMD (STOPPED -> AVAILABLE) once configured')
     .option('--down <peer...>', 'with --start: gmddown these peers first')
     .option('--defined', 'stay in the DEFINED state (do not open volume and state map)')
+    .addHelpText('after', '\nSIGINT/SIGTERM close it cleanly. Started with a Node IPC channel (as `georm demo` starts it), it also\n' +
+      'stops when that channel closes, i.e. when the process that started it is gone.\n')
     .action(async (name: string, o: { config: string; machine?: string; start?: boolean; down?: string[]; defined?: boolean }) => {
       const parentGone = watchParent();
       let running: Awaited<ReturnType<typeof runGmd>>;
