@@ -33,6 +33,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #ifndef UDP_SEGMENT
@@ -159,9 +160,43 @@ static napi_value MacKey(napi_env env, napi_callback_info info) {
 
 /* ---- sockets --------------------------------------------------------------------------------- */
 
+/*
+ * GSO after a refusal. A route may refuse a GSO message (see UdpSend) and later accept it again: the
+ * path MTU dips and recovers, a route moves off an IPsec tunnel. So a refusal switches GSO off only
+ * for a while: the first send after gso_retry_at tries one GSO message again (a probe), and each
+ * refusal in a row doubles the wait (gso_first_ms, by default 1 s, up to gso_max_ms, 60 s). A refused
+ * probe costs one failed system call and nothing else (the batch is sent again without GSO, as on the
+ * first refusal), so at most one refusal per wait: no spinning. A probe passes, and the wait starts
+ * over at gso_first_ms, only when a GSO message with segments at least as large as the refused ones
+ * is accepted (a path MTU refuses large segments but lets a run of small acks through), and for the
+ * wait, only one to the destination whose refusal started it.
+ *
+ * All refusal errnos are treated alike: they do not separate "this device never does GSO" from "this
+ * path, for now" (EINVAL also means a segment larger than the route's MTU; EIO means an IPsec route,
+ * which can change), and guessing wrong about "never" would cost GSO for good, which is what this
+ * fixes. A device that really never accepts GSO costs one failed call per minute. Only a kernel that
+ * does not know UDP_SEGMENT at all (the setsockopt at open fails) is never probed.
+ *
+ * The state is per socket, not per destination: a GeoMessage socket sends to one endpoint per peer.
+ * With several peers, one whose route refuses turns GSO off for the others too until the next probe;
+ * remembering the refusing address keeps the others' successes from resetting the wait.
+ */
+#define GSO_FIRST_MS 1000
+#define GSO_MAX_MS 60000
+
 typedef struct {
   int fd;
-  int gso;        /* UDP_SEGMENT accepted (cleared if the route refuses it) */
+  int gso;        /* runs are sent as GSO messages now */
+  int gso_cap;    /* the kernel knows UDP_SEGMENT and GSO is allowed: gso may be switched back on */
+  int gso_probe;  /* gso was switched back on; no GSO message has been accepted since */
+  uint32_t gso_first_ms, gso_max_ms; /* the wait after a first refusal, and its cap; first 0 = never re-probe */
+  uint32_t gso_wait_ms;              /* the wait after the next refusal */
+  uint64_t gso_retry_at;             /* CLOCK_MONOTONIC ms when a probe may go */
+  struct sockaddr_storage gso_refused; /* the destination of the last refusal */
+  socklen_t gso_refused_len;           /* 0 once a GSO message reached it again */
+  uint32_t gso_refused_seg;            /* the segment size refused */
+  double gso_refusals;               /* GSO messages refused by the kernel (each sent again without GSO) */
+  double gso_reenabled;              /* probes that a GSO message passed: GSO back on */
   int gro;        /* UDP_GRO enabled */
   int closing;    /* udpClose called: no more callbacks */
   int closed;     /* the poll handle is closed and the fd released */
@@ -188,6 +223,7 @@ typedef struct {
     struct cmsghdr align;
   } sctl[SEND_MAX];
   uint32_t spkts[SEND_MAX];
+  uint32_t sseg[SEND_MAX]; /* segment size of a GSO message, 0 for a single datagram */
 } udp_sock;
 
 static void free_if_done(udp_sock *s) {
@@ -328,7 +364,9 @@ static napi_value UdpOpen(napi_env env, napi_callback_info info) {
   s->env = env;
   int zero = 0, one = 1;
   /* Probing with segment size 0 (= off) tells whether this kernel knows UDP_SEGMENT at all. */
-  s->gso = setsockopt(fd, SOL_UDP, UDP_SEGMENT, &zero, sizeof zero) == 0;
+  s->gso = s->gso_cap = setsockopt(fd, SOL_UDP, UDP_SEGMENT, &zero, sizeof zero) == 0;
+  s->gso_first_ms = s->gso_wait_ms = GSO_FIRST_MS;
+  s->gso_max_ms = GSO_MAX_MS;
   s->gro = setsockopt(fd, SOL_UDP, UDP_GRO, &one, sizeof one) == 0;
   uv_loop_t *loop;
   if (napi_get_uv_event_loop(env, &loop) != napi_ok || uv_poll_init(loop, &s->poll, fd) != 0) {
@@ -534,6 +572,41 @@ static napi_value UdpRecvStart(napi_env env, napi_callback_info info) {
 
 /* ---- sending --------------------------------------------------------------------------------- */
 
+static uint64_t now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC_COARSE, &ts); /* a few ms of resolution is plenty for waits of seconds */
+  return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* The kernel refused a GSO message of segment size seg to addr: off until the wait is over (see GSO_FIRST_MS). */
+static void gso_refused(udp_sock *s, const void *addr, size_t alen, uint32_t seg) {
+  s->gso = 0;
+  s->gso_probe = 0;
+  s->gso_refusals++;
+  s->gso_retry_at = now_ms() + s->gso_wait_ms;
+  s->gso_wait_ms = s->gso_wait_ms >= s->gso_max_ms / 2 ? s->gso_max_ms : 2 * s->gso_wait_ms;
+  if (alen > sizeof s->gso_refused) alen = sizeof s->gso_refused;
+  memcpy(&s->gso_refused, addr, alen);
+  s->gso_refused_len = (socklen_t)alen;
+  s->gso_refused_seg = seg;
+}
+
+/*
+ * GSO messages to addr were accepted, the largest segment size seg: a probe passed if seg is at least
+ * the refused size, and then the wait starts over if addr had refused.
+ */
+static void gso_accepted(udp_sock *s, const void *addr, size_t alen, uint32_t seg) {
+  if (seg < s->gso_refused_seg) return;
+  if (s->gso_probe) {
+    s->gso_probe = 0;
+    s->gso_reenabled++;
+  }
+  if (alen == s->gso_refused_len && memcmp(addr, &s->gso_refused, alen) == 0) {
+    s->gso_wait_ms = s->gso_first_ms;
+    s->gso_refused_len = 0;
+  }
+}
+
 /*
  * Number of packets, from i, that can go as one GSO message: adjacent in the buffer, all of the first
  * packet's size except possibly the last, within the kernel's segment and size limits.
@@ -591,6 +664,7 @@ static napi_value UdpSend(napi_env env, napi_callback_info info) {
   }
   size_t pi = 0;
   int blocked = 0;
+  if (!s->gso && s->gso_cap && s->gso_first_ms && now_ms() >= s->gso_retry_at) s->gso = s->gso_probe = 1;
   while (pi < (size_t)count) {
     size_t nm = 0, p = pi;
     while (p < (size_t)count && nm < SEND_MAX) {
@@ -615,6 +689,7 @@ static napi_value UdpSend(napi_env env, napi_callback_info info) {
         memcpy(CMSG_DATA(c), &seg, sizeof seg);
       }
       s->spkts[nm] = (uint32_t)run;
+      s->sseg[nm] = run > 1 ? meta[2 * p + 1] : 0;
       nm++;
       p += run;
     }
@@ -624,17 +699,23 @@ static napi_value UdpSend(napi_env env, napi_callback_info info) {
       /*
        * Some routes refuse GSO: IPsec (EIO), a device without TX checksum offload on older kernels (EIO),
        * a path MTU below the segment size (EMSGSIZE, where a single datagram would be fragmented).
-       * Segment here from now on and send the same messages again: nothing of the batch is lost.
+       * Segment here for a while (gso_refused) and send the same messages again: nothing of the
+       * batch is lost.
        */
       if ((errno == EIO || errno == EINVAL || errno == EOPNOTSUPP || errno == EMSGSIZE) && s->gso && s->spkts[0] > 1) {
-        s->gso = 0;
+        gso_refused(s, addr, alen, s->sseg[0]);
         continue;
       }
       blocked = errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOBUFS;
       break; /* blocked, or ENETUNREACH, …: the rest is lost like dropped datagrams */
     }
     /* A partial count means message r failed; the next round starts there and sees its error. */
-    for (int k = 0; k < r; k++) pi += s->spkts[k];
+    uint32_t gso_seg = 0; /* the largest segment size of the GSO messages accepted */
+    for (int k = 0; k < r; k++) {
+      pi += s->spkts[k];
+      if (s->sseg[k] > gso_seg) gso_seg = s->sseg[k];
+    }
+    if (gso_seg && (s->gso_probe || s->gso_refused_len)) gso_accepted(s, addr, alen, gso_seg);
   }
   CHECK(napi_create_int64(env, blocked ? -(int64_t)pi - 1 : (int64_t)pi, &out));
   return out;
@@ -672,19 +753,50 @@ static napi_value UdpClose(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
-/* udpInfo(sock) → [gso, gro]: what the socket currently uses (gso may be switched off by a route). */
+/*
+ * udpInfo(sock) → [gso, gro, gsoRefusals, gsoReenabled]: what the socket currently uses. gso is false
+ * while a refusal has it off and while a probe has not yet passed a GSO message.
+ */
 static napi_value UdpInfo(napi_env env, napi_callback_info info) {
   size_t argc = 1;
   napi_value argv[1], out, v;
   CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   udp_sock *s = arg_sock(env, argv[0]);
   if (!s) return NULL;
-  CHECK(napi_create_array_with_length(env, 2, &out));
-  napi_get_boolean(env, s->gso, &v);
+  CHECK(napi_create_array_with_length(env, 4, &out));
+  napi_get_boolean(env, s->gso && !s->gso_probe, &v);
   napi_set_element(env, out, 0, v);
   napi_get_boolean(env, s->gro, &v);
   napi_set_element(env, out, 1, v);
+  napi_create_double(env, s->gso_refusals, &v);
+  napi_set_element(env, out, 2, v);
+  napi_create_double(env, s->gso_reenabled, &v);
+  napi_set_element(env, out, 3, v);
   return out;
+}
+
+/*
+ * udpGso(sock, firstWaitMs, maxWaitMs): how GSO comes back after a refusal (see GSO_FIRST_MS).
+ * firstWaitMs 0 = never (off for good after a refusal); -1 = GSO off now and for good.
+ */
+static napi_value UdpGso(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  udp_sock *s = arg_sock(env, argv[0]);
+  int32_t first, max;
+  if (!s || !arg_int(env, argv[1], "firstWaitMs", &first) || !arg_int(env, argv[2], "maxWaitMs", &max)) return NULL;
+  if (first < -1 || max < first) {
+    napi_throw_range_error(env, "ERR_OUT_OF_RANGE", "udpGso: need -1 <= firstWaitMs <= maxWaitMs");
+    return NULL;
+  }
+  if (first < 0) {
+    s->gso = s->gso_cap = s->gso_probe = 0;
+    return NULL;
+  }
+  s->gso_first_ms = s->gso_wait_ms = (uint32_t)first;
+  s->gso_max_ms = (uint32_t)max;
+  return NULL;
 }
 
 void georm_udp_define(napi_env env, napi_value exports) {
@@ -696,6 +808,7 @@ void georm_udp_define(napi_env env, napi_value exports) {
     EXPORT_FN("udpSend", UdpSend),
     EXPORT_FN("udpWaitWritable", UdpWaitWritable),
     EXPORT_FN("udpInfo", UdpInfo),
+    EXPORT_FN("udpGso", UdpGso),
     EXPORT_FN("udpClose", UdpClose),
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);

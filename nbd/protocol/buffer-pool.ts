@@ -26,7 +26,16 @@ export function getBuffer(n: number): Buffer {
     slabPos = (slabPos + n + 7) & ~7;
     return b;
   }
-  const cls = Math.ceil(n / CLASS) * CLASS;
+  return getPooledBuffer(n);
+}
+
+/**
+ * A buffer of exactly `n` bytes (uninitialised) from the pool whatever its size, for memory that
+ * comes back through `releaseBuffer` at a high rate (a mirror's write batches, reassembled messages):
+ * reused pages cost no page faults and no fresh external memory.
+ */
+export function getPooledBuffer(n: number): Buffer {
+  const cls = Math.max(1, Math.ceil(n / CLASS)) * CLASS;
   const list = free.get(cls);
   let base = list?.pop();
   if (base) idleBytes -= cls;
@@ -67,22 +76,25 @@ export function isPooled(b: Buffer): boolean {
   return b.length > SLAB_MAX_PIECE && bases.has(b.buffer as ArrayBuffer);
 }
 
-/** Returns a pooled buffer for reuse; the caller must not touch it afterwards. Others are ignored. */
+/**
+ * Returns a pooled or reusable buffer (or any view of a pooled one) for reuse; the caller must not
+ * touch it afterwards. Others are ignored.
+ */
 export function releaseBuffer(b: Buffer): void {
-  if (b.length <= SLAB_MAX_PIECE) {
-    if (!reusable.has(b) || idleReusable.has(b) || idleBytes + b.length > POOL_MAX_BYTES) return;
-    let list = freeReusable.get(b.length);
-    if (!list) { list = []; freeReusable.set(b.length, list); }
-    list.push(b);
-    idleReusable.add(b);
-    idleBytes += b.length;
+  const base = bases.get(b.buffer as ArrayBuffer);
+  if (base) {
+    if (idleBytes + base.length > POOL_MAX_BYTES) return;
+    let list = free.get(base.length);
+    if (!list) { list = []; free.set(base.length, list); }
+    if (list.includes(base)) return; // double release: keep one entry
+    list.push(base);
+    idleBytes += base.length;
     return;
   }
-  const base = bases.get(b.buffer as ArrayBuffer);
-  if (!base || b.length <= SLAB_MAX_PIECE || idleBytes + base.length > POOL_MAX_BYTES) return;
-  let list = free.get(base.length);
-  if (!list) { list = []; free.set(base.length, list); }
-  if (list.includes(base)) return; // double release: keep one entry
-  list.push(base);
-  idleBytes += base.length;
+  if (b.length > SLAB_MAX_PIECE || !reusable.has(b) || idleReusable.has(b) || idleBytes + b.length > POOL_MAX_BYTES) return;
+  let list = freeReusable.get(b.length);
+  if (!list) { list = []; freeReusable.set(b.length, list); }
+  list.push(b);
+  idleReusable.add(b);
+  idleBytes += b.length;
 }

@@ -1,7 +1,8 @@
 /**
  * GeoMessage benchmark (npm run bench:geomsg). One run, loopback, side by side:
  *   1. raw dgram one-way blast (1400 B and 8900 B datagrams) — the ceiling of the machine
- *   2. GeoMessage bulk: 64 KiB one-way messages, authenticated, MTU 1500 and 9000 (delivered payload)
+ *   2. GeoMessage bulk: 64 KiB one-way messages, authenticated, MTU 1500 and 9000 (delivered payload),
+ *      and MTU 1500 with GSO off (GEORM_GEOMSG_GSO=off: as after a route refused GSO)
  *   3. small request/response latency vs a plain dgram ping-pong
  *   4. goodput through the WAN emulator at 20 ms RTT with 1% loss each way vs no loss
  * Sender, receiver and emulator each run in their own thread. Prints a table, writes JSON to
@@ -211,28 +212,38 @@ async function main(): Promise<void> {
   const rounds = Number(process.env.BENCH_ROUNDS ?? 2);
   const best = <T extends { mbps: number }>(xs: T[]) => xs.reduce((x, y) => (y.mbps > x.mbps ? y : x));
   const raws: Record<number, { mbps: number; sentPps: number; lossPct: number; cpuUsPerMB: number }[]> = { 1400: [], 8900: [] };
-  const gms: Record<number, { mbps: number; msgs: number; resends: number; timeouts: number; packetsOut: number; packetsIn: number; cpuUsPerMB: number }[]> = { 1500: [], 9000: [] };
+  type Bulk = { mbps: number; msgs: number; io: string; resends: number; timeouts: number; packetsOut: number; packetsIn: number; cpuUsPerMB: number };
+  const gms: Record<string, Bulk[]> = { 1500: [], 9000: [], '1500 without GSO': [] };
+  const gmBulk = async (mtu: number): Promise<Bulk> => {
+    const p = await gmPair(mtu, null);
+    const c0 = process.cpuUsage();
+    const res = await bulk(p.a, SECS, 32);
+    const c = process.cpuUsage(c0);
+    const st = p.a.stats().networks[0]!;
+    await p.close();
+    return { ...res, io: st.io, resends: st.resends, timeouts: st.timeouts, packetsOut: st.packetsOut, packetsIn: st.packetsIn, cpuUsPerMB: (c.user + c.system) / (res.mbps * SECS) };
+  };
   for (let r = 0; r < rounds; r++) {
     for (const [size, mtu] of [[1400, 1500], [8900, 9000]] as const) {
       raws[size]!.push(await rawBlast(size));
-      const p = await gmPair(mtu, null);
-      const c0 = process.cpuUsage();
-      const res = await bulk(p.a, SECS, 32);
-      const c = process.cpuUsage(c0);
-      const st = p.a.stats().networks[0]!;
-      gms[mtu]!.push({ ...res, resends: st.resends, timeouts: st.timeouts, packetsOut: st.packetsOut, packetsIn: st.packetsIn, cpuUsPerMB: (c.user + c.system) / (res.mbps * SECS) });
-      await p.close();
+      gms[mtu]!.push(await gmBulk(mtu));
+    }
+    // Both ends open their sockets in gmPair (the worker copies the environment when it starts).
+    const was = process.env.GEORM_GEOMSG_GSO;
+    process.env.GEORM_GEOMSG_GSO = 'off';
+    try { gms['1500 without GSO']!.push(await gmBulk(1500)); } finally {
+      if (was === undefined) delete process.env.GEORM_GEOMSG_GSO; else process.env.GEORM_GEOMSG_GSO = was;
     }
   }
   const raw1400 = best(raws[1400]!), raw8900 = best(raws[8900]!);
   results.raw = { b1400: raw1400, b8900: raw8900, all: raws };
   rows.push(['raw dgram one-way 1400 B (received)', `${f(raw1400.mbps)} MB/s`, `loss ${f(raw1400.lossPct)}%; CPU both ends ${f(raw1400.cpuUsPerMB / 1000, 2)} ms/MB`]);
   rows.push(['raw dgram one-way 8900 B (received)', `${f(raw8900.mbps)} MB/s`, `loss ${f(raw8900.lossPct)}%; CPU both ends ${f(raw8900.cpuUsPerMB / 1000, 2)} ms/MB`]);
-  for (const mtu of [1500, 9000]) {
+  for (const mtu of ['1500', '9000', '1500 without GSO']) {
     const r = best(gms[mtu]!);
-    results[`bulk${mtu}`] = { ...r, all: gms[mtu] };
+    results[mtu === '1500 without GSO' ? 'bulk1500NoGso' : `bulk${mtu}`] = { ...r, all: gms[mtu] };
     rows.push([`GeoMessage 64 KiB one-way, tagged, MTU ${mtu}`, `${f(r.mbps)} MB/s`,
-      `${f(100 * r.mbps / (mtu === 1500 ? raw1400.mbps : raw8900.mbps))}% of raw; CPU both ends ${f(r.cpuUsPerMB / 1000, 2)} ms/MB; resends ${r.resends}`]);
+      `${f(100 * r.mbps / (mtu === '9000' ? raw8900.mbps : raw1400.mbps))}% of raw; CPU both ends ${f(r.cpuUsPerMB / 1000, 2)} ms/MB; resends ${r.resends}; io ${r.io}`]);
   }
 
   if (only === 'bulk') return printTable(results, rows);

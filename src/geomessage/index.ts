@@ -5,7 +5,7 @@
 export {
   openGeoMessage, GeoMessageTransport,
   type GeoMessage, type GeoMessageOptions, type GeoMessageEvents, type NetworkEndpoint, type PeerSpec,
-  type Payload, type IncomingMessage, type Handler, type SendOptions,
+  type Payload, type IncomingMessage, type Handler, type HandlerOptions, type PayloadMemory, type SendOptions,
 } from './transport.js';
 export { loadClusterKey, MIN_KEY_BYTES } from './key.js';
 export { GeoMessageError, type GeoMessageErrorCode } from './errors.js';

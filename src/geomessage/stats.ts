@@ -66,6 +66,10 @@ export interface NetworkStats {
   failures: number;
   /** Times the socket buffer was full and packets waited for it to drain (native wire). */
   sendWaits: number;
+  /** GSO messages the kernel refused on this network's socket (native wire; each sent again without GSO). */
+  gsoRefusals: number;
+  /** Times GSO came back after refusals (`io` shows '+gso' again). */
+  gsoReenabled: number;
   /** Duplicate packets or fragments received. */
   duplicates: number;
   /** Control packets (pings, pongs, acks) sent and received. */

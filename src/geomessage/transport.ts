@@ -59,6 +59,15 @@ export interface GeoMessageOptions {
 export type Payload = Buffer | readonly Buffer[];
 export interface IncomingMessage { peer: string; service: number; payload: Buffer; ordered: boolean }
 export type Handler = (msg: IncomingMessage) => Payload | void | Promise<Payload | void>;
+/**
+ * Memory for a service's incoming payloads, from its owner's pool: `take(n)` gives the n bytes a
+ * message is received into, `give(buf)` gets them back once the handler has returned or its promise
+ * has settled. A handler registered with it must not keep the payload beyond that, nor reply with
+ * it. For services that
+ * receive bulk data at high rates: fresh memory per message costs page faults and garbage collection.
+ */
+export interface PayloadMemory { take(n: number): Buffer; give(b: Buffer): void }
+export interface HandlerOptions { payloads?: PayloadMemory }
 export interface SendOptions { ordered?: boolean; timeoutMs?: number }
 
 export interface GeoMessageEvents {
@@ -72,7 +81,7 @@ export interface GeoMessageEvents {
 export interface GeoMessage extends EventEmitter {
   request(peer: string, service: number, payload: Payload, opts?: SendOptions): Promise<Buffer>;
   send(peer: string, service: number, payload: Payload, opts?: SendOptions): Promise<void>;
-  handle(service: number, handler: Handler): void;
+  handle(service: number, handler: Handler, opts?: HandlerOptions): void;
   peerState(peer: string): 'up' | 'down' | 'unknown';
   declareDown(peer: string): void;
   stats(): GeoMessageStats;
@@ -116,7 +125,8 @@ interface OutMsg {
 
 interface Inflight { msg: OutMsg; frag: number; sentAt: number; link: number }
 
-interface Reasm { buf: Buffer; got: Uint8Array; count: number; missing: number; touched: number }
+/** `mem`: where `buf` came from (null: fresh memory). */
+interface Reasm { buf: Buffer; mem: PayloadMemory | null; got: Uint8Array; count: number; missing: number; touched: number }
 
 interface NetCounters {
   packetsOut: number; packetsIn: number; bytesOut: number; bytesIn: number;
@@ -147,7 +157,8 @@ interface Link {
   minRttAt: number;
 }
 
-interface HeldOrdered { msg: IncomingMessage; flags: number; msgId: number }
+/** `mem`: where the payload goes back after the handler (null: it is the handler's to keep). */
+interface HeldOrdered { msg: IncomingMessage; flags: number; msgId: number; mem: PayloadMemory | null }
 
 class Peer {
   readonly id: number;
@@ -242,6 +253,7 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
   private readonly peers = new Map<string, Peer>();
   private readonly peersById = new Map<number, Peer>();
   private readonly handlers = new Map<number, Handler>();
+  private readonly payloadMem = new Map<number, PayloadMemory>();
   private tick: NodeJS.Timeout | null = null;
   private closed = false;
   private readonly started = nowMs();
@@ -353,11 +365,13 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
 
   localPorts(): number[] { return this.nets.map((n) => n.wire.port); }
 
-  handle(service: number, handler: Handler): void {
+  handle(service: number, handler: Handler, opts?: HandlerOptions): void {
     if (!Number.isInteger(service) || service < 0 || service >= SVC_TOMBSTONE) {
       throw new GeoMessageError('GEOMSG_ERR_CONFIG', `service must be an integer in 0..${SVC_TOMBSTONE - 1}`);
     }
     this.handlers.set(service, handler);
+    if (opts?.payloads) this.payloadMem.set(service, opts.payloads);
+    else this.payloadMem.delete(service);
   }
 
   peerState(peer: string): 'up' | 'down' | 'unknown' {
@@ -976,16 +990,24 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
     }
     if (p.msgId < peer.deliveredBelow || peer.delivered.has(p.msgId)) { net.c.duplicates++; return; }
     let data: Buffer;
+    // Requests and one-way messages of a service with its own payload memory are received into it
+    // (`lent`), except a one-packet message on a stable wire, whose packet buffer is the handler's.
+    const mem = p.flags & F_REPLY ? null : this.payloadMem.get(p.service) ?? null;
+    let lent: PayloadMemory | null = null;
     if (p.fragCount === 1) {
       if (p.fragLen !== p.totalLen) return this.drop(net, 'malformed');
       // The native wire reuses its receive buffer after the batch: the handler may keep the payload.
       const payload = p.buf.subarray(p.payloadOff, p.payloadOff + p.fragLen);
-      data = net.wire.stableBuffers ? payload : Buffer.from(payload);
+      if (net.wire.stableBuffers) data = payload;
+      else if (mem) { data = mem.take(p.fragLen); payload.copy(data); lent = mem; }
+      else data = Buffer.from(payload);
     } else {
       let r = peer.reasm.get(p.msgId);
       if (!r) {
         if (p.totalLen > p.fragCount * 0xffff || p.totalLen > this.maxMessage) return this.drop(net, 'malformed');
-        r = { buf: Buffer.allocUnsafe(p.totalLen), got: new Uint8Array(p.fragCount), count: p.fragCount, missing: p.fragCount, touched: 0 };
+        // An abandoned reassembly's memory is not given back: the GC takes it.
+        const buf = mem ? mem.take(p.totalLen) : Buffer.allocUnsafe(p.totalLen);
+        r = { buf, mem, got: new Uint8Array(p.fragCount), count: p.fragCount, missing: p.fragCount, touched: 0 };
         peer.reasm.set(p.msgId, r);
       }
       if (r.count !== p.fragCount || r.buf.length !== p.totalLen) return this.drop(net, 'malformed');
@@ -999,6 +1021,7 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
       if (--r.missing > 0) return;
       peer.reasm.delete(p.msgId);
       data = r.buf;
+      lent = r.mem;
     }
     // Delivered: remember the id so retransmits and reroutes are not delivered again.
     if (p.msgId === peer.deliveredBelow) {
@@ -1011,15 +1034,15 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
     const msg: IncomingMessage = { peer: peer.name, service: p.service, payload: data, ordered: (p.flags & F_ORDERED) !== 0 };
     if (p.flags & F_ORDERED) {
       if (p.orderSeq < peer.nextDeliverOrder) return; // slot already filled (its tombstone or original)
-      peer.held.set(p.orderSeq, { msg, flags: p.flags, msgId: p.msgId });
+      peer.held.set(p.orderSeq, { msg, flags: p.flags, msgId: p.msgId, mem: lent });
       let h: HeldOrdered | undefined;
       while ((h = peer.held.get(peer.nextDeliverOrder))) {
         peer.held.delete(peer.nextDeliverOrder++);
-        this.dispatch(peer, h.msg, h.flags, h.msgId);
+        this.dispatch(peer, h.msg, h.flags, h.msgId, h.mem);
       }
       return;
     }
-    this.dispatch(peer, msg, p.flags, p.msgId);
+    this.dispatch(peer, msg, p.flags, p.msgId, lent);
   }
 
   private onReply(peer: Peer, p: PacketView, data: Buffer): void {
@@ -1045,31 +1068,41 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
     } else resolve?.(data);
   }
 
-  private dispatch(peer: Peer, msg: IncomingMessage, flags: number, msgId: number): void {
+  /** Runs the service's handler; `lent` gets the payload back once the handler is done with it. */
+  private dispatch(peer: Peer, msg: IncomingMessage, flags: number, msgId: number, lent: PayloadMemory | null): void {
     if (msg.service === SVC_TOMBSTONE) return;
     const isRequest = (flags & F_REQUEST) !== 0;
     const h = this.handlers.get(msg.service);
     if (!h) {
       if (isRequest) this.reply(peer, msgId, null, { code: 'GEOMSG_ERR_NO_HANDLER', message: `no handler for service ${msg.service} on ${this.opts.machine}` });
       else this.log.warn({ peer: peer.name, service: msg.service }, 'message for a service without handler dropped');
+      lent?.give(msg.payload);
       return;
     }
     let res: ReturnType<Handler>;
     try {
       res = h(msg);
     } catch (err) {
+      lent?.give(msg.payload);
       if (isRequest) this.reply(peer, msgId, null, { code: 'GEOMSG_ERR_REMOTE', message: (err as Error)?.message ?? String(err) });
       else this.log.warn({ err, peer: peer.name, service: msg.service }, 'handler failed');
       return;
     }
     if (res && typeof (res as Promise<unknown>).then === 'function') {
       (res as Promise<Payload | void>).then(
-        (v) => { if (isRequest) this.reply(peer, msgId, v ?? null, null); },
+        (v) => {
+          lent?.give(msg.payload);
+          if (isRequest) this.reply(peer, msgId, v ?? null, null);
+        },
         (err: unknown) => {
+          lent?.give(msg.payload);
           if (isRequest) this.reply(peer, msgId, null, { code: 'GEOMSG_ERR_REMOTE', message: (err as Error)?.message ?? String(err) });
           else this.log.warn({ err, peer: peer.name, service: msg.service }, 'handler failed');
         });
-    } else if (isRequest) this.reply(peer, msgId, (res as Payload | undefined) ?? null, null);
+    } else {
+      lent?.give(msg.payload);
+      if (isRequest) this.reply(peer, msgId, (res as Payload | undefined) ?? null, null);
+    }
   }
 
   private reply(peer: Peer, reqId: number, payload: Payload | null, err: { code: string; message: string } | null): void {
@@ -1099,6 +1132,7 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
       io: n.wire.describe(),
       mtu: n.mtu,
       ...n.c,
+      ...n.wire.gsoStats(),
       dropped: { ...n.c.dropped },
       links: [...this.peers.values()].flatMap((p) => {
         const l = p.links[n.index];

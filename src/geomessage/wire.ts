@@ -3,7 +3,7 @@ import { isIP, isIPv6 } from 'node:net';
 import { lookup as dnsLookup, type LookupOneOptions } from 'node:dns';
 import {
   batchSocketsAvailable, openBatchSocket, RECV_AUTH, RECV_OK, RECV_SHORT, SEND_MAX_PACKETS,
-  type BatchSocket, type BatchTarget,
+  type BatchSocket, type BatchTarget, type GsoPolicy,
 } from '../native/udp.js';
 import { authFor, tagKey, TAG_BYTES, type DropReason } from './packet.js';
 
@@ -43,6 +43,8 @@ export interface Wire {
   readonly stableBuffers: boolean;
   /** How packets move, for statistics: 'dgram', 'native', 'native+gso+gro'. */
   describe(): string;
+  /** GSO messages the kernel refused, and times GSO came back after that (always 0 for dgram). */
+  gsoStats(): { gsoRefusals: number; gsoReenabled: number };
   out(address: string, port: number): PacketOut;
   close(): Promise<void>;
 }
@@ -61,11 +63,16 @@ export interface WireOptions {
   onSendWait(): void;
 }
 
-/** Opens the chosen wire; 'auto' falls back to dgram without the addon (GEORM_GEOMSG_IO=dgram forces it). */
+/**
+ * Opens the chosen wire; 'auto' falls back to dgram without the addon (GEORM_GEOMSG_IO=dgram forces it).
+ * GEORM_GEOMSG_GSO=off (benchmarks) or =never (tests: GSO stays off after a refusal) sets the native
+ * wire's GsoPolicy; the default 'retry' tries GSO again after a refusal.
+ */
 export async function openWire(choice: WireChoice, o: WireOptions): Promise<Wire> {
   const env = process.env.GEORM_GEOMSG_IO;
   const want = choice === 'auto' && (env === 'dgram' || env === 'native') ? env : choice;
-  if (want === 'native' || (want === 'auto' && batchSocketsAvailable())) return new NativeWire(o);
+  const gso = process.env.GEORM_GEOMSG_GSO;
+  if (want === 'native' || (want === 'auto' && batchSocketsAvailable())) return new NativeWire(o, gso === 'off' || gso === 'never' ? gso : 'retry');
   return openDgramWire(o);
 }
 
@@ -92,9 +99,9 @@ class NativeWire implements Wire {
 
   private readonly blocked = new Set<NativeOut>();
 
-  constructor(private readonly o: WireOptions) {
+  constructor(private readonly o: WireOptions, gso: GsoPolicy) {
     this.sock = openBatchSocket({
-      address: o.address, port: o.port, bufferBytes: o.bufferBytes, key: tagKey(o.key),
+      address: o.address, port: o.port, bufferBytes: o.bufferBytes, key: tagKey(o.key), gso,
       onWritable: () => {
         const outs = [...this.blocked];
         this.blocked.clear();
@@ -112,6 +119,10 @@ class NativeWire implements Wire {
   describe(): string {
     const s = this.sock;
     return `native${s.gso ? '+gso' : ''}${s.gro ? '+gro' : ''}`;
+  }
+
+  gsoStats(): { gsoRefusals: number; gsoReenabled: number } {
+    return { gsoRefusals: this.sock.gsoRefusals, gsoReenabled: this.sock.gsoReenabled };
   }
 
   out(address: string, port: number): PacketOut {
@@ -269,6 +280,8 @@ class DgramWire implements Wire {
   }
 
   describe(): string { return 'dgram'; }
+
+  gsoStats(): { gsoRefusals: number; gsoReenabled: number } { return { gsoRefusals: 0, gsoReenabled: 0 }; }
 
   out(address: string, port: number): PacketOut {
     return new DgramOut(this.socket, address, port, this.key);

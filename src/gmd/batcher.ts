@@ -1,6 +1,6 @@
 import { SVC_WRITEV, HEADER_BYTES, writeHeader } from './protocol.js';
 import type { PeerTransport } from './ports.js';
-import { getBuffer, releaseBuffer, SLAB_MAX_PIECE } from '../../nbd/protocol/buffer-pool.js';
+import { getPooledBuffer, releaseBuffer } from '../../nbd/protocol/buffer-pool.js';
 
 /** Called once per write: null when the peer wrote it, else the error. */
 export type MirrorDone = (err: unknown) => void;
@@ -13,32 +13,37 @@ export type MirrorDone = (err: unknown) => void;
  * so async write order is preserved. A failed batch fails every write in it. Batches are sent
  * without waiting for earlier ones (many ordered messages in flight).
  *
- * Per write it keeps the data reference, offset, flags and callback in flat arrays (no object or
- * promise per write). A batch is sent as one contiguous message built in a pooled buffer that is
- * reused once the request is answered: handing GeoMessage a list of parts made it concatenate them
- * into fresh memory per message, and fresh ArrayBuffer bytes (≈ 4 KiB per mirrored 4 KiB write)
- * are what drives V8 into frequent full GCs at high write rates. The copy here replaces that one.
- * GeoMessage does not use a payload after its request has settled (the NBD server relies on the
- * same for WRITE payloads it reuses).
+ * Each write is copied into the batch's message as it is added: the caller may reuse its buffer as
+ * soon as add() returns (async acknowledges a write before its remote copy is done and needs no copy
+ * of its own), and the message is one contiguous pooled buffer, reused once the request is answered.
+ * Fresh ArrayBuffer bytes per write or per message are what drives V8 into frequent full GCs at high
+ * write rates. GeoMessage does not use a payload after its request has settled.
  */
 export class WriteBatcher {
-  private datas: Buffer[] = [];
-  private meta: number[] = [];          // kind, flags, offset per entry
+  /** The message being filled (a pooled buffer), its write position and its entry count. */
+  private msg: Buffer | null = null;
+  private pos = 0;
+  private count = 0;
   private dones: MirrorDone[] = [];
-  private bytes = 0;
   private scheduled = false;
   private readonly flushNow = (): void => { this.scheduled = false; this.flush(); };
 
   constructor(private readonly net: PeerTransport, private readonly peer: string, private readonly ordered: boolean,
     private readonly maxBytes = 512 * 1024) {}
 
-  /** Callback form (I/O path). */
+  /** Callback form (I/O path). `data` is copied before add returns. */
   add(kind: number, flags: number, offset: number, data: Buffer, done: MirrorDone): void {
-    this.datas.push(data);
-    this.meta.push(kind, flags, offset);
+    const need = HEADER_BYTES + data.length;
+    if (this.msg && this.pos + need > this.msg.length) this.flush();
+    // A batch holds maxBytes of entries (one larger write gets a batch of its own).
+    const msg = this.msg ??= getPooledBuffer(4 + Math.max(this.maxBytes, need));
+    if (this.pos === 0) this.pos = 4;
+    writeHeader(msg, this.pos, kind, flags, offset, data.length);
+    data.copy(msg, this.pos + HEADER_BYTES);
+    this.pos += need;
+    this.count++;
     this.dones.push(done);
-    this.bytes += data.length + HEADER_BYTES;
-    if (this.bytes >= this.maxBytes) this.flush();
+    if (this.pos - 4 >= this.maxBytes) this.flush();
     else if (!this.scheduled) { this.scheduled = true; setImmediate(this.flushNow); }
   }
 
@@ -48,26 +53,14 @@ export class WriteBatcher {
   }
 
   flush(): void {
-    const datas = this.datas;
-    const n = datas.length;
-    if (n === 0) return;
-    const meta = this.meta;
+    const whole = this.msg;
+    const n = this.count;
+    if (!whole || n === 0) return;
     const dones = this.dones;
-    this.datas = []; this.meta = []; this.dones = [];
-    const len = 4 + this.bytes;
-    this.bytes = 0;
-    // At least one size class above the slab pieces, so the buffer is pooled and comes back.
-    const whole = getBuffer(Math.max(len, SLAB_MAX_PIECE + 1));
-    const msg = whole.subarray(0, len);
-    msg.writeUInt32BE(n, 0);
-    let at = 4;
-    for (let i = 0; i < n; i++) {
-      const d = datas[i]!;
-      writeHeader(msg, at, meta[3 * i]!, meta[3 * i + 1]!, meta[3 * i + 2]!, d.length);
-      d.copy(msg, at + HEADER_BYTES);
-      at += HEADER_BYTES + d.length;
-    }
-    this.net.request(this.peer, SVC_WRITEV, msg, { ordered: this.ordered }).then(
+    const len = this.pos;
+    this.msg = null; this.pos = 0; this.count = 0; this.dones = [];
+    whole.writeUInt32BE(n, 0);
+    this.net.request(this.peer, SVC_WRITEV, whole.subarray(0, len), { ordered: this.ordered }).then(
       () => { releaseBuffer(whole); for (let i = 0; i < n; i++) dones[i]!(null); },
       (err: unknown) => {
         releaseBuffer(whole);

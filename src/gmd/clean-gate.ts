@@ -60,8 +60,9 @@ export class CleanGate {
     const g = ++this.gen;
     const held = this.held;
     for (let r = first; r <= last; r++) {
-      if (held.has(r)) this.h.endWrite(r, r, 'both'); // the region stays held by an earlier reference
-      held.set(r, g);
+      const size = held.size;
+      held.set(r, g); // one hash lookup per write (this runs for every mirrored write)
+      if (held.size === size) this.h.endWrite(r, r, 'both'); // the region stays held by an earlier reference
     }
     if (held.size >= this.maxRegions) void this.flushNow();
     else if (!this.timer && !this.running) this.timer = setTimeout(this.tick, this.intervalMs).unref();

@@ -1,5 +1,4 @@
 import type { Backend, BackendFlags, WriteOptions, ZeroOptions } from '../../nbd/backend.js';
-import { getReusableBuffer, releaseBuffer } from '../../nbd/protocol/buffer-pool.js';
 import { GeormError } from '../util/errors.js';
 import { isMode, isRole } from '../config/vocabulary.js';
 import type { Logger } from '../util/log.js';
@@ -11,6 +10,7 @@ import {
 import { RangeLock } from './rangelock.js';
 import { CleanGate } from './clean-gate.js';
 import { WriteBatcher } from './batcher.js';
+import { getPooledBuffer, releaseBuffer } from '../../nbd/protocol/buffer-pool.js';
 import { Resync, type ResyncProgress } from './resync.js';
 
 const CELL_CLEAN = 0x0;
@@ -86,17 +86,6 @@ export interface GmdStatus {
   stats: GmdStats;
   attrs: GmdAttributes | null;
   events: GmdEvent[];
-}
-
-/**
- * A copy of an async write's data that the queued remote write owns, from the NBD layer's reusable
- * buffers (given back when the remote write is done): Buffer.from() would make fresh external
- * memory per write, which V8 counts towards its next full GC.
- */
-function ownCopy(data: Buffer): Buffer {
-  const b = getReusableBuffer(data.length);
-  data.copy(b, 0, 0, data.length);
-  return b;
 }
 
 /** How a WriteOp's writes go: no peer (local only, marked stale), async, sync (remote first), mwc (both at once). */
@@ -508,9 +497,8 @@ export class GeoMirrorDevice implements Backend {
       const mode = res.attrs.mode;
       if (mode === 'async') {
         await this.localWrite(res, first, last, () => res.local.write(offset, data, opts));
-        // The NBD server may reuse its buffer once we resolve: the queued copy must own its bytes.
-        const copy = ownCopy(data);
-        const remote = this.asyncRemote(res, peer, first, last, offset, copy, flags, keepStale);
+        // The batcher copies the data as it queues it: the NBD server may reuse its buffer once we resolve.
+        const remote = this.asyncRemote(res, peer, first, last, offset, data, flags, keepStale);
         // Release before waiting: later overlapping writes queue behind in send order, which is
         // what keeps the secondary a prefix of our write order.
         this.lock.release(offset, end); locked = false;
@@ -541,7 +529,8 @@ export class GeoMirrorDevice implements Backend {
    * mark (statemap beginWriteCb), local and remote writes. Each write's state lives in a pooled
    * WriteOp whose callbacks are made once per op, so a write allocates no promise and no closure
    * (at 20k writes/s per-write closures were a steady stream of young garbage). The server reuses
-   * `data` after `cb`, so only async (which acknowledges before the remote copy is done) copies it.
+   * `data` after `cb`; the batcher copies it as it queues the remote write, so async (which
+   * acknowledges before the remote copy is done) needs no copy of its own.
    */
   writeCb(offset: number, data: Buffer, fua: boolean, cb: (err: Error | null) => void): void {
     const r0 = this.res;
@@ -606,8 +595,8 @@ export class GeoMirrorDevice implements Backend {
       case HOW_ASYNC: {
         if (e) { this.opFinish(op, e, false); return; }
         const res = op.res!;
-        // The queued copy must own its bytes: the server reuses `data` once we call back.
-        this.asyncRemoteCb(res, op.peer!, op.first, op.last, op.offset, ownCopy(op.data), op.fua ? FLAG_FUA : 0, op.keepStale);
+        // Queued as a copy (the batcher's): the server reuses `data` once we call back.
+        this.asyncRemoteCb(res, op.peer!, op.first, op.last, op.offset, op.data, op.fua ? FLAG_FUA : 0, op.keepStale);
         // Release now: later overlapping writes queue behind in send order (secondary = prefix).
         this.lock.release(op.offset, op.end);
         if (this.asyncInflight > res.attrs.hwm) this.hwmWait(op.admitted); else this.opAdmitted(op);
@@ -794,7 +783,7 @@ export class GeoMirrorDevice implements Backend {
 
   /**
    * Queues the remote copy of an async write (in write order, pipelined) and counts its bytes in flight.
-   * `data` is an ownCopy(): given back for reuse once the remote write is answered.
+   * `data` is copied into the batch before this returns.
    */
   private asyncRemoteCb(res: GmdResources, peer: string, first: number, last: number, offset: number, data: Buffer, flags: number, keepStale: boolean, cb?: () => void): void {
     const len = data.length;
@@ -802,7 +791,6 @@ export class GeoMirrorDevice implements Backend {
     this.stats.asyncInflightBytes = this.asyncInflight;
     if (this.asyncInflight > this.stats.asyncInflightMax) this.stats.asyncInflightMax = this.asyncInflight;
     this.remoteCb(peer, KIND_APP, offset, data, flags, (ok) => {
-      releaseBuffer(data);
       if (ok && !keepStale) this.gate.done(first, last); else this.markLocalOnly(res.map, first, last);
       this.asyncInflight -= len;
       this.stats.asyncInflightBytes = this.asyncInflight;
@@ -928,7 +916,8 @@ export class GeoMirrorDevice implements Backend {
 
   private registerHandlers(): void {
     this.net.handle(SVC_WRITE, (m) => this.onWrite(m));
-    this.net.handle(SVC_WRITEV, (m) => this.onWriteV(m));
+    // Write batches are received into pooled memory, given back once written (onWriteV keeps nothing).
+    this.net.handle(SVC_WRITEV, (m) => this.onWriteV(m), { payloads: { take: getPooledBuffer, give: releaseBuffer } });
     this.net.handle(SVC_READ, (m) => this.onRead(m));
     this.net.handle(SVC_FLUSH, async () => { if (this.res) await this.res.local.flush(); return Buffer.alloc(0); });
     this.net.handle(SVC_ZERO, (m) => this.onZero(m));

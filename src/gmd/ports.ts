@@ -29,10 +29,12 @@ export interface MapPort {
 export interface NetMessage { peer: string; service: number; payload: Buffer; ordered: boolean }
 export type NetPayload = Buffer | readonly Buffer[];
 export type NetHandler = (msg: NetMessage) => NetPayload | void | Promise<NetPayload | void>;
+/** Pool memory for a service's incoming payloads, given back after the handler (GeoMessage's PayloadMemory). */
+export interface NetPayloadMemory { take(n: number): Buffer; give(b: Buffer): void }
 
 export interface PeerTransport {
   request(peer: string, service: number, payload: NetPayload, opts?: { ordered?: boolean; timeoutMs?: number }): Promise<Buffer>;
-  handle(service: number, handler: NetHandler): void;
+  handle(service: number, handler: NetHandler, opts?: { payloads?: NetPayloadMemory }): void;
   peerState(peer: string): 'up' | 'down' | 'unknown';
   declareDown(peer: string): void;
   on(event: string, listener: (ev: { peer: string; reason?: string }) => void): unknown;

@@ -38,15 +38,33 @@ export interface BatchSocketOptions {
   onBatch(buf: Buffer, meta: Uint32Array, count: number): void;
   /** Called once after `waitWritable()`, when the socket can take packets again. */
   onWritable?(): void;
+  /**
+   * GSO after the kernel refused a GSO message (a path MTU below the segment size, an IPsec route):
+   * 'retry' (default) sends without GSO for a while and then tries one GSO message again, waiting
+   * 1 s after a first refusal and twice as long after each further one in a row, up to 60 s;
+   * 'never' leaves GSO off for good after a refusal; 'off' never uses GSO (benchmarks).
+   */
+  gso?: GsoPolicy;
+  /** With gso 'retry': the wait after a first refusal and its cap, in ms (tests; default 1000, 60000). */
+  gsoWaitMs?: { first: number; max: number };
 }
+
+export type GsoPolicy = 'retry' | 'never' | 'off';
 
 /** A destination prepared once (its sockaddr bytes). */
 export interface BatchTarget { readonly sockaddr: Buffer }
 
 export interface BatchSocket {
   readonly port: number;
-  /** Whether runs are sent as GSO messages now (a route refusing GSO turns it off for good). */
+  /**
+   * Whether runs are sent as GSO messages now: false while a refusal has GSO off and until a GSO
+   * message has passed again after it.
+   */
   readonly gso: boolean;
+  /** GSO messages the kernel refused (each batch was sent again without GSO: nothing lost). */
+  readonly gsoRefusals: number;
+  /** Times GSO came back after refusals (a later GSO message passed). */
+  readonly gsoReenabled: number;
   /** Whether the kernel may hand over coalesced runs. */
   readonly gro: boolean;
   target(address: string, port: number): BatchTarget;
@@ -80,10 +98,20 @@ export function openBatchSocket(o: BatchSocketOptions): BatchSocket {
   const meta = new Uint32Array(3 * RECV_MAX_PACKETS);
   let closed = false;
   a.udpRecvStart(sock, rbuf, meta, key, (count) => o.onBatch(rbuf, meta, count), () => o.onWritable?.());
+  // 'retry' with the default waits is the addon's default (udp.c GSO_FIRST_MS, GSO_MAX_MS).
+  try {
+    if (o.gso === 'never' || o.gso === 'off') a.udpGso(sock, o.gso === 'off' ? -1 : 0, 0);
+    else if (o.gsoWaitMs) a.udpGso(sock, o.gsoWaitMs.first, o.gsoWaitMs.max);
+  } catch (err) {
+    a.udpClose(sock);
+    throw err;
+  }
   return {
     port,
     get gso() { return !closed && a.udpInfo(sock)[0]; },
     get gro() { return !closed && a.udpInfo(sock)[1]; },
+    get gsoRefusals() { return closed ? 0 : a.udpInfo(sock)[2]; },
+    get gsoReenabled() { return closed ? 0 : a.udpInfo(sock)[3]; },
     target(address: string, p: number): BatchTarget {
       if (isIPv6(address) !== ipv6) throw new GeormError('GEOMSG_ERR_CONFIG', `address ${address} is not of the socket's family (${ipv6 ? 'IPv6' : 'IPv4'})`);
       return { sockaddr: a.udpAddress(ipv6, address, p) };

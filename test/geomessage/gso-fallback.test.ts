@@ -13,10 +13,14 @@ import { ip, namespacePeer } from './netns-peer.js';
  * which this kernel lacks; what does refuse it is a path MTU below the segment size: GeoMessage built
  * its packets for MTU 1500, the route now has 1400, and every GSO message fails with EMSGSIZE while a
  * plain datagram of the same size still leaves, fragmented by IP.
+ *
+ * The refusal turns GSO off only for a while (1 s, doubling per refusal in a row, at most 60 s): when
+ * the MTU is raised again the next try passes and `io` shows '+gso' again. GEORM_GEOMSG_GSO=never
+ * (GSO off for good after a refusal, as before) makes the second half of the test fail.
  */
 const skip = needsRoot() || missingTools('ip') || (!batchSocketsAvailable() && 'native addon without batch sockets');
 
-t.test('a route that refuses GSO mid-stream: the socket segments in userspace, nothing is lost or counted as failed', { skip, timeout: 90000 }, async (t) => {
+t.test('a route that refuses GSO mid-stream: the socket segments in userspace, nothing is lost or counted as failed; GSO returns with the MTU', { skip, timeout: 90000 }, async (t) => {
   const { ns, nets, aEndpoints, aPeers } = await namespacePeer(t, 'g', 1, 1, {}, { prefix: 'gsf', octet2: 203 });
   const net = nets[0]!;
   const a: GeoMessage = await openGeoMessage({ machine: 'a', key: KEY, keepaliveMs: 200, io: 'native', endpoints: aEndpoints, peers: aPeers });
@@ -44,8 +48,22 @@ t.test('a route that refuses GSO mid-stream: the socket segments in userspace, n
     t.comment(`after the MTU change: io ${n.io}, packets out ${n.packetsOut}, resends ${n.resends}, timeouts ${n.timeouts}, failures ${n.failures}`);
   });
 
+  // Keep sending until a try of GSO (1 s after the first refusal) has been refused too.
+  let sent = WARM + N;
+  const sendSlowly = async (until: () => boolean, boundMs: number): Promise<number> => {
+    const t0 = Date.now();
+    while (!until() && Date.now() - t0 < boundMs) {
+      await sendAll(sent, 5);
+      sent += 5;
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    return Date.now() - t0;
+  };
+  const lowMs = await sendSlowly(() => a.stats().networks[0]!.gsoRefusals >= 2, 15_000);
+  t.comment(`MTU 1400 for ${lowMs} ms more: ${sent - WARM - N} messages, gsoRefusals ${a.stats().networks[0]!.gsoRefusals}`);
+
   const counts = JSON.parse((await a.request('b', 2, Buffer.alloc(0))).toString()) as { distinct: number; total: number; corrupt: number };
-  t.same(counts, { distinct: WARM + N, total: WARM + N, corrupt: 0 }, 'every message delivered exactly once and intact');
+  t.same(counts, { distinct: sent, total: sent, corrupt: 0 }, 'every message delivered exactly once and intact');
   const s = a.stats();
   const n = s.networks[0]!;
   t.comment(`io ${before.io} -> ${n.io}; packets out ${n.packetsOut}, resends ${n.resends}, timeouts ${n.timeouts}, failures ${n.failures}, sendWaits ${n.sendWaits}`);
@@ -53,4 +71,30 @@ t.test('a route that refuses GSO mid-stream: the socket segments in userspace, n
   t.match(n.io, /^native/, 'still the native wire');
   t.equal(n.failures, 0, 'no packet counted as a send failure: the refused batch was sent again at once');
   t.equal(s.machines[0]!.failures, 0, 'no message failed');
+  t.ok(n.gsoRefusals >= 2, `refusals counted, the first and a refused try (${n.gsoRefusals})`);
+  t.equal(n.gsoReenabled, 0, 'GSO not back while the MTU stays low');
+
+  // The MTU comes back: GSO must return within the current wait (a few seconds here: it doubled per
+  // refusal above; 20 s is the bound), while messages keep flowing.
+  await ip('link', 'set', 'dev', net.host, 'mtu', '1500');
+  await ip('-n', ns, 'link', 'set', 'dev', net.peer, 'mtu', '1500');
+  const before2 = sent;
+  const upMs = await sendSlowly(() => /\+gso/.test(a.stats().networks[0]!.io), 20_000);
+  const back = a.stats().networks[0]!;
+  t.comment(`after raising the MTU: io ${back.io} after ${upMs} ms and ${sent - before2} messages; gsoRefusals ${back.gsoRefusals}, gsoReenabled ${back.gsoReenabled}`);
+  t.match(back.io, /^native\+gso/, 'GSO back on once the route takes it again');
+  t.equal(back.gsoReenabled, 1, 'counted once');
+
+  const M = 100;
+  await sendAll(sent, M);
+  sent += M;
+  const after = JSON.parse((await a.request('b', 2, Buffer.alloc(0))).toString()) as typeof counts;
+  t.same(after, { distinct: sent, total: sent, corrupt: 0 }, 'every message, before and after GSO returned, delivered exactly once and intact');
+  const s2 = a.stats();
+  const n2 = s2.networks[0]!;
+  t.comment(`end: io ${n2.io}; packets out ${n2.packetsOut}, resends ${n2.resends}, failures ${n2.failures}, gsoRefusals ${n2.gsoRefusals}, gsoReenabled ${n2.gsoReenabled}`);
+  t.match(n2.io, /^native\+gso/, 'GSO still on');
+  t.equal(n2.gsoRefusals, back.gsoRefusals, 'no refusal since GSO returned');
+  t.equal(n2.failures, 0, 'no packet counted as a send failure');
+  t.equal(s2.machines[0]!.failures, 0, 'no message failed');
 });

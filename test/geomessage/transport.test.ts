@@ -47,6 +47,47 @@ t.test('request/response, one-way, errors and fragmentation on loopback', async 
   await t.rejects(a.send('b', 0xffff, Buffer.alloc(1)), { code: 'GEOMSG_ERR_CONFIG' });
 });
 
+t.test('a service with payload memory receives into it and gets each payload back after its handler', async (t) => {
+  for (const io of batchSocketsAvailable() ? ['native', 'dgram'] as const : ['dgram'] as const) {
+    const { a, b } = await loopbackPair({ io });
+    t.teardown(() => closeAll(a, b));
+    const taken: Buffer[] = [];
+    const given: Buffer[] = [];
+    const payloads = {
+      take: (n: number) => { const buf = Buffer.alloc(n); taken.push(buf); return buf; },
+      give: (buf: Buffer) => { given.push(buf); },
+    };
+    let release: () => void = () => {};
+    const seen: Array<{ len: number; ok: boolean; lentAtCall: boolean }> = [];
+    b.handle(7, (m) => {
+      const i = m.payload.readUInt32BE(0);
+      seen.push({ len: m.payload.length, ok: m.payload.equals(payloadFor(i, m.payload.length)), lentAtCall: given.includes(m.payload) });
+      if (i === 3) return new Promise<Buffer>((r) => { release = () => r(Buffer.from('late')); });
+      if (i === 4) throw new Error('refused');
+      return Buffer.from('ok');
+    }, { payloads });
+    b.handle(8, (m) => Buffer.from(String(m.payload.length))); // a service without: never lent
+    t.equal((await a.request('b', 7, payloadFor(1, 100))).toString(), 'ok', 'single packet');
+    t.equal((await a.request('b', 7, payloadFor(2, 300_000))).toString(), 'ok', 'fragmented');
+    t.equal((await a.request('b', 8, payloadFor(9, 50_000))).toString(), '50000');
+    const late = a.request('b', 7, payloadFor(3, 70_000));
+    await waitFor(() => seen.length === 3, 5000, 'third call');
+    const third = taken[taken.length - 1]!;
+    t.notOk(given.includes(third), `${io}: a payload is not given back while its handler's promise is pending`);
+    release();
+    t.equal((await late).toString(), 'late');
+    t.ok(given.includes(third), `${io}: given back once the promise settled`);
+    await t.rejects(a.request('b', 7, payloadFor(4, 2000)), { message: /refused/ });
+    t.same(seen.map((s) => [s.len, s.ok, s.lentAtCall]), [[100, true, false], [300_000, true, false], [70_000, true, false], [2000, true, false]],
+      `${io}: every payload intact and still lent while the handler ran`);
+    // dgram hands over its own stable packet buffer for a one-packet message: nothing taken then.
+    const expectTaken = io === 'native' ? [100, 300_000, 70_000, 2000] : [300_000, 70_000, 2000];
+    t.same(taken.map((x) => x.length), expectTaken, `${io}: taken for this service only`);
+    t.same(given.map((x) => x.length), expectTaken, `${io}: every taken payload given back exactly once`);
+    t.ok(taken.every((x, i) => x === given[i]), `${io}: the same buffers, in order`);
+  }
+});
+
 t.test('ordered messages are delivered in send order, unordered all exactly once', async (t) => {
   const { a, b } = await loopbackPair({ mtu: 600 });
   t.teardown(() => closeAll(a, b));

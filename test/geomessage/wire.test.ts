@@ -130,6 +130,30 @@ t.test('a native peer and a dgram peer interoperate (same wire format), both dir
   t.equal(sa.dropped.auth + sa.dropped.malformed + sa.dropped.short, 0, 'nothing refused on either side');
 });
 
+t.test('GEORM_GEOMSG_GSO=off sends without GSO (io loses +gso), =never keeps it until a refusal; messages arrive either way', { skip: noNative }, async (t) => {
+  const [pa, pb] = await freePorts(2);
+  const ep = (port: number) => [{ network: 'n1', address: '127.0.0.1', port, mtu: 1500 }];
+  const open = async (machine: string, own: number, peer: string, other: number, gso: string): Promise<GeoMessage> => {
+    process.env.GEORM_GEOMSG_GSO = gso; // read when the socket opens
+    try {
+      return await openGeoMessage({ key: KEY, keepaliveMs: 200, io: 'native', machine, endpoints: ep(own), peers: [{ machine: peer, endpoints: ep(other), promoteFailureTimeoutMs: 0 }] });
+    } finally { delete process.env.GEORM_GEOMSG_GSO; }
+  };
+  const a = await open('a', pa!, 'b', pb!, 'off');
+  const b = await open('b', pb!, 'a', pa!, 'never');
+  t.teardown(() => Promise.all([a.close(), b.close()]));
+  const got: number[] = [];
+  b.handle(1, (m) => { if (m.payload.equals(payloadFor(m.payload.readUInt32BE(0), m.payload.length))) got.push(m.payload.readUInt32BE(0)); });
+  a.handle(1, () => {});
+  await Promise.all(Array.from({ length: 20 }, (_, i) => a.send('b', 1, payloadFor(i, 64_000))));
+  await Promise.all(Array.from({ length: 20 }, (_, i) => b.send('a', 1, payloadFor(i, 64_000))));
+  t.equal(got.length, 20, 'every message intact over the socket without GSO');
+  const na = a.stats().networks[0]!, nb = b.stats().networks[0]!;
+  t.notMatch(na.io, /\+gso/, `off: ${na.io}`);
+  t.match(nb.io, /^native\+gso/, `never: ${nb.io}`);
+  t.same([na.gsoRefusals, na.gsoReenabled, nb.gsoRefusals, nb.gsoReenabled], [0, 0, 0, 0], 'no refusal counted on loopback');
+});
+
 t.test('batch sockets work over IPv6 too', { skip: noNative }, async (t) => {
   const got: Buffer[] = [];
   const rx = openBatchSocket({ address: '::1', port: 0, bufferBytes: 1 << 20, key: tagKey(KEY), onBatch: (buf, meta, n) => {

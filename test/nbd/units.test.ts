@@ -214,3 +214,20 @@ t.test('buffer pool: reusable small buffers come back once released, others neve
   releaseBuffer(big);
   t.equal(getBuffer(256 * 1024).buffer, big.buffer, 'large ones use the size-class pool');
 });
+
+t.test('buffer pool: getPooledBuffer pools any size, and a view of a pooled buffer gives its base back', async (t) => {
+  const { getPooledBuffer, releaseBuffer } = await import('../../nbd/protocol/buffer-pool.js');
+  const small = getPooledBuffer(3000);
+  t.equal(small.length, 3000, 'exact length');
+  t.equal(small.buffer.byteLength, 64 * 1024, 'backed by a 64 KiB size class, not a slab');
+  releaseBuffer(small.subarray(10, 20)); // any view: the whole base goes back
+  const again = getPooledBuffer(5000);
+  t.equal(again.buffer, small.buffer, 'the base is reused for another size in its class');
+  t.not(getPooledBuffer(5000).buffer, small.buffer, 'handed out only once');
+  releaseBuffer(again);
+  releaseBuffer(again); // a double release keeps one entry
+  t.equal(getPooledBuffer(1).buffer, small.buffer);
+  t.not(getPooledBuffer(1).buffer, small.buffer, 'not twice after a double release');
+  const big = getPooledBuffer(70 * 1024);
+  t.equal(big.buffer.byteLength, 128 * 1024, 'rounded up to its class');
+});
