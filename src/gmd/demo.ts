@@ -313,6 +313,9 @@ export function launchDemo(o: DemoOptions): DemoLaunch {
     };
   };
   const ready = up().catch(async (e: unknown) => {
+    // Once a stop was asked, a start-up error is its doing (a process ended under the start-up's
+    // feet); what went wrong besides is in the stop report.
+    if (stopRequested) e = interrupted();
     const report = await stop();
     // A failed start-up says what it left behind, if anything.
     const left = report.problems.filter((p) => / alive /.test(p));
