@@ -11,7 +11,7 @@ import { parseSize } from '../util/size.js';
 import { renderConfig } from './cluster-config.js';
 import { callControl } from './control.js';
 import type { GmdMode } from './protocol.js';
-import { endProcess, isAlive } from '../util/process.js';
+import { endProcess, exitWithin, isAlive } from '../util/process.js';
 
 export interface DemoOptions {
   dir?: string;
@@ -208,7 +208,9 @@ export function launchDemo(o: DemoOptions): DemoLaunch {
     if (!isAlive(child)) return;
     if (!killing) {
       // Asked first, so the GMD leaves its peer as it would on `georm stop` (no resync next time).
-      await Promise.race([callControl(sockets.get(child)!, 'stop', {}, 15000), killAsked]).catch(() => undefined);
+      // A process that dies meanwhile never answers: waiting out the timeout would only delay the rest.
+      const gone = exitWithin(child, 15000);
+      await Promise.race([callControl(sockets.get(child)!, 'stop', {}, 15000), killAsked, gone]).catch(() => undefined);
     }
     const outcome = await endProcess(child, killing ? 'SIGKILL' : 'SIGTERM', GRACE_MS, KILL_WAIT_MS);
     if (outcome === 'killed') problems.push(`${who(child)} did not stop within ${GRACE_MS / 1000} s of SIGTERM and was killed (SIGKILL)`);
