@@ -96,7 +96,7 @@ async function gmdTarget(mode: GmdMode, file: string, dir: string, hwm = '128K')
   process.env.GEORM_LOG_LEVEL = 'warn';
   const demo = await startDemo({ dir: d, mode, size, syncRate: '1M', hwm });
   const name = mode === 'async' && hwm !== '128K' ? `GMD async (hwm ${hwm})` : `GMD ${mode}`;
-  return { name, uri: demo.info.unixUri, pids: () => demo.children.map((c) => c.pid!), stop: () => demo.stop() };
+  return { name, uri: demo.info.unixUri, pids: () => demo.children.map((c) => c.pid!), stop: async () => { await demo.stop(); } };
 }
 
 async function qemuTarget(file: string, dir: string, cache: 'direct' | 'writeback'): Promise<Target> {

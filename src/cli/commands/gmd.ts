@@ -18,7 +18,10 @@ export function register(program: Command): void {
     .option('--start', 'start the GMD (STOPPED -> AVAILABLE) once configured')
     .option('--down <peer...>', 'with --start: gmddown these peers first')
     .option('--defined', 'stay in the DEFINED state (do not open volume and state map)')
+    .addHelpText('after', '\nSIGINT/SIGTERM close it cleanly. Started with a Node IPC channel (as `georm demo` starts it), it also\n' +
+      'stops when that channel closes, i.e. when the process that started it is gone.\n')
     .action(async (name: string, o: { config: string; machine?: string; start?: boolean; down?: string[]; defined?: boolean }) => {
+      const parentGone = watchParent();
       let running: Awaited<ReturnType<typeof runGmd>>;
       try {
         running = await runGmd(name, { config: o.config, ...(o.machine ? { machine: o.machine } : {}), start: !!o.start, down: o.down ?? [], defined: !!o.defined });
@@ -34,6 +37,10 @@ export function register(program: Command): void {
         };
         process.on('SIGINT', onSig);
         process.on('SIGTERM', onSig);
+        void parentGone.then(() => {
+          process.stderr.write(`georm gmd run ${name}: the process that started it is gone (IPC channel closed): stopping\n`);
+          onSig();
+        });
       });
     });
 
@@ -93,4 +100,20 @@ function num(v: unknown, what: string): number {
   const n = Number(v);
   if (!Number.isFinite(n) || n < 0) throw new GeormError('GEORM_ERR_USAGE', `invalid ${what} '${String(v)}'`, { exitCode: 1 });
   return n;
+}
+
+/**
+ * Resolves when the parent that spawned this process with an IPC channel (as `georm demo` does)
+ * is gone — the channel closes however it died, SIGKILL included — so that a GMD does not run on
+ * unowned. Never resolves without a channel (systemd, a shell).
+ */
+function watchParent(): Promise<void> {
+  // `connected` is false (not undefined) when there was a channel that closed already: the parent
+  // may die while this process is still loading, before the listener below exists.
+  if (process.connected === false) return Promise.resolve();
+  if (!process.channel) return new Promise(() => undefined);
+  const gone = new Promise<void>((resolve) => process.once('disconnect', resolve));
+  // The channel carries no messages: it must not keep this process alive once the GMD closed.
+  process.channel.unref();
+  return gone;
 }
