@@ -52,7 +52,8 @@ export function callControl(path: string, op: string, args: Record<string, unkno
   return new Promise((resolve, reject) => {
     const sock = createConnection(path);
     let buf = '';
-    const timer = setTimeout(() => { sock.destroy(); reject(new GeormError('GMD_ERR_TIMEOUT', `no answer from ${path} within ${timeoutMs} ms`)); }, timeoutMs);
+    let answered = false;
+    const timer = setTimeout(() => { answered = true; sock.destroy(); reject(new GeormError('GMD_ERR_TIMEOUT', `no answer from ${path} within ${timeoutMs} ms`)); }, timeoutMs);
     sock.setEncoding('utf8');
     sock.on('connect', () => sock.write(JSON.stringify({ id: 1, op, args }) + '\n'));
     sock.on('data', (d: string) => {
@@ -60,6 +61,7 @@ export function callControl(path: string, op: string, args: Record<string, unkno
       const nl = buf.indexOf('\n');
       if (nl < 0) return;
       clearTimeout(timer);
+      answered = true;
       sock.end();
       try {
         const r = JSON.parse(buf.slice(0, nl)) as { ok: boolean; result?: unknown; error?: { code: string; message: string; exitCode?: number } };
@@ -67,8 +69,16 @@ export function callControl(path: string, op: string, args: Record<string, unkno
         else reject(new GeormError(r.error?.code ?? 'GMD_ERR_INTERNAL', r.error?.message ?? 'unknown error', r.error?.exitCode === undefined ? undefined : { exitCode: r.error.exitCode }));
       } catch (e) { reject(e as Error); }
     });
+    // The GMD process ended (or closed the connection) before answering: say so now rather than
+    // after the whole timeout. After an error event the promise has already been settled.
+    sock.on('close', (hadError) => {
+      if (answered || hadError) return;
+      clearTimeout(timer);
+      reject(new GeormError('GMD_ERR_NO_ANSWER', `${path} closed the connection without answering '${op}' (did the GMD process exit? see its log)`));
+    });
     sock.on('error', (e: NodeJS.ErrnoException) => {
       clearTimeout(timer);
+      answered = true;
       if (e.code === 'ENOENT' || e.code === 'ECONNREFUSED') {
         reject(new GeormError('GMD_ERR_NOT_RUNNING', `no GMD process is listening on ${path} (start it with 'georm gmd run <name>')`, { exitCode: 2 }));
       } else reject(e);
