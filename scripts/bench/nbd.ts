@@ -5,7 +5,7 @@
  * unix|tcp (default unix), --rounds N (default 1; the best round counts), --out FILE (JSON copy).
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync, openSync, writeSync, closeSync, existsSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, openSync, writeSync, closeSync, existsSync, writeFileSync, fsyncSync } from 'node:fs';
 import { tmpdir, cpus, loadavg } from 'node:os';
 import { join, resolve, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -96,6 +96,7 @@ async function main(): Promise<void> {
     const fd = openSync(file, 'w');
     const chunk = randomBytes(1024 * 1024);
     for (let off = 0; off < size; off += chunk.length) writeSync(fd, chunk, 0, Math.min(chunk.length, size - off), off);
+    fsyncSync(fd); // on disk before measuring: the kernel's writeback of it would land in the first runs
     closeSync(fd);
 
     const georm = await startGeorm(file, dir);
