@@ -63,8 +63,8 @@ export type Handler = (msg: IncomingMessage) => Payload | void | Promise<Payload
  * Memory for a service's incoming payloads, from its owner's pool: `take(n)` gives the n bytes a
  * message is received into, `give(buf)` gets them back once the handler has returned or its promise
  * has settled. A handler registered with it must not keep the payload beyond that, nor reply with
- * it. For services that
- * receive bulk data at high rates: fresh memory per message costs page faults and garbage collection.
+ * it. For services that receive bulk data at high rates: fresh memory per message costs page faults
+ * and garbage collection.
  */
 export interface PayloadMemory { take(n: number): Buffer; give(b: Buffer): void }
 export interface HandlerOptions { payloads?: PayloadMemory }
@@ -485,7 +485,8 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
     if (peer.state !== 'up' || this.closed) return;
     const link = this.chosenLink(peer);
     if (!link) return;
-    // No message completes while the pump runs: the floor holds for every packet it sends.
+    // Read once per run: messages only complete (raising the floor) outside the pump, and a floor
+    // that is too low is merely conservative.
     const floor = this.msgFloor(peer);
     // A full socket buffer stops the pump as a full window does; its drain event restarts it.
     while (peer.inflight.size < peer.cwnd && link.out.writable) {
