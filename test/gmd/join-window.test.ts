@@ -18,16 +18,13 @@
 import t from 'tap';
 import { open } from 'node:fs/promises';
 import { createHash } from 'node:crypto';
-import { TestCluster, identical, sha256File } from './cluster.js';
+import { TestCluster, identical, sha256File, inProcessGmd } from './cluster.js';
 import { runCmd } from '../helpers/proc.js';
 import { missingTools } from '../helpers/env.js';
-import { loadConfig, findGmd, findMachine, gmdMachine, endpointsOf } from '../../src/gmd/cluster-config.js';
+import { loadConfig, findGmd, endpointsOf } from '../../src/gmd/cluster-config.js';
 import { openGeoMessage, loadClusterKey, type GeoMessage } from '../../src/geomessage/index.js';
-import { GeoMirrorDevice, type GmdResources } from '../../src/gmd/device.js';
 import type { NetHandler, NetPayload, PeerTransport } from '../../src/gmd/ports.js';
 import { SVC_WRITE, SVC_WRITEV, SVC_ZERO, SVC_CONTROL, KIND_APP, encodeHeader, type PeerInfo } from '../../src/gmd/protocol.js';
-import { FileBackend } from '../../nbd/index.js';
-import { StateMap } from '../../src/statemap/index.js';
 import { silentLogger } from '../../src/util/log.js';
 
 const qio = (uri: string, ...cmds: string[]) => runCmd('qemu-io', ['-f', 'raw', ...cmds.flatMap((c) => ['-c', c]), uri], { timeoutMs: 30000 });
@@ -101,29 +98,10 @@ t.test('real primary: its writes reach the secondary before the join reply and a
   t.equal(s0.map?.stale, 2, 'alpha: 2 stale regions before the join');
 
   // beta: the real device, real volume and state map files, real GeoMessage; only the join reply is held.
-  const cfg = await loadConfig(c.cfgPath);
-  const g = findGmd(cfg, c.gmd);
-  const geo = await openGeoMessage({
-    machine: 'beta', key: await loadClusterKey(cfg.cluster.keyFile), endpoints: endpointsOf(cfg, 'beta', g.minor), logger: silentLogger,
-    peers: [{ machine: 'alpha', endpoints: endpointsOf(cfg, 'alpha', g.minor), promoteFailureTimeoutMs: findMachine(cfg, 'beta').promoteFailureTimeout * 1000 }],
-  });
-  const gate = new JoinReplyGate(geo);
-  const gm = gmdMachine(g, 'beta');
-  const beta = new GeoMirrorDevice({
-    name: c.gmd, minor: g.minor, machine: 'beta', peers: ['alpha'], net: gate, logger: silentLogger,
-    open: async (): Promise<GmdResources> => {
-      const local = await FileBackend.open(gm.volume, { readOnly: false });
-      const map = await StateMap.create(gm.stateMap, { gmdName: g.name, minor: g.minor, deviceSize: local.size(), regionSize: g.regionSize });
-      return { local, map, attrs: { mode: g.mode, role: gm.role, regionSize: g.regionSize, syncRate: g.syncRate, hwm: g.hwm, resyncRateLimit: g.resyncRateLimit } };
-    },
-  });
-  beta.attachNetEvents();
-  stopBeta = async () => {
-    gate.release();
-    await beta.stop('test end').catch(() => undefined);
-    await beta.unconfigure().catch(() => undefined);
-    await geo.close().catch(() => undefined);
-  };
+  let gate!: JoinReplyGate;
+  const b = await inProcessGmd(c, 'beta', (geo) => (gate = new JoinReplyGate(geo)));
+  const beta = b.dev;
+  stopBeta = async () => { gate.release(); await b.close(); };
   await beta.configure();
 
   const starting = beta.start().then((r) => r, (e: unknown) => e as Error);
@@ -170,7 +148,7 @@ t.test('real primary: its writes reach the secondary before the join reply and a
 
   t.equal((await qio(c.uri, 'write -P 0xd5 2M 4K')).code, 0, 'write after the window');
   const done = await c.waitFor('alpha', (s) => s.peers[0]!.active && s.map?.stale === 0 && s.map.inconsistent === 0 && !!s.resync?.complete, 'in sync', 15000);
-  t.equal(done.stats.resyncBytesSent, 2 * REGION, 'only the 2 regions stale before the join were resynchronised');
+  t.equal(done.stats.resyncBytesSent, 2 * REGION, `only the 2 regions stale before the join were resynchronised (sent ${done.stats.resyncBytesSent} bytes)`);
   t.equal(done.stats.staleMarkings, s0.stats.staleMarkings, 'no stale marking since the join');
   t.equal(done.stats.remoteFailures, s0.stats.remoteFailures, 'no remote failure since the join');
   t.equal(beta.status().map?.stale, 0, 'beta map has no stale region');
