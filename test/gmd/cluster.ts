@@ -16,7 +16,7 @@ import type { GmdStatus } from '../../src/gmd/device.js';
 import { loadConfig, findGmd, findMachine, gmdMachine, peersOf, endpointsOf } from '../../src/gmd/cluster-config.js';
 import { openGeoMessage, loadClusterKey, type GeoMessage } from '../../src/geomessage/index.js';
 import { GeoMirrorDevice, type GmdResources } from '../../src/gmd/device.js';
-import type { PeerTransport } from '../../src/gmd/ports.js';
+import type { NetHandler, NetPayload, NetPayloadMemory, PeerTransport } from '../../src/gmd/ports.js';
 import { FileBackend } from '../../nbd/index.js';
 import { StateMap } from '../../src/statemap/index.js';
 import { silentLogger } from '../../src/util/log.js';
@@ -274,6 +274,24 @@ export async function mountExt4(dir: string, uri: string): Promise<{ mnt: string
     await sh('mount', [loop, mnt]);
   } catch (e) { await unmount(); throw e; }
   return { mnt, unmount };
+}
+
+/** A promise the test resolves by hand: `open()` resolves `opened`. */
+export class Latch {
+  open!: () => void;
+  readonly opened = new Promise<void>((r) => { this.open = r; });
+}
+
+/** GeoMessage as a device's PeerTransport, unchanged; tests subclass it to step into one call. */
+export class ForwardingTransport implements PeerTransport {
+  constructor(protected readonly net: GeoMessage) {}
+  request(peer: string, service: number, payload: NetPayload, opts?: { ordered?: boolean; timeoutMs?: number }): Promise<Buffer> {
+    return this.net.request(peer, service, payload, opts);
+  }
+  handle(service: number, handler: NetHandler, opts?: { payloads?: NetPayloadMemory }): void { this.net.handle(service, handler, opts); }
+  peerState(peer: string): 'up' | 'down' | 'unknown' { return this.net.peerState(peer); }
+  declareDown(peer: string): void { this.net.declareDown(peer); }
+  on(event: string, listener: (ev: { peer: string; reason?: string }) => void): unknown { return this.net.on(event, listener); }
 }
 
 /** A machine's GMD run inside the test process instead of by `gmd run` (see inProcessGmd). */

@@ -13,41 +13,31 @@
  * secondary (beta) is the real `georm gmd run` process.
  */
 import t from 'tap';
-import { TestCluster, identical, inProcessGmd, type InProcessGmd } from './cluster.js';
+import { TestCluster, identical, inProcessGmd, ForwardingTransport, Latch, type InProcessGmd } from './cluster.js';
 import { missingTools } from '../helpers/env.js';
 import { SVC_FLUSH } from '../../src/gmd/protocol.js';
-import type { GeoMessage } from '../../src/geomessage/index.js';
-import type { NetHandler, NetPayload, PeerTransport } from '../../src/gmd/ports.js';
+import type { NetPayload } from '../../src/gmd/ports.js';
 
 const SIZE = 4 * 1024 * 1024;
 const REGION = 32768;
 const K = 1024;
 
 /** alpha's real GeoMessage; once armed, the next SVC_FLUSH it sends waits for release(). */
-class FlushHold implements PeerTransport {
+class FlushHold extends ForwardingTransport {
   private armed = false;
-  private heldFn!: () => void;
-  private releaseFn!: () => void;
-  /** Resolves when the armed flush is being held. */
-  readonly held = new Promise<void>((r) => { this.heldFn = r; });
-  private readonly released = new Promise<void>((r) => { this.releaseFn = r; });
-
-  constructor(private readonly net: GeoMessage) {}
+  /** Opened when the armed flush is being held. */
+  readonly held = new Latch();
+  private readonly released = new Latch();
 
   arm(): void { this.armed = true; }
-  release(): void { this.releaseFn(); }
+  release(): void { this.released.open(); }
 
-  request(peer: string, service: number, payload: NetPayload, opts?: { ordered?: boolean; timeoutMs?: number }): Promise<Buffer> {
+  override request(peer: string, service: number, payload: NetPayload, opts?: { ordered?: boolean; timeoutMs?: number }): Promise<Buffer> {
     if (service !== SVC_FLUSH || !this.armed) return this.net.request(peer, service, payload, opts);
     this.armed = false;
-    this.heldFn();
-    return this.released.then(() => this.net.request(peer, service, payload, opts));
+    this.held.open();
+    return this.released.opened.then(() => this.net.request(peer, service, payload, opts));
   }
-
-  handle(service: number, handler: NetHandler): void { this.net.handle(service, handler); }
-  peerState(peer: string): 'up' | 'down' | 'unknown' { return this.net.peerState(peer); }
-  declareDown(peer: string): void { this.net.declareDown(peer); }
-  on(event: string, listener: (ev: { peer: string; reason?: string }) => void): unknown { return this.net.on(event, listener); }
 }
 
 t.test('resync copies only stale regions: a mirrored write waiting for the clean gate is neither copied nor holds the resync open', { skip: missingTools('cmp') }, async (t) => {
@@ -68,7 +58,7 @@ t.test('resync copies only stale regions: a mirrored write waiting for the clean
 
   h.arm();
   await c.start('beta');
-  await h.held;
+  await h.held.opened;
   // The first pass copied the 2 regions and now waits for beta's flush before cleaning them.
   t.equal(alpha.status().stats.resyncBytesSent, 2 * REGION, 'first pass: the 2 stale regions copied');
   // Mirrored to beta, no flush: region 0 stays marked until the clean gate's flush (30 s) or the application's.
