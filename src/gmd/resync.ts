@@ -48,7 +48,9 @@ export interface ResyncOptions {
  *
  * push: this side's map is dirty; each chunk is locked against application writes, read locally,
  *       written on the peer, then the regions are cleaned. The map is the progress record, so an
- *       interrupted resync resumes where it stopped.
+ *       interrupted resync resumes where it stopped. Only stale regions are copied: a marked region
+ *       that is not stale is a mirrored write waiting for the clean gate (see push()). It is done
+ *       when a pass finds nothing stale under the lock.
  * pull: the peer's map is dirty and applications write here. Each chunk is locked here, read from
  *       the peer, written locally, then the peer cleans the regions. Reads and writes that touch a
  *       region not yet pulled pull it first (pullOnDemand), so nothing stale is ever served.
