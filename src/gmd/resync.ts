@@ -5,6 +5,7 @@ import { SVC_FLUSH, SVC_READ, SVC_WRITE, KIND_RESYNC, encodeHeader, type Control
 import type { RangeLock } from './rangelock.js';
 
 const CELL_CLEAN = 0;
+const CELL_STALE = 0xf;
 /** Bytes copied to the peer per flush there before their regions are cleaned. */
 const DURABLE_BATCH = 16 * 1024 * 1024;
 
@@ -47,7 +48,9 @@ export interface ResyncOptions {
  *
  * push: this side's map is dirty; each chunk is locked against application writes, read locally,
  *       written on the peer, then the regions are cleaned. The map is the progress record, so an
- *       interrupted resync resumes where it stopped.
+ *       interrupted resync resumes where it stopped. Only stale regions are copied: a marked region
+ *       that is not stale is a mirrored write waiting for the clean gate (see push()). It is done
+ *       when a pass finds nothing stale under the lock.
  * pull: the peer's map is dirty and applications write here. Each chunk is locked here, read from
  *       the peer, written locally, then the peer cleans the regions. Reads and writes that touch a
  *       region not yet pulled pull it first (pullOnDemand), so nothing stale is ever served.
@@ -203,8 +206,17 @@ export class Resync {
         const [start, end] = this.byteRange(first, last);
         await lock.lock(start, end);
         try {
+          // Only stale regions travel. A region marked but not stale has a live reference in this
+          // process: never a write still running here (that holds the range lock we now hold, and a
+          // write started before the join ends stale, which the lock wait lets us see), so either a
+          // write done on both sides that waits for the clean gate's flush, or an async write already
+          // queued to this peer (a failure drops the peer and stops us). The peer has, or will get,
+          // that data; copying it again is wasted and, since cleanRegion cannot clean a region the
+          // gate holds, every later pass would copy it again until the gate's next flush (up to 30 s,
+          // or never under steady writes without flushes). After a restart no such references exist:
+          // the map loads every marked cell as stale.
           let any = false;
-          for (let r = first; r <= last; r++) if (map.cell(r) !== CELL_CLEAN) { any = true; break; }
+          for (let r = first; r <= last; r++) if (map.cell(r) === CELL_STALE) { any = true; break; }
           if (!any) return;
           const data = await local.read(start, end - start);
           await net.request(peer, SVC_WRITE, [encodeHeader(KIND_RESYNC, 0, start, data.length), data], { ordered: this.o.ordered });
@@ -218,7 +230,10 @@ export class Resync {
       });
       await this.makeDurable(true);
       if (this.doneBytes === before) {
-        // Everything left is in flight right now (async remote writes): let it settle.
+        // A pass that copied nothing saw every marked region under its lock and none was stale: what
+        // is left are the gate's and the async queue's references (above). Done, unless a region
+        // turned stale after we looked at it: then go round again.
+        if (this.active() && map.counts().stale === 0) { this.finishedClean = true; break; }
         if (++idlePasses > 500) break;
         await new Promise((r) => setTimeout(r, 10));
       } else idlePasses = 0;

@@ -71,13 +71,20 @@ t.test('cutting the active network mid-transfer loses nothing; traffic resumes o
 });
 
 t.test('a full socket buffer behind a slow qdisc holds packets back, loses none, and every message arrives once', { skip: skip || missingTools('tc') }, async (t) => {
-  // A 64 KiB send buffer in front of a 20 Mbit/s tbf: the packets waiting in the qdisc are charged to
-  // the socket, so a 4 MiB window soon meets EAGAIN. The native wire keeps the unsent packets and
+  // A 32 KiB send buffer (64 KiB once the kernel doubles it) in front of a 20 Mbit/s tbf: the packets
+  // waiting in the qdisc are charged to the socket. The native wire keeps the unsent packets and
   // pauses the window until the socket drains (libuv's dgram queues them in the same way).
+  // The window must be what outruns the socket, not the scheduler: with the default 20 ms queue
+  // target the delay-based window holds the tbf backlog near 20 ms × 2.5 MB/s = 50 KB, so only its
+  // start-up overshoot could fill the socket — and on a loaded machine, where RTT samples read as
+  // queueing, it often shrank first (0 waits; the window's floor, 16 packets ≈ 22 KB, fits any socket
+  // buffer). A 1 s queue target lets the window grow past what the qdisc drains and keeps it there
+  // (no loss: the socket blocks long before tbf's 280 KB limit), so the socket buffer, not the
+  // window, is what stops the sender, all through the transfer (about 110 waits in 3.8 MB).
   const { nets, aEndpoints, aPeers } = await namespacePeer(t, 'q', 1, 61);
   const tc = await runCmd('tc', ['qdisc', 'add', 'dev', nets[0]!.host, 'root', 'tbf', 'rate', '20mbit', 'burst', '32kb', 'latency', '100ms'], { timeoutMs: 10000 });
   t.equal(tc.code, 0, `tc: ${tc.stderr}`);
-  const a: GeoMessage = await openGeoMessage({ machine: 'a', key: KEY, keepaliveMs: 200, socketBufferBytes: 64 << 10, endpoints: aEndpoints, peers: aPeers });
+  const a: GeoMessage = await openGeoMessage({ machine: 'a', key: KEY, keepaliveMs: 200, socketBufferBytes: 32 << 10, queueTargetMs: 1000, endpoints: aEndpoints, peers: aPeers });
   t.teardown(() => a.close());
   await waitFor(() => a.peerState('b') === 'up', 5000, 'peer up');
   const N = 120, SIZE = 32_000;

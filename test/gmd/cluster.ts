@@ -13,6 +13,13 @@ import { callControl } from '../../src/gmd/control.js';
 import { renderTwoSiteConfig, type SiteMachine } from '../../src/gmd/demo.js';
 import type { GmdMode } from '../../src/gmd/protocol.js';
 import type { GmdStatus } from '../../src/gmd/device.js';
+import { loadConfig, findGmd, findMachine, gmdMachine, peersOf, endpointsOf } from '../../src/gmd/cluster-config.js';
+import { openGeoMessage, loadClusterKey, type GeoMessage } from '../../src/geomessage/index.js';
+import { GeoMirrorDevice, type GmdResources } from '../../src/gmd/device.js';
+import type { NetHandler, NetPayload, NetPayloadMemory, PeerTransport } from '../../src/gmd/ports.js';
+import { FileBackend } from '../../nbd/index.js';
+import { StateMap } from '../../src/statemap/index.js';
+import { silentLogger } from '../../src/util/log.js';
 import { GEORM_BIN, tempDir } from '../helpers/env.js';
 import { netnsCommand, runCmd } from '../helpers/proc.js';
 
@@ -267,4 +274,58 @@ export async function mountExt4(dir: string, uri: string): Promise<{ mnt: string
     await sh('mount', [loop, mnt]);
   } catch (e) { await unmount(); throw e; }
   return { mnt, unmount };
+}
+
+/** A promise the test resolves by hand: `open()` resolves `opened`. */
+export class Latch {
+  open!: () => void;
+  readonly opened = new Promise<void>((r) => { this.open = r; });
+}
+
+/** GeoMessage as a device's PeerTransport, unchanged; tests subclass it to step into one call. */
+export class ForwardingTransport implements PeerTransport {
+  constructor(protected readonly net: GeoMessage) {}
+  request(peer: string, service: number, payload: NetPayload, opts?: { ordered?: boolean; timeoutMs?: number }): Promise<Buffer> {
+    return this.net.request(peer, service, payload, opts);
+  }
+  handle(service: number, handler: NetHandler, opts?: { payloads?: NetPayloadMemory }): void { this.net.handle(service, handler, opts); }
+  peerState(peer: string): 'up' | 'down' | 'unknown' { return this.net.peerState(peer); }
+  declareDown(peer: string): void { this.net.declareDown(peer); }
+  on(event: string, listener: (ev: { peer: string; reason?: string }) => void): unknown { return this.net.on(event, listener); }
+}
+
+/** A machine's GMD run inside the test process instead of by `gmd run` (see inProcessGmd). */
+export interface InProcessGmd { dev: GeoMirrorDevice; geo: GeoMessage; close(): Promise<void> }
+
+/**
+ * Machine m's GMD as a real GeoMirrorDevice in this process: its real volume and a new state map
+ * file, and real GeoMessage on m's endpoints, which `wrap` may put a test-controlled step in front
+ * of. For tests that must act between the device's steps (hold a message, write without a flush).
+ * The `gmd run` process of m must not run. `close` stops and unconfigures it and closes GeoMessage.
+ */
+export async function inProcessGmd(c: TestCluster, m: string, wrap: (geo: GeoMessage) => PeerTransport = (geo) => geo): Promise<InProcessGmd> {
+  const cfg = await loadConfig(c.cfgPath);
+  const g = findGmd(cfg, c.gmd);
+  const peers = peersOf(cfg, g, m).map((p) => p.name);
+  const pft = findMachine(cfg, m).promoteFailureTimeout * 1000;
+  const geo = await openGeoMessage({
+    machine: m, key: await loadClusterKey(cfg.cluster.keyFile), endpoints: endpointsOf(cfg, m, g.minor), logger: silentLogger,
+    peers: peers.map((p) => ({ machine: p, endpoints: endpointsOf(cfg, p, g.minor), promoteFailureTimeoutMs: pft })),
+  });
+  const gm = gmdMachine(g, m);
+  const dev = new GeoMirrorDevice({
+    name: c.gmd, minor: g.minor, machine: m, peers, net: wrap(geo), logger: silentLogger,
+    open: async (): Promise<GmdResources> => {
+      const local = await FileBackend.open(gm.volume, { readOnly: false });
+      const map = await StateMap.create(gm.stateMap, { gmdName: g.name, minor: g.minor, deviceSize: local.size(), regionSize: g.regionSize });
+      return { local, map, attrs: { mode: g.mode, role: gm.role, regionSize: g.regionSize, syncRate: g.syncRate, hwm: g.hwm, resyncRateLimit: g.resyncRateLimit } };
+    },
+  });
+  dev.attachNetEvents();
+  const close = async (): Promise<void> => {
+    await dev.stop('test end').catch(() => undefined);
+    await dev.unconfigure().catch(() => undefined);
+    await geo.close().catch(() => undefined);
+  };
+  return { dev, geo, close };
 }

@@ -18,16 +18,13 @@
 import t from 'tap';
 import { open } from 'node:fs/promises';
 import { createHash } from 'node:crypto';
-import { TestCluster, identical, sha256File } from './cluster.js';
+import { TestCluster, identical, sha256File, inProcessGmd, ForwardingTransport, Latch } from './cluster.js';
 import { runCmd } from '../helpers/proc.js';
 import { missingTools } from '../helpers/env.js';
-import { loadConfig, findGmd, findMachine, gmdMachine, endpointsOf } from '../../src/gmd/cluster-config.js';
-import { openGeoMessage, loadClusterKey, type GeoMessage } from '../../src/geomessage/index.js';
-import { GeoMirrorDevice, type GmdResources } from '../../src/gmd/device.js';
-import type { NetHandler, NetPayload, PeerTransport } from '../../src/gmd/ports.js';
+import { loadConfig, findGmd, endpointsOf } from '../../src/gmd/cluster-config.js';
+import { openGeoMessage, loadClusterKey } from '../../src/geomessage/index.js';
+import type { NetHandler, NetPayload } from '../../src/gmd/ports.js';
 import { SVC_WRITE, SVC_WRITEV, SVC_ZERO, SVC_CONTROL, KIND_APP, encodeHeader, type PeerInfo } from '../../src/gmd/protocol.js';
-import { FileBackend } from '../../nbd/index.js';
-import { StateMap } from '../../src/statemap/index.js';
 import { silentLogger } from '../../src/util/log.js';
 
 const qio = (uri: string, ...cmds: string[]) => runCmd('qemu-io', ['-f', 'raw', ...cmds.flatMap((c) => ['-c', c]), uri], { timeoutMs: 30000 });
@@ -43,27 +40,23 @@ interface Seen { service: number; kind: number; entries: number; inWindow: boole
  * device only after `release()`. It also records the data messages the device handled and whether
  * each was accepted (handlers are called synchronously, so the device's in-order locking is kept).
  */
-class JoinReplyGate implements PeerTransport {
+class JoinReplyGate extends ForwardingTransport {
   readonly seen: Seen[] = [];
   private held = true;
-  private arrivedFn!: () => void;
-  private releaseFn!: () => void;
-  /** Resolves once the real join reply has arrived (and is being held). */
-  readonly arrived = new Promise<void>((r) => { this.arrivedFn = r; });
-  private readonly released = new Promise<void>((r) => { this.releaseFn = r; });
-
-  constructor(private readonly net: GeoMessage) {}
+  /** Opened once the real join reply has arrived (and is being held). */
+  readonly arrived = new Latch();
+  private readonly released = new Latch();
 
   get holding(): boolean { return this.held; }
-  release(): void { this.held = false; this.releaseFn(); }
+  release(): void { this.held = false; this.released.open(); }
 
-  request(peer: string, service: number, payload: NetPayload, opts?: { ordered?: boolean; timeoutMs?: number }): Promise<Buffer> {
+  override request(peer: string, service: number, payload: NetPayload, opts?: { ordered?: boolean; timeoutMs?: number }): Promise<Buffer> {
     const p = this.net.request(peer, service, payload, opts);
     if (service !== SVC_CONTROL || !Buffer.isBuffer(payload) || (JSON.parse(payload.toString('utf8')) as { op?: string }).op !== 'join') return p;
-    return p.then(async (reply) => { this.arrivedFn(); await this.released; return reply; });
+    return p.then(async (reply) => { this.arrived.open(); await this.released.opened; return reply; });
   }
 
-  handle(service: number, handler: NetHandler): void {
+  override handle(service: number, handler: NetHandler): void {
     if (service !== SVC_WRITE && service !== SVC_WRITEV && service !== SVC_ZERO) { this.net.handle(service, handler); return; }
     this.net.handle(service, (m) => {
       const s: Seen = { service, kind: m.payload[0] ?? -1, entries: service === SVC_WRITEV && m.payload.length >= 4 ? m.payload.readUInt32BE(0) : 1, inWindow: this.held, outcome: 'pending' };
@@ -74,10 +67,6 @@ class JoinReplyGate implements PeerTransport {
         (e: unknown) => { s.outcome = `refused: ${(e as Error).message}`; throw e; });
     });
   }
-
-  peerState(peer: string): 'up' | 'down' | 'unknown' { return this.net.peerState(peer); }
-  declareDown(peer: string): void { this.net.declareDown(peer); }
-  on(event: string, listener: (ev: { peer: string; reason?: string }) => void): unknown { return this.net.on(event, listener); }
 }
 
 /** Bytes of `path` at [offset, offset + length). */
@@ -101,34 +90,15 @@ t.test('real primary: its writes reach the secondary before the join reply and a
   t.equal(s0.map?.stale, 2, 'alpha: 2 stale regions before the join');
 
   // beta: the real device, real volume and state map files, real GeoMessage; only the join reply is held.
-  const cfg = await loadConfig(c.cfgPath);
-  const g = findGmd(cfg, c.gmd);
-  const geo = await openGeoMessage({
-    machine: 'beta', key: await loadClusterKey(cfg.cluster.keyFile), endpoints: endpointsOf(cfg, 'beta', g.minor), logger: silentLogger,
-    peers: [{ machine: 'alpha', endpoints: endpointsOf(cfg, 'alpha', g.minor), promoteFailureTimeoutMs: findMachine(cfg, 'beta').promoteFailureTimeout * 1000 }],
-  });
-  const gate = new JoinReplyGate(geo);
-  const gm = gmdMachine(g, 'beta');
-  const beta = new GeoMirrorDevice({
-    name: c.gmd, minor: g.minor, machine: 'beta', peers: ['alpha'], net: gate, logger: silentLogger,
-    open: async (): Promise<GmdResources> => {
-      const local = await FileBackend.open(gm.volume, { readOnly: false });
-      const map = await StateMap.create(gm.stateMap, { gmdName: g.name, minor: g.minor, deviceSize: local.size(), regionSize: g.regionSize });
-      return { local, map, attrs: { mode: g.mode, role: gm.role, regionSize: g.regionSize, syncRate: g.syncRate, hwm: g.hwm, resyncRateLimit: g.resyncRateLimit } };
-    },
-  });
-  beta.attachNetEvents();
-  stopBeta = async () => {
-    gate.release();
-    await beta.stop('test end').catch(() => undefined);
-    await beta.unconfigure().catch(() => undefined);
-    await geo.close().catch(() => undefined);
-  };
+  let gate!: JoinReplyGate;
+  const b = await inProcessGmd(c, 'beta', (geo) => (gate = new JoinReplyGate(geo)));
+  const beta = b.dev;
+  stopBeta = async () => { gate.release(); await b.close(); };
   await beta.configure();
 
   const starting = beta.start().then((r) => r, (e: unknown) => e as Error);
   // A start that ends before the reply arrives failed (refused or unreachable): stop here, not at tap's timeout.
-  const early = await Promise.race([gate.arrived.then(() => null), starting]);
+  const early = await Promise.race([gate.arrived.opened.then(() => null), starting]);
   if (early) throw new Error(`beta's start ended before the join reply arrived: ${early.message}`);
   // The window: alpha has accepted the join (and mirrors to beta); beta has not seen the reply.
   const w0 = await c.status('alpha');
@@ -170,7 +140,7 @@ t.test('real primary: its writes reach the secondary before the join reply and a
 
   t.equal((await qio(c.uri, 'write -P 0xd5 2M 4K')).code, 0, 'write after the window');
   const done = await c.waitFor('alpha', (s) => s.peers[0]!.active && s.map?.stale === 0 && s.map.inconsistent === 0 && !!s.resync?.complete, 'in sync', 15000);
-  t.equal(done.stats.resyncBytesSent, 2 * REGION, 'only the 2 regions stale before the join were resynchronised');
+  t.equal(done.stats.resyncBytesSent, 2 * REGION, `only the 2 regions stale before the join were resynchronised (sent ${done.stats.resyncBytesSent} bytes)`);
   t.equal(done.stats.staleMarkings, s0.stats.staleMarkings, 'no stale marking since the join');
   t.equal(done.stats.remoteFailures, s0.stats.remoteFailures, 'no remote failure since the join');
   t.equal(beta.status().map?.stale, 0, 'beta map has no stale region');
