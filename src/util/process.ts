@@ -1,17 +1,16 @@
 import type { ChildProcess } from 'node:child_process';
-import { once } from 'node:events';
 
 /** True while `child` was spawned and has not exited. */
 export function isAlive(child: ChildProcess): boolean {
   return child.pid !== undefined && child.exitCode === null && child.signalCode === null;
 }
 
-/** Resolves true once `child` has exited, false if `ms` pass first. */
+/** Resolves true once `child` has exited, false if `ms` pass first (Infinity: waits for the exit). */
 export function exitWithin(child: ChildProcess, ms: number): Promise<boolean> {
   if (!isAlive(child)) return Promise.resolve(true);
   return new Promise((resolve) => {
-    const onExit = () => { clearTimeout(timer); resolve(true); };
-    const timer = setTimeout(() => { child.off('exit', onExit); resolve(false); }, ms);
+    const onExit = () => { if (timer) clearTimeout(timer); resolve(true); };
+    const timer = Number.isFinite(ms) ? setTimeout(() => { child.off('exit', onExit); resolve(false); }, ms) : null;
     child.once('exit', onExit);
   });
 }
@@ -43,11 +42,6 @@ export async function endProcess(child: ChildProcess, signal: NodeJS.Signals = '
  * exited.
  */
 export async function stopProcess(child: ChildProcess, signal: NodeJS.Signals = 'SIGTERM', graceMs = 5000): Promise<number | null> {
-  if (child.exitCode !== null || child.signalCode !== null) return child.exitCode;
-  const exited = once(child, 'exit');
-  child.kill(signal);
-  const timer = setTimeout(() => child.kill('SIGKILL'), graceMs);
-  const [code] = (await exited) as [number | null];
-  clearTimeout(timer);
-  return code;
+  await endProcess(child, signal, graceMs, Infinity);
+  return child.exitCode;
 }
