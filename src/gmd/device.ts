@@ -12,9 +12,8 @@ import { CleanGate } from './clean-gate.js';
 import { WriteBatcher } from './batcher.js';
 import { getPooledBuffer, releaseBuffer } from '../../nbd/protocol/buffer-pool.js';
 import { Resync, type ResyncProgress } from './resync.js';
+import { CELL_CLEAN, CELL_STALE } from '../statemap/index.js';
 
-const CELL_CLEAN = 0x0;
-const CELL_STALE = 0xf;
 const EMPTY = Buffer.alloc(0);
 /** Bytes of mirrored writes per GeoMessage batch (GEORM_GMD_BATCH_BYTES overrides, for measurements). */
 const BATCH_BYTES = Number(process.env.GEORM_GMD_BATCH_BYTES) || 512 * 1024;

@@ -3,9 +3,8 @@ import type { Logger } from '../util/log.js';
 import type { MapPort, PeerTransport } from './ports.js';
 import { SVC_FLUSH, SVC_READ, SVC_WRITE, KIND_RESYNC, encodeHeader, type ControlMessage } from './protocol.js';
 import type { RangeLock } from './rangelock.js';
+import { CELL_CLEAN, CELL_STALE } from '../statemap/index.js';
 
-const CELL_CLEAN = 0;
-const CELL_STALE = 0xf;
 /** Bytes copied to the peer per flush there before their regions are cleaned. */
 const DURABLE_BATCH = 16 * 1024 * 1024;
 
