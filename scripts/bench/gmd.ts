@@ -12,7 +12,7 @@
  * --size SIZE (256M), --skip-resync, --resync-mtu 1500,9000, --only sync,mwc,… (or --only resync: just the resync part), --dir DIR.
  */
 import { spawn, spawnSync } from 'node:child_process';
-import { copyFileSync, closeSync, fsyncSync, mkdtempSync, openSync, rmSync, writeSync } from 'node:fs';
+import { copyFileSync, closeSync, mkdtempSync, openSync, rmSync, writeSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { cpus, tmpdir } from 'node:os';
 import { join, resolve, dirname } from 'node:path';
@@ -61,8 +61,7 @@ function fill(path: string): void {
   const fd = openSync(path, 'w');
   const chunk = randomBytes(1024 * 1024);
   for (let off = 0; off < size; off += chunk.length) writeSync(fd, chunk, 0, Math.min(chunk.length, size - off), off);
-  fsyncSync(fd);
-  closeSync(fd);
+  closeSync(fd); // settle() writes it back
 }
 
 /**
@@ -76,8 +75,7 @@ function fill(path: string): void {
  *    GNU dd with oflag=nocache and count=0 drops one file's pages (posix_fadvise DONTNEED).
  */
 function settle(path: string): void {
-  const fd = openSync(path, 'r+');
-  try { fsyncSync(fd); } finally { closeSync(fd); }
+  // conv=fdatasync writes the file back first, so that its pages can be dropped.
   const r = spawnSync('dd', ['if=/dev/null', `of=${path}`, 'oflag=nocache', 'conv=notrunc,fdatasync', 'count=0', 'status=none'], { encoding: 'utf8' });
   if (r.status !== 0) throw new Error(`dropping ${path} from the page cache failed: ${r.stderr}`);
 }
