@@ -1,11 +1,10 @@
 import t, { type Test } from 'tap';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
-import { open, readFile } from 'node:fs/promises';
-import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { TestCluster, identical } from './cluster.js';
-import { ROOT, missingTools } from '../helpers/env.js';
+import { missingTools } from '../helpers/env.js';
+import { type History, newHistory, readLog, seqs, settledSeqs, checkAcked, checkPrefix, startWriter } from './seqlog.js';
 import type { GmdMode } from '../../src/gmd/protocol.js';
 import { stopProcess } from '../../src/util/process.js';
 
@@ -16,76 +15,12 @@ import { stopProcess } from '../../src/util/process.js';
  * acknowledged write present (sync, mwc); for async, the secondary right after the primary's
  * crash holds exactly a prefix of the write order.
  */
-const BLOCKS = 1024;           // seq-writer area: first 4 MiB
 const SIZE = 16 * 1024 * 1024;
 const ITERATIONS = Number(process.env.GMD_CRASH_ITERATIONS ?? 4);
-const WRITER = join(ROOT, 'test', 'gmd', 'fixtures', 'seqwriter.py');
-// Debian's python3 has the libnbd binding; a pyenv python on PATH may not.
-const PYTHON = existsSync('/usr/bin/python3') ? '/usr/bin/python3' : 'python3';
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-interface History { lastAcked: Map<number, number>; issued: Map<number, number>; writes: Array<[seq: number, block: number]>; nextSeq: number }
-
-async function readLog(path: string, h: History): Promise<void> {
-  const text = await readFile(path, 'utf8').catch(() => '');
-  for (const line of text.split('\n')) {
-    const [k, a, b] = line.split(' ');
-    const seq = Number(a), block = Number(b);
-    if (k === 'W') { h.issued.set(seq, block); h.writes.push([seq, block]); h.nextSeq = Math.max(h.nextSeq, seq + 1); }
-    if (k === 'A') h.lastAcked.set(block, seq);
-  }
-}
-
-/** Sequence number found in each block of the seq-writer area of a volume. */
-async function seqs(volume: string): Promise<number[]> {
-  const fh = await open(volume, 'r');
-  const buf = Buffer.alloc(BLOCKS * 4096);
-  await fh.read(buf, 0, buf.length, 0);
-  await fh.close();
-  const out: number[] = [];
-  for (let b = 0; b < BLOCKS; b++) out.push(Number(buf.readBigUInt64LE(b * 4096)));
-  return out;
-}
-
-/**
- * The seq-writer area once the volume has stopped changing (two reads 200 ms apart agree, up to
- * 10 s): a read while the secondary still applies what it received is not a snapshot of one moment.
- */
-async function settledSeqs(volume: string): Promise<number[]> {
-  let prev = await seqs(volume);
-  for (let i = 0; i < 50; i++) {
-    await sleep(200);
-    const cur = await seqs(volume);
-    if (cur.every((x, j) => x === prev[j])) return cur;
-    prev = cur;
-  }
-  return prev;
-}
-
-function checkAcked(t: Test, found: number[], h: History, what: string): void {
-  let bad = 0;
-  for (let b = 0; b < BLOCKS; b++) {
-    const acked = h.lastAcked.get(b) ?? 0;
-    const s = found[b]!;
-    // Either the last acknowledged write, or a later write to the same block that was in flight.
-    const ok = s === acked || (s > acked && h.issued.get(s) === b);
-    if (!ok) bad++;
-  }
-  t.equal(bad, 0, `${what}: every acknowledged write present (${h.lastAcked.size} blocks checked)`);
-}
-
-function checkPrefix(t: Test, found: number[], h: History): void {
-  const k = Math.max(0, ...found);
-  const expect = new Array<number>(BLOCKS).fill(0);
-  for (const [seq, block] of h.writes) if (seq <= k) expect[block] = seq;
-  const bad: string[] = [];
-  for (let b = 0; b < BLOCKS; b++) if (found[b] !== expect[b]) bad.push(`block ${b}: #${found[b]}, prefix says #${expect[b]}`);
-  t.equal(bad.length, 0, `async: secondary holds exactly the prefix of the write order up to #${k}`);
-  if (bad.length) t.comment(`not a prefix: ${bad.slice(0, 8).join('; ')}`);
-}
-
 function startLoad(c: TestCluster, log: string, h: History, seed: number): { writer: ChildProcess; fio: ChildProcess } {
-  const writer = spawn(PYTHON, [WRITER, c.uri, log, String(BLOCKS), String(h.nextSeq), '1000000', String(seed)], { stdio: 'ignore' });
+  const writer = startWriter(c.uri, log, h, 1000000, seed);
   const fio = spawn('fio', ['--name=verify', '--verify_state_save=0', '--ioengine=nbd', `--uri=${c.uri}`, '--rw=randwrite', '--bs=4k', '--iodepth=8',
     `--offset=${8 * 1024 * 1024}`, `--size=${4 * 1024 * 1024}`, '--verify=crc32c', '--verify_fatal=1', '--loops=2', '--output=/dev/null'], { stdio: 'ignore' });
   return { writer, fio };
@@ -101,7 +36,7 @@ async function crashMode(t: Test, mode: GmdMode): Promise<void> {
   const c = await TestCluster.create({ mode, size: SIZE, pft: 2 });
   t.teardown(() => c.cleanup());
   await c.up();
-  const h: History = { lastAcked: new Map(), issued: new Map(), writes: [], nextSeq: 1 };
+  const h = newHistory();
   for (let i = 0; i < ITERATIONS; i++) {
     const victim = i % 2 === 0 ? 'alpha' : 'beta';
     const log = join(c.dir, `writer${i}.log`);
