@@ -3,6 +3,7 @@
  *
  *   fio (ioengine=nbd) 4 KiB randwrite iodepth 32 and 1 MiB sequential write iodepth 8 on:
  *     - georm export of the same file (no mirroring: the NBD layer's own speed)
+ *     - nbdkit's file plugin on the same file (a reference NBD server in C, no mirroring)
  *     - the GMD in sync, mwc and async mode, peer on loopback, GeoMessage MTU 1500 (georm demo setup)
  *     - qemu-storage-daemon blockdev-mirror copy-mode=write-blocking to an NBD peer (direct and writeback)
  *   plus resync of 1 GiB of stale regions between two network namespaces over a veth capped with
@@ -12,7 +13,7 @@
  * --size SIZE (256M), --skip-resync, --resync-mtu 1500,9000, --only sync,mwc,… (or --only resync: just the resync part), --dir DIR.
  */
 import { spawn, spawnSync } from 'node:child_process';
-import { copyFileSync, closeSync, mkdtempSync, openSync, rmSync, writeSync } from 'node:fs';
+import { copyFileSync, closeSync, existsSync, mkdtempSync, openSync, rmSync, writeSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { cpus, tmpdir } from 'node:os';
 import { join, resolve, dirname } from 'node:path';
@@ -33,7 +34,7 @@ const arg = (name: string, dflt: string): string => { const i = argv.indexOf(`--
 const flag = (name: string): boolean => argv.includes(`--${name}`);
 const runtime = Number(arg('runtime', '10'));
 const size = parseSize(arg('size', '256M'));
-const only = arg('only', 'export,sync,mwc,async,async-8M,qemu-direct,qemu-writeback,resync').split(',');
+const only = arg('only', 'export,nbdkit,sync,mwc,async,async-8M,qemu-direct,qemu-writeback,resync').split(',');
 const json = flag('json');
 const say = (s: string) => process.stderr.write(`${s}\n`);
 
@@ -94,6 +95,17 @@ async function exportTarget(file: string, dir: string): Promise<Target> {
   const end = Date.now() + 15000;
   while (!out.includes('\n')) { if (Date.now() > end) throw new Error('georm export did not start'); await new Promise((r) => setTimeout(r, 50)); }
   return { name: 'georm export', uri: `nbd+unix:///bench?socket=${sock}`, pids: () => [proc.pid!], stop: () => stopProcess(proc).then(() => undefined) };
+}
+
+/** nbdkit's file plugin (C, threads): the reference unmirrored NBD server of DESIGN §8. */
+async function nbdkitTarget(file: string, dir: string): Promise<Target> {
+  const f = join(dir, 'nbdkit.img');
+  copySettled(file, f);
+  const sock = join(dir, 'nbdkit.sock');
+  const proc = spawn('nbdkit', ['-f', '-U', sock, 'file', f], { stdio: ['ignore', 'ignore', 'inherit'] });
+  const end = Date.now() + 15000;
+  while (!existsSync(sock)) { if (Date.now() > end) throw new Error('nbdkit did not start'); await new Promise((r) => setTimeout(r, 50)); }
+  return { name: 'nbdkit file', uri: `nbd+unix:///?socket=${sock}`, pids: () => [proc.pid!], stop: () => stopProcess(proc).then(() => undefined) };
 }
 
 async function gmdTarget(mode: GmdMode, file: string, dir: string, hwm = '128K'): Promise<Target> {
@@ -193,6 +205,7 @@ async function main(): Promise<void> {
     }
     const makers: Array<[string, () => Promise<Target>]> = [
       ['export', () => exportTarget(file, dir)],
+      ['nbdkit', () => nbdkitTarget(file, dir)],
       ['sync', () => gmdTarget('sync', file, dir)],
       ['mwc', () => gmdTarget('mwc', file, dir)],
       ['async', () => gmdTarget('async', file, dir)],
@@ -225,6 +238,7 @@ async function main(): Promise<void> {
       mwcVsQemuDirect4k: v('GMD mwc', WORKLOADS[0]!.key) / v('qemu mirror (direct)', WORKLOADS[0]!.key),
       mwcVsQemuBest4k: v('GMD mwc', WORKLOADS[0]!.key) / qemuBest(WORKLOADS[0]!.key),
       asyncVsExport4k: v('GMD async', WORKLOADS[0]!.key) / v('georm export', WORKLOADS[0]!.key),
+      asyncVsNbdkit4k: v('GMD async', WORKLOADS[0]!.key) / v('nbdkit file', WORKLOADS[0]!.key),
       async8MVsExport4k: v('GMD async (hwm 8M)', WORKLOADS[0]!.key) / v('georm export', WORKLOADS[0]!.key),
       mwcVsQemuBest1m: v('GMD mwc', WORKLOADS[1]!.key) / qemuBest(WORKLOADS[1]!.key),
       idealMirrorVsExport4k: idealMirrorBound(results['georm export']?.[WORKLOADS[0]!.key]),
@@ -245,6 +259,7 @@ async function main(): Promise<void> {
     lines.push(`mwc / best qemu mirror, 4k randwrite:     ${ratios.mwcVsQemuBest4k.toFixed(2)}×`);
     lines.push(`async / georm export, 4k randwrite:       ${ratios.asyncVsExport4k.toFixed(2)}×   (target ≥ 0.7×)`);
     lines.push(`  bound for an ideal mirror on ${cpus().length} cores:   ${ratios.idealMirrorVsExport4k.toFixed(2)}×   (fio + the export server per write on the primary, once more the server's cost on the secondary; see idealMirrorBound)`);
+    lines.push(`async / nbdkit file (unmirrored), 4k:    ${ratios.asyncVsNbdkit4k.toFixed(2)}×   (reference: the C server of DESIGN §8, no mirroring)`);
     lines.push(`async (hwm 8M) / georm export, 4k:       ${ratios.async8MVsExport4k.toFixed(2)}×   (configured HWM 8 MiB; default 128 KiB above)`);
     lines.push(`mwc / best qemu mirror, 1M write:         ${ratios.mwcVsQemuBest1m.toFixed(2)}×`);
     for (const r of resync) lines.push(`resync 1 GiB stale over tbf 1gbit veth, MTU ${r.mtu}: ${r.mbPerSec.toFixed(1)} MB/s in ${r.seconds.toFixed(1)} s = ${(r.ratio * 100).toFixed(0)}% of 125 MB/s   (target ≥ 80%)`);
