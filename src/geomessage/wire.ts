@@ -41,7 +41,7 @@ export interface Wire {
   readonly port: number;
   /** False when received buffers are reused after the receive callback: copy what you keep. */
   readonly stableBuffers: boolean;
-  /** How packets move, for statistics: 'dgram', 'native', 'native+gso+gro'. */
+  /** How packets move, for statistics: 'dgram', 'native', 'native+gso+gro+direct-tags'. */
   describe(): string;
   /** GSO messages the kernel refused, and times GSO came back after that (always 0 for dgram). */
   gsoStats(): { gsoRefusals: number; gsoReenabled: number };
@@ -124,7 +124,7 @@ class NativeWire implements Wire {
 
   describe(): string {
     const s = this.sock;
-    return `native${s.gso ? '+gso' : ''}${s.gro ? '+gro' : ''}`;
+    return `native${s.gso ? '+gso' : ''}${s.gro ? '+gro' : ''}${s.directTags ? '+direct-tags' : ''}`;
   }
 
   gsoStats(): { gsoRefusals: number; gsoReenabled: number } {

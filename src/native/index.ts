@@ -37,7 +37,7 @@ export interface Addon {
   udpRecvStart(sock: object, recvBuffer: Buffer, meta: Uint32Array, key: object | null, onBatch: (count: number) => void, onWritable: () => void): void;
   udpSend(sock: object, buf: Buffer, meta: Uint32Array, count: number, sockaddr: Buffer, key: object | null): number;
   udpWaitWritable(sock: object): void;
-  udpInfo(sock: object): [boolean, boolean, number, number];
+  udpInfo(sock: object): [boolean, boolean, number, number, boolean];
   udpGso(sock: object, firstWaitMs: number, maxWaitMs: number): void;
   udpClose(sock: object): void;
 }

@@ -67,6 +67,11 @@ export interface BatchSocket {
   readonly gsoReenabled: number;
   /** Whether the kernel may hand over coalesced runs. */
   readonly gro: boolean;
+  /**
+   * Whether tags go through OpenSSL's low-level ChaCha20/Poly1305 functions (found in Node's own
+   * OpenSSL and checked against EVP at open) rather than EVP; GEORM_GEOMSG_TAG_EVP=1 forces EVP.
+   */
+  readonly directTags: boolean;
   target(address: string, port: number): BatchTarget;
   /**
    * Signs and sends `count` packets found at (meta[2i], meta[2i+1]) in buf (each packet's last 16
@@ -112,6 +117,7 @@ export function openBatchSocket(o: BatchSocketOptions): BatchSocket {
     get gro() { return !closed && a.udpInfo(sock)[1]; },
     get gsoRefusals() { return closed ? 0 : a.udpInfo(sock)[2]; },
     get gsoReenabled() { return closed ? 0 : a.udpInfo(sock)[3]; },
+    get directTags() { return !closed && a.udpInfo(sock)[4]; },
     target(address: string, p: number): BatchTarget {
       if (isIPv6(address) !== ipv6) throw new GeormError('GEOMSG_ERR_CONFIG', `address ${address} is not of the socket's family (${ipv6 ? 'IPv6' : 'IPv4'})`);
       return { sockaddr: a.udpAddress(ipv6, address, p) };

@@ -169,3 +169,31 @@ t.test('batch sockets work over IPv6 too', { skip: noNative }, async (t) => {
   t.same(got.map((g) => g[0]).sort(), [0, 1, 2, 3, 4, 5, 6, 7, 8, 9], 'all ten, tags accepted');
   t.throws(() => tx.target('127.0.0.1', 1), { code: 'GEOMSG_ERR_CONFIG' }, 'an IPv4 peer on an IPv6 socket is refused clearly');
 });
+
+t.test('the direct tag path (OpenSSL low-level ChaCha20/Poly1305) and the EVP path make the same tags', { skip: noNative }, async (t) => {
+  // GEORM_GEOMSG_TAG_EVP is read in C when a key is made: this receiver checks every tag through EVP.
+  process.env.GEORM_GEOMSG_TAG_EVP = '1';
+  let evpRx: ReturnType<typeof receiver>;
+  try { evpRx = receiver(KEY); } finally { delete process.env.GEORM_GEOMSG_TAG_EVP; }
+  const rx = receiver(KEY);
+  const tx = openBatchSocket({ address: '127.0.0.1', port: 0, bufferBytes: 4 << 20, key: tagKey(KEY), onBatch: () => {} });
+  t.teardown(() => { evpRx.sock.close(); rx.sock.close(); tx.close(); });
+  t.equal(evpRx.sock.directTags, false, 'GEORM_GEOMSG_TAG_EVP=1: EVP');
+  t.comment(`this Node's OpenSSL ${rx.sock.directTags ? 'offers' : 'does not offer'} the low-level functions`);
+  // Every length from a bare header to 300 bytes (all paddings mod 16), then larger ones.
+  const sizes = [...Array.from({ length: 300 - 80 + 1 }, (_, i) => 80 + i), 1024, 1471, 1472, 9000, 65000];
+  const buf = Buffer.alloc(sizes.reduce((a, b) => a + b, 0));
+  const meta = new Uint32Array(2 * sizes.length);
+  let pos = 0;
+  sizes.forEach((len, i) => { payloadFor(i, len - TAG_BYTES).copy(buf, pos); meta[2 * i] = pos; meta[2 * i + 1] = len; pos += len; });
+  for (const r of [rx, evpRx]) {
+    // One send per packet: each a datagram of its own.
+    sizes.forEach((_, i) => tx.send(buf, meta.subarray(2 * i, 2 * i + 2), 1, tx.target('127.0.0.1', r.sock.port)));
+  }
+  await waitFor(() => rx.got.length >= sizes.length && evpRx.got.length >= sizes.length, 5000, 'all packets at both receivers');
+  for (const [name, r] of [['direct', rx], ['EVP', evpRx]] as const) {
+    t.equal(r.got.filter((g) => g.status === RECV_OK).length, sizes.length, `${name} receiver: every tag made by the sender checks`);
+    const mine = r.got.every((g) => computeTag(KEY, [g.bytes.subarray(0, g.len - TAG_BYTES)]).equals(g.bytes.subarray(g.len - TAG_BYTES)));
+    t.ok(mine, `${name} receiver: every tag equals the one JS computes`);
+  }
+});
