@@ -281,8 +281,13 @@ export interface PacketView extends PacketHeader {
   buf: Buffer;
   /** payload = buf[payloadOff, payloadOff + fragLen) */
   payloadOff: number;
-  /** Ack ranges (low 32 bits), flat [high0, low0, …]; meaningful only when hasAcks. Reused. */
+  /**
+   * Ack ranges (low 32 bits), flat [high0, low0, …] in the first ackCount entries; meaningful only
+   * when hasAcks. Reused at its full size: setting an array's length is a runtime call in V8, and a
+   * shrunk array regrows on the next push (both showed in per-packet profiles).
+   */
   acks: number[];
+  ackCount: number;
   hasAcks: boolean;
 }
 
@@ -290,7 +295,7 @@ export function newPacketView(): PacketView {
   return {
     type: 0, flags: 0, srcMachine: 0, dstMachine: 0, srcEpoch: 0, dstEpoch: 0, pseq: 0, msgId: 0, corrId: 0, orderSeq: 0,
     totalLen: 0, msgFloor: 0, service: 0, fragIndex: 0, fragCount: 0, fragLen: 0, saltHi: 0, saltLo: 0,
-    buf: Buffer.alloc(0), payloadOff: 0, acks: [], hasAcks: false,
+    buf: Buffer.alloc(0), payloadOff: 0, acks: new Array<number>(2 * MAX_ACK_RANGES).fill(0), ackCount: 0, hasAcks: false,
   };
 }
 
@@ -320,12 +325,12 @@ export function viewPacket(buf: Buffer, off: number, len: number, v: PacketView)
     const cnt = buf.readUInt16BE(pos);
     pos += 2;
     if (cnt > MAX_ACK_RANGES || pos + cnt * 8 !== bodyEnd) return 'malformed';
-    acks.length = cnt * 2;
+    v.ackCount = cnt * 2;
     // Low 32 bits only: the sender widens them (widenPseq) and checks the order then.
     for (let i = 0; i < 2 * cnt; i++, pos += 4) acks[i] = buf.readUInt32BE(pos);
   } else {
     if (pos !== bodyEnd) return 'malformed';
-    acks.length = 0;
+    v.ackCount = 0;
   }
   v.type = type;
   v.flags = flags;
@@ -355,8 +360,8 @@ export function decodePacket(buf: Buffer): DecodedPacket | DropReason {
   const v = newPacketView();
   const why = viewPacket(buf, 0, buf.length, v);
   if (why) return why;
-  const { payloadOff, hasAcks, buf: _b, ...h } = v;
-  return { ...h, payload: buf.subarray(payloadOff, payloadOff + v.fragLen), acks: hasAcks ? v.acks : null };
+  const { payloadOff, hasAcks, ackCount, acks, buf: _b, ...h } = v;
+  return { ...h, payload: buf.subarray(payloadOff, payloadOff + v.fragLen), acks: hasAcks ? acks.slice(0, ackCount) : null };
 }
 
 /** Fragment payload bytes that fit one packet on a network with this MTU. */

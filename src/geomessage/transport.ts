@@ -318,9 +318,9 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
       try {
         wire = await openWire(o.io ?? 'auto', {
           address: ep.address, port: ep.port, bufferBytes: o.socketBufferBytes ?? 8 << 20, key: this.key,
-          onPacket: (buf, off, len, status) => {
+          onPacket: (buf, off, len, status, now) => {
             try {
-              this.onPacket(net, buf, off, len, status);
+              this.onPacket(net, buf, off, len, status, now);
             } catch (err) {
               // A bug must not take the process (and its GMD) down on one odd packet: count and log it.
               c.dropped.malformed++;
@@ -488,13 +488,15 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
     // Read once per run: messages only complete (raising the floor) outside the pump, and a floor
     // that is too low is merely conservative.
     const floor = this.msgFloor(peer);
+    // One clock read per run: the packets of a run leave within microseconds of each other.
+    const now = nowMs();
     // A full socket buffer stops the pump as a full window does; its drain event restarts it.
     while (peer.inflight.size < peer.cwnd && link.out.writable) {
       const r = peer.retxQ.shift();
       if (r) {
         if (r.msg.done || isAcked(r.msg, r.frag)) continue;
         link.net.c.resends++;
-        this.sendFragment(peer, link, r.msg, r.frag, floor);
+        this.sendFragment(peer, link, r.msg, r.frag, floor, now);
         continue;
       }
       const msg = peer.sendQ[0];
@@ -502,7 +504,7 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
       if (msg.done) { peer.sendQ.shift(); continue; }
       const frag = msg.nextFrag++;
       if (msg.nextFrag >= msg.fragCount) peer.sendQ.shift();
-      this.sendFragment(peer, link, msg, frag, floor);
+      this.sendFragment(peer, link, msg, frag, floor, now);
     }
     this.armRto(peer);
   }
@@ -530,7 +532,7 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
     return peer.nextMsgId;
   }
 
-  private sendFragment(peer: Peer, link: Link, msg: OutMsg, frag: number, floor: number): void {
+  private sendFragment(peer: Peer, link: Link, msg: OutMsg, frag: number, floor: number, now: number): void {
     const start = frag * msg.fragSize;
     const end = Math.min(msg.data.length, start + msg.fragSize);
     const h = this.header(peer, T_DATA, msg.flags);
@@ -547,7 +549,7 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
       } else ackPairs = 0;
     }
     peer.intervalSent++;
-    peer.inflight.set(h.pseq, { msg, frag, sentAt: nowMs(), link: link.net.index });
+    peer.inflight.set(h.pseq, { msg, frag, sentAt: now, link: link.net.index });
     this.transmit(link, h, msg.data, start, end, ackPairs ? peer.ranges.r : null, ackPairs);
   }
 
@@ -843,7 +845,8 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
   /** Every received packet is decoded into this one view (valid until the next packet). */
   private readonly rx: PacketView = newPacketView();
 
-  private onPacket(net: Net, buf: Buffer, off: number, len: number, status: ReceivedStatus): void {
+  /** `now`: when the packet's receive batch was read (nowMs(); one clock read per batch). */
+  private onPacket(net: Net, buf: Buffer, off: number, len: number, status: ReceivedStatus, now: number): void {
     if (this.closed) return;
     const c = net.c;
     c.packetsIn++;
@@ -874,12 +877,11 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
       return this.drop(net, 'stale');
     }
     if (!peer.replay.check(p.pseq)) { c.duplicates++; return this.drop(net, 'replay'); }
-    const now = nowMs();
     peer.ranges.add(p.pseq);
     peer.lastHeard = now;
     link.lastHeard = now;
     if (peer.state !== 'up') this.peerUp(peer);
-    if (p.hasAcks) this.onAcks(peer, p.acks, now);
+    if (p.hasAcks) this.onAcks(peer, p.acks, p.ackCount, now);
     switch (p.type) {
       case T_DATA:
         peer.ackPending = true;
@@ -932,18 +934,19 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
     });
   }
 
-  private onAcks(peer: Peer, acks: number[], now: number): void {
-    if (peer.inflight.size === 0 || acks.length === 0) return;
+  /** acks[0, count): the flat ranges of a received ack block (widened here, in place). */
+  private onAcks(peer: Peer, acks: number[], count: number, now: number): void {
+    if (peer.inflight.size === 0 || count === 0) return;
     // The block carries low 32 bits: widen them against our next number, then check the order.
     const next = peer.nextPseq;
-    for (let i = 0; i < acks.length; i++) acks[i] = widenPseq(acks[i]!, next);
-    for (let i = 0; i < acks.length; i += 2) if (acks[i + 1]! > acks[i]!) return;
+    for (let i = 0; i < count; i++) acks[i] = widenPseq(acks[i]!, next);
+    for (let i = 0; i < count; i += 2) if (acks[i + 1]! > acks[i]!) return;
     let newest: Inflight | null = null;
     let newestPseq = 0;
     // Merge the in-flight packets (ascending) with the ranges (descending, walked from the lowest):
     // only packets actually in flight are looked at, never the already-acknowledged span of a range.
     const maxHi = acks[0]!;
-    let ri = acks.length - 2;
+    let ri = count - 2;
     for (const [pseq, f] of peer.inflight) {
       if (pseq > maxHi) break;
       while (ri >= 0 && acks[ri]! < pseq) ri -= 2;

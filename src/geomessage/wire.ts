@@ -55,8 +55,11 @@ export interface WireOptions {
   bufferBytes: number;
   /** The cluster key (packet.ts derives the tag key from it). */
   key: Buffer;
-  /** A received packet: buf[off, off + len). With stableBuffers false the bytes are valid only during the call. */
-  onPacket(buf: Buffer, off: number, len: number, status: ReceivedStatus): void;
+  /**
+   * A received packet: buf[off, off + len). With stableBuffers false the bytes are valid only during
+   * the call. `now` is performance.now() when it was read: one clock read per receive batch.
+   */
+  onPacket(buf: Buffer, off: number, len: number, status: ReceivedStatus, now: number): void;
   /**
    * The packets of one receive batch have all been passed to onPacket (native wire only; dgram
    * delivers packets one by one and never calls it): for work due once per batch, not per packet.
@@ -113,8 +116,9 @@ class NativeWire implements Wire {
         for (const out of outs) out.drained();
       },
       onBatch: (buf, meta, count) => {
+        const now = performance.now();
         for (let i = 0; i < count; i++) {
-          o.onPacket(buf, meta[3 * i]!, meta[3 * i + 1]!, STATUS[meta[3 * i + 2]!] ?? 'malformed');
+          o.onPacket(buf, meta[3 * i]!, meta[3 * i + 1]!, STATUS[meta[3 * i + 2]!] ?? 'malformed', now);
         }
         o.onBatchEnd?.();
       },
@@ -264,7 +268,7 @@ function fastLookup(host: string, opts: unknown, cb: LookupCb): void {
 
 async function openDgramWire(o: WireOptions): Promise<Wire> {
   const socket = createSocket({ type: isIPv6(o.address) ? 'udp6' : 'udp4', lookup: fastLookup });
-  socket.on('message', (buf) => o.onPacket(buf, 0, buf.length, 'unchecked'));
+  socket.on('message', (buf) => o.onPacket(buf, 0, buf.length, 'unchecked', performance.now()));
   // Sends are fire-and-forget: an error (ENETUNREACH on a cut link, ENOBUFS) is a lost packet that
   // retransmission recovers; it is counted, never thrown.
   socket.on('error', (err) => o.onSendFailure(1, err));
