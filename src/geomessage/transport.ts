@@ -8,6 +8,7 @@ import {
   type DropReason, type PacketHeader, type PacketView,
 } from './packet.js';
 import { ReceivedRanges, ReplayWindow } from './replay.js';
+import { InflightQueue } from './inflight.js';
 import { RttEstimator } from './rtt.js';
 import { emptyDrops, type DropStats, type GeoMessageStats, type MachineStats, type NetworkStats } from './stats.js';
 import { openWire, type PacketOut, type ReceivedStatus, type Wire, type WireChoice } from './wire.js';
@@ -180,7 +181,7 @@ class Peer {
   nextOrderSeq = 1;
   readonly sendQ: OutMsg[] = [];
   readonly retxQ: Inflight[] = [];
-  readonly inflight = new Map<number, Inflight>();
+  readonly inflight = new InflightQueue<Inflight>();
   /** messages not yet fully acknowledged, ascending id: the first key is the message floor */
   readonly active = new Map<number, OutMsg>();
   readonly awaitingReply = new Map<number, OutMsg>();
@@ -549,7 +550,7 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
       } else ackPairs = 0;
     }
     peer.intervalSent++;
-    peer.inflight.set(h.pseq, { msg, frag, sentAt: now, link: link.net.index });
+    peer.inflight.add(h.pseq, { msg, frag, sentAt: now, link: link.net.index });
     this.transmit(link, h, msg.data, start, end, ackPairs ? peer.ranges.r : null, ackPairs);
   }
 
@@ -613,10 +614,9 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
    * timer per message); a firing with nothing expired just re-arms.
    */
   private armRto(peer: Peer): void {
-    if (peer.inflight.size === 0) return;
-    let first: Inflight | undefined;
-    for (const f of peer.inflight.values()) { first = f; break; }
-    const due = first!.sentAt + peer.links[first!.link]!.rtt.rto;
+    const first = peer.inflight.first();
+    if (!first) return;
+    const due = first.sentAt + peer.links[first.link]!.rtt.rto;
     if (peer.rtoTimer && peer.rtoDue <= due) return;
     if (peer.rtoTimer) clearTimeout(peer.rtoTimer);
     peer.rtoDue = due;
@@ -628,7 +628,10 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
     if (this.closed) return;
     const now = nowMs();
     const hitLinks = new Set<Link>();
-    for (const [pseq, f] of peer.inflight) {
+    const q = peer.inflight;
+    for (let pseq = q.low; pseq < q.high; pseq++) {
+      const f = q.get(pseq);
+      if (!f) continue;
       const link = peer.links[f.link]!;
       if (f.sentAt + link.rtt.rto > now) break;
       if (f.msg.done || isAcked(f.msg, f.frag)) { peer.inflight.delete(pseq); continue; }
@@ -714,8 +717,10 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
   private rerouteFrom(peer: Peer, linkIndex: number): void {
     const link = peer.links[linkIndex]!;
     if (link.up) return; // a preference change, not a failure: let acks arrive
-    for (const [pseq, f] of peer.inflight) {
-      if (f.link !== linkIndex) continue;
+    const q = peer.inflight;
+    for (let pseq = q.low; pseq < q.high; pseq++) {
+      const f = q.get(pseq);
+      if (!f || f.link !== linkIndex) continue;
       peer.inflight.delete(pseq);
       if (f.msg.done || isAcked(f.msg, f.frag)) continue;
       link.net.c.failures++;
@@ -947,8 +952,10 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
     // only packets actually in flight are looked at, never the already-acknowledged span of a range.
     const maxHi = acks[0]!;
     let ri = count - 2;
-    for (const [pseq, f] of peer.inflight) {
-      if (pseq > maxHi) break;
+    const q = peer.inflight;
+    for (let pseq = q.low; pseq < q.high && pseq <= maxHi; pseq++) {
+      const f = q.get(pseq);
+      if (!f) continue;
       while (ri >= 0 && acks[ri]! < pseq) ri -= 2;
       if (ri < 0) break;
       if (pseq < acks[ri + 1]!) continue; // in a hole below range ri
@@ -965,8 +972,9 @@ export class GeoMessageTransport extends EventEmitter implements GeoMessage {
     this.adjustWindow(peer, link, now - newest.sentAt, now);
     // Fast retransmit: packets far enough below the newest acknowledged one are lost.
     const limit = peer.largestAcked - REORDER_THRESHOLD;
-    for (const [pseq, f] of peer.inflight) {
-      if (pseq > limit) break;
+    for (let pseq = q.low; pseq < q.high && pseq <= limit; pseq++) {
+      const f = q.get(pseq);
+      if (!f) continue;
       peer.inflight.delete(pseq);
       peer.intervalLost++;
       if (f.msg.done || isAcked(f.msg, f.frag)) continue;
