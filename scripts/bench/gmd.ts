@@ -26,6 +26,8 @@ import { TestCluster } from '../../test/gmd/cluster.js';
 import type { GmdMode } from '../../src/gmd/protocol.js';
 import { machineCpuTicks, processCpuSeconds } from './lib/cpu.js';
 import { stopProcess } from '../../src/util/process.js';
+import { callControl } from '../../src/gmd/control.js';
+import type { GmdStatus } from '../../src/gmd/device.js';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
 const GEORM = join(ROOT, 'bin', 'georm.js');
@@ -44,9 +46,10 @@ const WORKLOADS: Workload[] = [
   { key: '1m-write-qd8', rw: 'write', bs: '1M', iodepth: 8, unit: 'MB/s' },
 ];
 
-interface Target { name: string; uri: string; pids: () => number[]; stop: () => Promise<void> }
+/** hwmWaits: a GMD primary's count of async writes that waited at the high water mark (GmdStats). */
+interface Target { name: string; uri: string; pids: () => number[]; stop: () => Promise<void>; hwmWaits?: () => Promise<number> }
 /** cpuUsPerIo: the target's processes; fioUsPerIo: fio's own; idle: share of all cores left idle. */
-interface Cell { value: number; p99Us: number; cpuUsPerIo: number | null; fioUsPerIo: number; idle: number }
+interface Cell { value: number; p99Us: number; cpuUsPerIo: number | null; fioUsPerIo: number; idle: number; hwmWaitShare: number | null }
 
 async function fio(uri: string, w: Workload): Promise<FioResult> {
   return runFio({
@@ -116,7 +119,9 @@ async function gmdTarget(mode: GmdMode, file: string, dir: string, hwm = '128K')
   process.env.GEORM_LOG_LEVEL = 'warn';
   const demo = await startDemo({ dir: d, mode, size, syncRate: '1M', hwm });
   const name = mode === 'async' && hwm !== '128K' ? `GMD async (hwm ${hwm})` : `GMD ${mode}`;
-  return { name, uri: demo.info.unixUri, pids: () => demo.children.map((c) => c.pid!), stop: async () => { await demo.stop(); } };
+  const primarySocket = join(demo.info.dir, 'run', demo.info.machines.primary, `${demo.info.gmd}.sock`);
+  const hwmWaits = mode === 'async' ? async () => ((await callControl(primarySocket, 'status')) as GmdStatus).stats.hwmWaits : undefined;
+  return { name, uri: demo.info.unixUri, pids: () => demo.children.map((c) => c.pid!), stop: async () => { await demo.stop(); }, hwmWaits };
 }
 
 async function qemuTarget(file: string, dir: string, cache: 'direct' | 'writeback'): Promise<Target> {
@@ -132,6 +137,7 @@ async function measure(t: Target): Promise<Record<string, Cell>> {
   const out: Record<string, Cell> = {};
   for (const w of WORKLOADS) {
     const pids = t.pids();
+    const waits0 = t.hwmWaits ? await t.hwmWaits() : 0;
     const cpu0 = pids.reduce((s, p) => s + processCpuSeconds(p), 0);
     const m0 = machineCpuTicks();
     const r = await fio(t.uri, w);
@@ -143,6 +149,8 @@ async function measure(t: Target): Promise<Record<string, Cell>> {
       cpuUsPerIo: pids.length && d.ios ? ((cpu1 - cpu0) * 1e6) / d.ios : null,
       fioUsPerIo: d.iops ? (r.cpuPercent / 100) * 1e6 / d.iops : NaN,
       idle: (m1.idle - m0.idle) / (m1.total - m0.total),
+      // Writes of the run (ramp included) that waited for the peer at the HWM, per measured write.
+      hwmWaitShare: t.hwmWaits && d.ios ? (await t.hwmWaits() - waits0) / d.ios : null,
     };
     say(`  ${t.name.padEnd(22)} ${w.key.padEnd(18)} ${out[w.key]!.value.toFixed(w.unit === 'IOPS' ? 0 : 1)} ${w.unit}`);
   }
@@ -248,11 +256,12 @@ async function main(): Promise<void> {
       return;
     }
     const lines: string[] = [];
-    lines.push(`| target | 4k randwrite qd32 (IOPS) | p99 µs | CPU µs/IO | fio µs/IO | idle | 1M write qd8 (MB/s) |`);
-    lines.push('|---|---|---|---|---|---|---|');
+    lines.push(`| target | 4k randwrite qd32 (IOPS) | p99 µs | CPU µs/IO | fio µs/IO | idle | waited at HWM | 1M write qd8 (MB/s) |`);
+    lines.push('|---|---|---|---|---|---|---|---|');
     for (const [name, r] of Object.entries(results)) {
       const a = r[WORKLOADS[0]!.key]!, b = r[WORKLOADS[1]!.key]!;
-      lines.push(`| ${name} | ${a.value.toFixed(0)} | ${a.p99Us.toFixed(0)} | ${a.cpuUsPerIo === null ? '-' : a.cpuUsPerIo.toFixed(1)} | ${a.fioUsPerIo.toFixed(1)} | ${(a.idle * 100).toFixed(0)}% | ${b.value.toFixed(0)} |`);
+      const waited = a.hwmWaitShare === null ? '-' : `${(Math.min(1, a.hwmWaitShare) * 100).toFixed(0)}%`;
+      lines.push(`| ${name} | ${a.value.toFixed(0)} | ${a.p99Us.toFixed(0)} | ${a.cpuUsPerIo === null ? '-' : a.cpuUsPerIo.toFixed(1)} | ${a.fioUsPerIo.toFixed(1)} | ${(a.idle * 100).toFixed(0)}% | ${waited} | ${b.value.toFixed(0)} |`);
     }
     lines.push('');
     lines.push(`mwc / qemu mirror (direct), 4k randwrite: ${ratios.mwcVsQemuDirect4k.toFixed(2)}×   (target ≥ 1.0×, want 2×)`);
