@@ -41,6 +41,11 @@ export interface ZeroOptions extends WriteOptions {
   noHole: boolean;
   /** NBD_CMD_FLAG_FAST_ZERO: fail with ENOTSUP rather than fall back to a slow write. */
   fastZero: boolean;
+  /**
+   * Prefer deallocating the range (a punched hole) over zeroing it in place, as a TRIM would; the
+   * range must still read back as zeros. Ignored with `noHole`. (A GMD carries out TRIM this way.)
+   */
+  deallocate?: boolean;
 }
 
 export interface Backend {

@@ -199,16 +199,39 @@ export class FileBackend implements Backend {
 
   async trim(offset: number, length: number, opts: WriteOptions): Promise<void> {
     if (!this.ext.punchHole) return; // advisory: doing nothing is correct
-    this.ext.punchHole(this.fd, offset, length);
+    try { this.ext.punchHole(this.fd, offset, length); } catch (e) {
+      if (!refused(e)) throw e;
+      return; // the filesystem or device cannot punch holes: advisory, so nothing is done
+    }
     if (opts.fua) await this.flush();
   }
 
+  /**
+   * WRITE_ZEROES: fallocate when it can (ZERO_RANGE, or a punched hole when holes are allowed; the
+   * hole first with `deallocate`), else zeros written — unless FAST_ZERO, which gets ENOTSUP with
+   * the data untouched. A filesystem or device that refuses a mode (tmpfs has no ZERO_RANGE, vfat
+   * neither mode, a block device wants aligned ranges) falls through to the next way.
+   */
   async zero(offset: number, length: number, opts: ZeroOptions): Promise<void> {
-    if (this.ext.zeroRange) this.ext.zeroRange(this.fd, offset, length);
-    else if (this.ext.punchHole && !opts.noHole && !this.isBlockDevice) this.ext.punchHole(this.fd, offset, length);
-    else if (opts.fastZero) throw nbdError(NbdErrno.ENOTSUP, 'no fast zeroing on this backend');
-    else await this.writeZeros(offset, length);
+    if (!this.fallocZero(offset, length, opts.noHole, opts.deallocate === true)) {
+      if (opts.fastZero) throw nbdError(NbdErrno.ENOTSUP, 'no fast zeroing on this backend');
+      await this.writeZeros(offset, length);
+    }
     if (opts.fua) await this.flush();
+  }
+
+  /** Zeroes the range by fallocate; false when neither allowed mode is available or accepted. */
+  private fallocZero(offset: number, length: number, noHole: boolean, holeFirst: boolean): boolean {
+    const { punchHole, zeroRange } = this.ext;
+    const punch = !noHole && punchHole ? punchHole : undefined;
+    const ways = holeFirst ? [punch, zeroRange] : [zeroRange, punch];
+    for (const way of ways) {
+      if (!way) continue;
+      try { way(this.fd, offset, length); return true; } catch (e) {
+        if (!refused(e)) throw e;
+      }
+    }
+    return false;
   }
 
   private async writeZeros(offset: number, length: number): Promise<void> {
@@ -244,6 +267,12 @@ export class FileBackend implements Backend {
     this.closed = true;
     await new Promise<void>((resolve) => fs.close(this.fd, () => resolve()));
   }
+}
+
+/** An fallocate mode the filesystem or device does not do (or not for this alignment): try another way. */
+function refused(e: unknown): boolean {
+  const code = (e as { code?: unknown } | null)?.code;
+  return code === 'EOPNOTSUPP' || code === 'ENOTSUP' || code === 'ENOSYS' || code === 'EINVAL';
 }
 
 /** pread until `length` bytes; past the end of a file the rest reads as zeros. */

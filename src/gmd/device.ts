@@ -4,7 +4,7 @@ import { isMode, isRole } from '../config/vocabulary.js';
 import type { Logger } from '../util/log.js';
 import type { MapPort, NetMessage, PeerTransport } from './ports.js';
 import {
-  SVC_CONTROL, SVC_FLUSH, SVC_READ, SVC_WRITE, SVC_WRITEV, SVC_ZERO, KIND_APP, KIND_RESYNC, FLAG_FUA, FLAG_TRIM,
+  SVC_CONTROL, SVC_FLUSH, SVC_READ, SVC_WRITE, SVC_WRITEV, SVC_ZERO, KIND_APP, KIND_RESYNC, FLAG_FUA, FLAG_TRIM, FLAG_NO_HOLE,
   HEADER_BYTES, encodeHeader, decodeHeader, type ControlMessage, type GmdMode, type GmdRole, type GmdState, type PeerInfo,
 } from './protocol.js';
 import { RangeLock } from './rangelock.js';
@@ -430,9 +430,10 @@ export class GeoMirrorDevice implements Backend {
   size(): number { return this.devSize; }
 
   flags(): BackendFlags {
-    const lf = this.res?.local.flags();
+    // TRIM and FAST_ZERO follow this side's volume: both need fallocate here (see trim()).
+    const fast = this.res?.local.flags().canFastZero ?? false;
     return {
-      readOnly: false, canFlush: true, canFua: true, canTrim: lf?.canTrim ?? false, canZero: true, canFastZero: false,
+      readOnly: false, canFlush: true, canFua: true, canTrim: fast, canZero: true, canFastZero: fast,
       canCache: false, canMultiConn: true, canExtents: false, rotational: false,
     };
   }
@@ -693,16 +694,41 @@ export class GeoMirrorDevice implements Backend {
     return remote;
   }
 
+  /**
+   * TRIM on a GMD is "zero, holes allowed" on each side (the rule that keeps the volumes identical).
+   * NBD lets a trimmed range read back as anything, but a failover must not expose different data,
+   * and the two volumes may differ in what they can do (no addon, a filesystem or block device that
+   * refuses FALLOC_FL_PUNCH_HOLE, an unaligned range on a block device). So each side punches a hole
+   * where it can, else uses ZERO_RANGE, else writes zeros: both then read zeros, whatever each could
+   * do. Where this side cannot zero quickly (no fallocate), TRIM is not advertised and a TRIM sent
+   * anyway changes nothing on either side (TRIM is advisory). Everything else is a WRITE_ZEROES:
+   * marked in the state map first, under the range lock, in write order in async, stale if the peer
+   * lacks it (resync then copies zeros, see Resync).
+   */
   async trim(offset: number, length: number, opts: WriteOptions): Promise<void> {
-    await this.zeroLike(offset, length, true, (res) => res.local.trim(offset, length, opts));
+    if (!this.res?.local.flags().canFastZero) { this.admit(); this.done(); return; }
+    await this.zeroLike(offset, length, FLAG_TRIM | (opts.fua ? FLAG_FUA : 0), false,
+      (res) => res.local.zero(offset, length, { fua: opts.fua, noHole: false, fastZero: false, deallocate: true }));
   }
 
+  /**
+   * WRITE_ZEROES, mirrored with its NO_HOLE flag (the peer keeps the range allocated too). FAST_ZERO
+   * is judged on this side's volume, which is zeroed first: when it refuses (ENOTSUP), nothing was
+   * sent, so neither volume changed (the spec: data untouched). The peer is never asked for a fast
+   * zero; one that cannot zero quickly writes zeros itself (the mirror carries 16 bytes, not data).
+   */
   async zero(offset: number, length: number, opts: ZeroOptions): Promise<void> {
     if (opts.fastZero && !this.res?.local.flags().canFastZero) throw ioError('ENOTSUP', 95, 'fast zero not supported');
-    await this.zeroLike(offset, length, false, (res) => res.local.zero(offset, length, opts));
+    const flags = (opts.noHole ? FLAG_NO_HOLE : 0) | (opts.fua ? FLAG_FUA : 0);
+    await this.zeroLike(offset, length, flags, opts.fastZero, (res) => res.local.zero(offset, length, opts));
   }
 
-  private async zeroLike(offset: number, length: number, trim: boolean, op: (res: GmdResources) => Promise<void>): Promise<void> {
+  /**
+   * Zeroes [offset, offset+length) on both sides: range lock, durable mark, the local operation and
+   * SVC_ZERO to the peer (together; with `localFirst`, the peer only after the local one succeeded).
+   * The lock is held until both sides are done, so later overlapping writes follow on both.
+   */
+  private async zeroLike(offset: number, length: number, flags: number, localFirst: boolean, op: (res: GmdResources) => Promise<void>): Promise<void> {
     const res = this.admit();
     const end = offset + length;
     await this.lock.lock(offset, end);
@@ -711,17 +737,42 @@ export class GeoMirrorDevice implements Backend {
       if (this.resyncEngine?.pulling) await this.resyncEngine.pullOnDemand(first, last);
       const keepStale = this.anyStale(res.map, first, last);
       await res.map.beginWrite(first, last);
-      const peer = this.activePeer;
-      const remote = peer
-        ? this.net.request(peer, SVC_ZERO, encodeHeader(KIND_APP, trim ? FLAG_TRIM : 0, offset, length), { ordered: res.attrs.mode === 'async' })
-          .then(() => true, (e: unknown) => { this.peerFailed(peer, e); return false; })
-        : Promise.resolve(false);
-      const [, ok] = await Promise.all([this.localWrite(res, first, last, () => op(res)), remote]);
-      if (ok && !keepStale) this.gate.done(first, last); else this.markLocalOnly(res.map, first, last);
+      let peer = this.activePeer;
+      if (localFirst) {
+        try { await op(res); } catch (e) {
+          if ((e as { errno?: unknown }).errno === 95) {
+            // FAST_ZERO refused here and nothing was sent: neither volume changed.
+            if (peer && !keepStale) this.gate.done(first, last); else this.markLocalOnly(res.map, first, last);
+          } else {
+            this.markLocalOnly(res.map, first, last);
+            this.event('error', `local volume zero failed: ${(e as Error).message}`);
+          }
+          throw e;
+        }
+        peer = this.activePeer;
+      }
+      const remote = peer ? this.remoteZero(res, peer, flags, offset, length) : Promise.resolve(false);
+      const local = localFirst ? Promise.resolve() : this.localWrite(res, first, last, () => op(res));
+      // Both settle before the lock is released: a failed local zero must not let a later write
+      // overtake the zero still travelling to the peer.
+      const [l, r] = await Promise.allSettled([local, remote]);
+      if (l.status === 'rejected') throw l.reason; // localWrite left the regions marked
+      if (r.status === 'fulfilled' && r.value && !keepStale) this.gate.done(first, last); else this.markLocalOnly(res.map, first, last);
     } finally {
       this.lock.release(offset, end);
       this.done();
     }
+  }
+
+  /** SVC_ZERO to the peer: true once its volume reads zeros there; false (and the peer dropped) on failure. */
+  private remoteZero(res: GmdResources, peer: string, flags: number, offset: number, length: number): Promise<boolean> {
+    const ordered = res.attrs.mode === 'async';
+    // async: mirrored writes acknowledged before this zero may still sit in the batcher (it sends at
+    // the end of the event-loop turn). Send them first, so the zero follows them on the ordered
+    // channel and the peer applies both in our order (the secondary stays a prefix of our writes).
+    if (ordered && this.batcher && this.batcherPeer === peer) this.batcher.flush();
+    return this.net.request(peer, SVC_ZERO, encodeHeader(KIND_APP, flags, offset, length), { ordered })
+      .then(() => true, (e: unknown) => { this.peerFailed(peer, e); return false; });
   }
 
   async close(): Promise<void> { /* the runner owns the lifetime (stop/unconfigure) */ }
@@ -1027,9 +1078,17 @@ export class GeoMirrorDevice implements Backend {
     const end = h.offset + h.length;
     return new Promise<Buffer>((resolve, reject) => {
       this.lock.acquire(h.offset, end, () => {
-        const op = (h.flags & FLAG_TRIM) ? res.local.trim(h.offset, h.length, { fua: false })
-          : res.local.zero(h.offset, h.length, { fua: false, noHole: false, fastZero: false });
-        op.then(() => { this.lock.release(h.offset, end); resolve(Buffer.alloc(0)); },
+        // A TRIM is a zero here too, holes allowed (GeoMirrorDevice.trim): this volume reads zeros
+        // whatever it can do, as the sender's does. Never a fast zero: fall back to writing zeros.
+        const trim = (h.flags & FLAG_TRIM) !== 0;
+        const op = res.local.zero(h.offset, h.length, {
+          fua: (h.flags & FLAG_FUA) !== 0, noHole: !trim && (h.flags & FLAG_NO_HOLE) !== 0, fastZero: false, deallocate: trim,
+        });
+        op.then(() => {
+          this.lock.release(h.offset, end);
+          if (h.kind === KIND_RESYNC) this.stats.resyncBytesReceived += h.length;
+          resolve(Buffer.alloc(0));
+        },
           (e: unknown) => { this.lock.release(h.offset, end); reject(e as Error); });
       });
     });

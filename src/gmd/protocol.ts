@@ -16,7 +16,8 @@ export const SVC_WRITEV = 0x26;    // several mirror writes in one message: u32 
 export const KIND_APP = 0;         // application write being mirrored
 export const KIND_RESYNC = 1;      // resync copy (counted separately in statistics)
 export const FLAG_FUA = 1;
-export const FLAG_TRIM = 2;        // SVC_ZERO: trim rather than zero
+export const FLAG_TRIM = 2;        // SVC_ZERO: a TRIM: zero, deallocating (punching) where the volume can
+export const FLAG_NO_HOLE = 4;     // SVC_ZERO: NBD_CMD_FLAG_NO_HOLE: zero in place, keep the range allocated
 
 export const HEADER_BYTES = 16;
 

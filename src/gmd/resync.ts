@@ -1,12 +1,22 @@
 import type { Backend } from '../../nbd/backend.js';
 import type { Logger } from '../util/log.js';
 import type { MapPort, PeerTransport } from './ports.js';
-import { SVC_FLUSH, SVC_READ, SVC_WRITE, KIND_RESYNC, encodeHeader, type ControlMessage } from './protocol.js';
+import { SVC_FLUSH, SVC_READ, SVC_WRITE, SVC_ZERO, KIND_RESYNC, FLAG_TRIM, encodeHeader, type ControlMessage } from './protocol.js';
 import type { RangeLock } from './rangelock.js';
 import { CELL_CLEAN, CELL_STALE } from '../statemap/index.js';
 
 /** Bytes copied to the peer per flush there before their regions are cleaned. */
 const DURABLE_BATCH = 16 * 1024 * 1024;
+
+const ZEROS = Buffer.alloc(64 * 1024);
+/** Whether every byte of `b` is zero (memcmp against a zero page, 64 KiB at a time). */
+export function allZero(b: Buffer): boolean {
+  for (let at = 0; at < b.length; at += ZEROS.length) {
+    const n = Math.min(ZEROS.length, b.length - at);
+    if (!b.subarray(at, at + n).equals(n === ZEROS.length ? ZEROS : ZEROS.subarray(0, n))) return false;
+  }
+  return true;
+}
 
 export interface ResyncProgress {
   direction: 'push' | 'pull';
@@ -218,7 +228,10 @@ export class Resync {
           for (let r = first; r <= last; r++) if (map.cell(r) === CELL_STALE) { any = true; break; }
           if (!any) return;
           const data = await local.read(start, end - start);
-          await net.request(peer, SVC_WRITE, [encodeHeader(KIND_RESYNC, 0, start, data.length), data], { ordered: this.o.ordered });
+          // A chunk that reads as zeros (a trimmed or never-written range) travels as a zero, holes
+          // allowed: the peer reads the same zeros and keeps its volume sparse where it can punch.
+          if (allZero(data)) await net.request(peer, SVC_ZERO, encodeHeader(KIND_RESYNC, FLAG_TRIM, start, data.length), { ordered: this.o.ordered });
+          else await net.request(peer, SVC_WRITE, [encodeHeader(KIND_RESYNC, 0, start, data.length), data], { ordered: this.o.ordered });
           for (let r = first; r <= last; r++) this.copied.push(r);
           this.copiedBytes += data.length;
           this.o.stats.resyncBytesSent += data.length;
@@ -280,7 +293,8 @@ export class Resync {
       const [start, end] = this.byteRange(r, e);
       const data = await this.o.net.request(this.o.peer, SVC_READ, encodeHeader(KIND_RESYNC, 0, start, end - start));
       if (data.length !== end - start) throw new Error(`resync read returned ${data.length} bytes, expected ${end - start}`);
-      await this.o.local.write(start, data, { fua: false });
+      if (allZero(data)) await this.o.local.zero(start, data.length, { fua: false, noHole: false, fastZero: false, deallocate: true });
+      else await this.o.local.write(start, data, { fua: false });
       for (let i = r; i <= e; i++) { if (p[i]) { p[i] = 0; this.pendingCount--; this.toClean.push(i); } }
       this.o.stats.resyncBytesReceived += data.length;
       this.account(data.length, e - r + 1);

@@ -11,6 +11,7 @@ import { openGeoMessage, loadClusterKey, type GeoMessage, type PeerSpec } from '
 import { serveNetStats, netStatSocketPath } from '../geomessage/netstat.js';
 import { StateMap, StateMapError } from '../statemap/index.js';
 import { systemd } from '../native/systemd.js';
+import { nativeFileExtensions } from '../native/extensions.js';
 import { attachExport, DEFAULT_ATTACH_TIMEOUT_SEC, type Attached } from '../native/attach.js';
 import { GeormError } from '../util/errors.js';
 import { createLogger, type Logger } from '../util/log.js';
@@ -67,7 +68,9 @@ export async function runGmd(name: string, opts: RunOptions): Promise<RunningGmd
     cfg = await loadConfig(opts.config);
     const g = findGmd(cfg, name);
     const gm = gmdMachine(g, machine);
-    const local = await FileBackend.open(gm.volume, { readOnly: false });
+    // fallocate and SEEK_DATA from the addon (when it loaded): TRIM punches holes, WRITE_ZEROES
+    // uses ZERO_RANGE, FAST_ZERO is possible. See GeoMirrorDevice.trim for how trims stay mirrored.
+    const local = await FileBackend.open(gm.volume, { readOnly: false, extensions: nativeFileExtensions() });
     const identity = { gmdName: g.name, minor: g.minor, deviceSize: local.size(), regionSize: g.regionSize };
     let map: StateMap;
     try {

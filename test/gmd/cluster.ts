@@ -19,6 +19,7 @@ import { GeoMirrorDevice, type GmdResources } from '../../src/gmd/device.js';
 import type { NetHandler, NetPayload, NetPayloadMemory, PeerTransport } from '../../src/gmd/ports.js';
 import { FileBackend } from '../../nbd/index.js';
 import { StateMap } from '../../src/statemap/index.js';
+import { nativeFileExtensions } from '../../src/native/extensions.js';
 import { silentLogger } from '../../src/util/log.js';
 import { GEORM_BIN, tempDir } from '../helpers/env.js';
 import { netnsCommand, runCmd } from '../helpers/proc.js';
@@ -141,14 +142,14 @@ export class TestCluster {
   }
 
   /** Starts the `gmd run` process for machine m (STOPPED state) and waits for its control socket. */
-  async run(m: string, extra: string[] = []): Promise<ChildProcess> {
+  async run(m: string, extra: string[] = [], env: Record<string, string> = {}): Promise<ChildProcess> {
     // GEORM_GMD_NODE_ARGS: extra node flags for profiling (e.g. --cpu-prof), which NODE_OPTIONS refuses.
     const nodeArgs = (process.env.GEORM_GMD_NODE_ARGS ?? '').split(' ').filter(Boolean);
     const args = [...nodeArgs, GEORM_BIN, 'gmd', 'run', this.gmd, '--config', this.cfgPath, '--machine', m, ...extra];
     const fh = await open(this.logs[m]!, 'a');
     const child = this.ns[m]
-      ? spawn(...netnsCommand(this.ns[m]!, process.execPath, args), { stdio: ['ignore', fh.fd, fh.fd] })
-      : spawn(process.execPath, args, { stdio: ['ignore', fh.fd, fh.fd] });
+      ? spawn(...netnsCommand(this.ns[m]!, process.execPath, args), { stdio: ['ignore', fh.fd, fh.fd], env: { ...process.env, ...env } })
+      : spawn(process.execPath, args, { stdio: ['ignore', fh.fd, fh.fd], env: { ...process.env, ...env } });
     await fh.close();
     this.procs.set(m, child);
     const deadline = Date.now() + 20000;
@@ -316,7 +317,7 @@ export async function inProcessGmd(c: TestCluster, m: string, wrap: (geo: GeoMes
   const dev = new GeoMirrorDevice({
     name: c.gmd, minor: g.minor, machine: m, peers, net: wrap(geo), logger: silentLogger,
     open: async (): Promise<GmdResources> => {
-      const local = await FileBackend.open(gm.volume, { readOnly: false });
+      const local = await FileBackend.open(gm.volume, { readOnly: false, extensions: nativeFileExtensions() });
       const map = await StateMap.create(gm.stateMap, { gmdName: g.name, minor: g.minor, deviceSize: local.size(), regionSize: g.regionSize });
       return { local, map, attrs: { mode: g.mode, role: gm.role, regionSize: g.regionSize, syncRate: g.syncRate, hwm: g.hwm, resyncRateLimit: g.resyncRateLimit } };
     },

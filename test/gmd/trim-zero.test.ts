@@ -1,0 +1,303 @@
+/**
+ * TRIM and WRITE_ZEROES on a GMD (real `gmd run` processes, real UDP on loopback, libnbd's nbdsh as
+ * the client). The rule under test (GeoMirrorDevice.trim): a TRIM is "zero, holes allowed" on each
+ * side, so both volumes read zeros there whatever each can do, and stay byte-identical (cmp) while
+ * each punches holes where it can. WRITE_ZEROES keeps its NO_HOLE (allocated on both sides) and
+ * FAST_ZERO (judged on the primary's volume, ENOTSUP with neither volume changed) meanings.
+ *
+ * Cases: both sides with fallocate, per mode; a secondary without the native addon (cannot punch or
+ * zero a range: writes zeros); volumes on tmpfs (no ZERO_RANGE: NO_HOLE falls back to writing
+ * zeros on both sides, FAST_ZERO|NO_HOLE is refused); a primary without the addon (TRIM not advertised, a
+ * TRIM sent anyway changes nothing); writes and overlapping trims/zeros in flight together (async:
+ * the zero must not overtake mirrored writes still in the batcher); trims while the secondary is
+ * down, then resync.
+ */
+import t from 'tap';
+import { closeSync, openSync, statSync } from 'node:fs';
+import { mkdir, rename, symlink } from 'node:fs/promises';
+import { join } from 'node:path';
+import { TestCluster, identical } from './cluster.js';
+import { nbdsh, type PyCheck } from '../nbd/clients.js';
+import { missingTools, needsRoot } from '../helpers/env.js';
+import { runCmd } from '../helpers/proc.js';
+import { nativeAvailable, seekData, seekHole } from '../../src/native/index.js';
+import type { GmdMode } from '../../src/gmd/protocol.js';
+
+const K = 1024;
+const M = 1024 * K;
+const SIZE = 8 * M;
+const REGION = 32 * K;
+const NO_HOLE = 2; // NBD_CMD_FLAG_NO_HOLE
+const FAST_ZERO = 16; // NBD_CMD_FLAG_FAST_ZERO
+const FUA = 1;
+
+type Expect = 'ok' | 'ENOTSUP' | 'noop';
+interface Op { cmd: 'trim' | 'zero'; offset: number; length: number; flags: number; expect: Expect }
+
+/** The trims and zeros every case applies, several not aligned to 4 KiB. */
+function ops(over: Partial<Record<number, Expect>> = {}): Op[] {
+  const list: Array<Omit<Op, 'expect'>> = [
+    { cmd: 'trim', offset: 1 * M, length: 1 * M, flags: 0 },                    // 0: whole blocks: holes
+    { cmd: 'trim', offset: 2 * M + 1000, length: 70000, flags: 0 },              // 1: partial blocks at both ends
+    { cmd: 'trim', offset: 3 * M + 100, length: 300, flags: FUA },               // 2: inside one block
+    { cmd: 'zero', offset: 4 * M + 512, length: 200000, flags: 0 },              // 3: holes allowed
+    { cmd: 'zero', offset: 5 * M, length: 1 * M, flags: NO_HOLE },               // 4: must stay allocated
+    { cmd: 'zero', offset: 6 * M + 3, length: 5000, flags: NO_HOLE },            // 5: unaligned, in place
+    { cmd: 'zero', offset: 6 * M + 512 * K, length: 256 * K, flags: FAST_ZERO }, // 6
+    { cmd: 'zero', offset: 7 * M + 17, length: 40000, flags: FAST_ZERO | NO_HOLE }, // 7
+  ];
+  return list.map((o, i) => ({ ...o, expect: over[i] ?? 'ok' }));
+}
+/** Whole 4 KiB blocks of the trims that must be holes where the volume can punch: [start, end). */
+const HOLES: Array<[number, number]> = [[1 * M, 2 * M], [2 * M + 4096, 2 * M + 69632]];
+/** Bytes the trims free at least (op 0) and at most (ops 0-2, whole blocks), given all else allocated. */
+const FREED_MIN = 1 * M;
+const FREED_MAX = 1 * M + 72 * K;
+
+/**
+ * nbdsh: fills the device with seeded random data (FILL=1) or reads it as the model, applies `ops`
+ * checking each answer, then checks through NBD that the device equals the model (zeroed ranges read
+ * zeros, everything else unchanged) and that TRIM is advertised as expected.
+ */
+const OPS_SCRIPT = `
+import random
+uri = os.environ['URI']
+size = int(os.environ['SIZE'])
+ops = json.loads(os.environ['OPS'])
+h = nbd.NBD()
+h.set_strict_mode(0)   # send a TRIM / FAST_ZERO even when not advertised: the server must cope
+h.connect_uri(uri)
+check('size', h.get_size() == size, h.get_size())
+check('can_trim as expected', h.can_trim() == (os.environ['CAN_TRIM'] == '1'), h.can_trim())
+# FAST_ZERO is advertised with WRITE_ZEROES (nbd/exports.ts): a side that cannot zero fast answers ENOTSUP.
+check('can_fast_zero', h.can_fast_zero())
+check('can_zero', h.can_zero())
+if os.environ['FILL'] == '1':
+    model = bytearray(random.Random(int(os.environ['SEED'])).randbytes(size))
+    for o in range(0, size, 1024*1024):
+        h.pwrite(bytes(model[o:o+1024*1024]), o)
+else:
+    model = bytearray(h.pread(size, 0))
+for i, op in enumerate(ops):
+    name = '%d: %s %d+%d flags %d -> %s' % (i, op['cmd'], op['offset'], op['length'], op['flags'], op['expect'])
+    try:
+        if op['cmd'] == 'trim':
+            h.trim(op['length'], op['offset'], op['flags'])
+        else:
+            h.zero(op['length'], op['offset'], op['flags'])
+        check(name, op['expect'] != 'ENOTSUP', 'succeeded')
+        if op['expect'] == 'ok':
+            model[op['offset']:op['offset']+op['length']] = bytes(op['length'])
+    except nbd.Error as e:
+        check(name, op['expect'] == 'ENOTSUP' and e.errno == 'ENOTSUP', 'errno=%s %s' % (e.errno, e.string))
+h.flush()
+got = h.pread(size, 0)
+bad = next((k for k in range(0, size, 4096) if got[k:k+4096] != model[k:k+4096]), None)
+check('device reads as the model (zeroed ranges zero, the rest unchanged)', bad is None, 'first differing 4K block at %s' % bad)
+h.shutdown()
+`;
+
+async function runOps(c: TestCluster, name: string, list: Op[], env: { canTrim: boolean; fill: boolean }): Promise<PyCheck[]> {
+  return nbdsh(c.dir, name, OPS_SCRIPT, {
+    URI: c.uri, SIZE: String(SIZE), OPS: JSON.stringify(list), SEED: '4242',
+    CAN_TRIM: env.canTrim ? '1' : '0', FILL: env.fill ? '1' : '0',
+  });
+}
+
+function report(t: { ok: (v: unknown, msg: string) => unknown }, checks: PyCheck[], who: string): void {
+  for (const c of checks) t.ok(c.ok, `${who}: ${c.name}${c.detail ? ` (${c.detail})` : ''}`);
+}
+
+/** Bytes allocated to a file (st_blocks × 512). */
+const allocated = (path: string): number => statSync(path).blocks * 512;
+
+/** Whether [start, end) of the file is one hole (SEEK_HOLE finds it at start, SEEK_DATA past end). */
+function isHole(path: string, start: number, end: number): boolean {
+  const fd = openSync(path, 'r');
+  try {
+    const d = seekData(fd, start);
+    return seekHole(fd, start) === start && (d === null || d >= end);
+  } finally { closeSync(fd); }
+}
+
+async function stopBoth(c: TestCluster): Promise<void> {
+  // Primary first: its stop drains the async queue to the secondary.
+  await c.terminate('alpha');
+  await c.terminate('beta');
+}
+
+const noAddon = nativeAvailable ? false : 'the native addon is not built (fallocate, SEEK_DATA)';
+const skipBase = noAddon || missingTools('nbdsh', 'cmp');
+
+for (const mode of ['sync', 'mwc', 'async'] as GmdMode[]) {
+  t.test(`${mode}: trims and zeros (aligned or not, NO_HOLE, FAST_ZERO) read zeros, both volumes identical and punched`, { skip: skipBase }, async (t) => {
+    const c = await TestCluster.create({ mode, size: SIZE });
+    t.teardown(() => c.cleanup());
+    await c.up();
+    report(t, await runOps(c, `ops-${mode}`, ops(), { canTrim: true, fill: true }), mode);
+    const s = await c.status('alpha');
+    t.equal(s.stats.remoteFailures, 0, 'no remote failure');
+    t.equal(s.map?.stale, 0, 'nothing marked stale: every trim and zero reached the secondary');
+    await stopBoth(c);
+    const same = await identical(c.vol.alpha!, c.vol.beta!);
+    t.ok(same.same, `volumes byte-identical ${same.detail}`);
+    for (const m of ['alpha', 'beta']) {
+      const a = allocated(c.vol[m]!);
+      // Freed: the trims' whole blocks. Kept: NO_HOLE and plain zeros (ZERO_RANGE) stay allocated.
+      t.ok(a <= SIZE - FREED_MIN + 64 * K && a >= SIZE - FREED_MAX - 64 * K, `${m}: the trims punched holes and nothing else did (${a} bytes allocated of ${SIZE})`);
+      for (const [s0, e0] of HOLES) t.ok(isHole(c.vol[m]!, s0, e0), `${m}: [${s0}, ${e0}) is a hole`);
+    }
+  });
+}
+
+t.test('mwc: a secondary without the native addon (no punch, no ZERO_RANGE) writes zeros where the primary punches: identical', { skip: skipBase }, async (t) => {
+  const c = await TestCluster.create({ mode: 'mwc', size: SIZE });
+  t.teardown(() => c.cleanup());
+  await c.run('alpha');
+  await c.run('beta', [], { GEORM_NATIVE_DISABLE: '1' });
+  await c.start('alpha', ['beta']);
+  await c.start('beta');
+  report(t, await runOps(c, 'ops-beta-plain', ops(), { canTrim: true, fill: true }), 'beta without addon');
+  t.equal((await c.status('alpha')).stats.remoteFailures, 0, 'no remote failure');
+  await stopBoth(c);
+  const same = await identical(c.vol.alpha!, c.vol.beta!);
+  t.ok(same.same, `volumes byte-identical although only alpha could punch ${same.detail}`);
+  for (const [s0, e0] of HOLES) t.ok(isHole(c.vol.alpha!, s0, e0), `alpha: [${s0}, ${e0}) is a hole`);
+  t.ok(allocated(c.vol.beta!) >= SIZE, `beta: zeros written, fully allocated (${allocated(c.vol.beta!)})`);
+});
+
+t.test('mwc: volumes on tmpfs (no ZERO_RANGE): NO_HOLE falls back to writing zeros on both sides, FAST_ZERO|NO_HOLE is refused and changes neither side', { skip: skipBase || needsRoot() }, async (t) => {
+  const c = await TestCluster.create({ mode: 'mwc', size: SIZE });
+  const tmpfs = join(c.dir, 'tmpfs');
+  await mkdir(tmpfs);
+  const mounted = (await runCmd('mount', ['-t', 'tmpfs', '-o', 'size=32m', 'tmpfs', tmpfs])).code === 0;
+  t.teardown(async () => { await c.cleanup().catch(() => undefined); if (mounted) await runCmd('umount', ['-l', tmpfs]); });
+  t.ok(mounted, 'tmpfs mounted');
+  if (!mounted) return;
+  // Each configured volume path becomes a link to a file on tmpfs.
+  const vol: Record<string, string> = {};
+  for (const m of ['alpha', 'beta']) {
+    vol[m] = join(tmpfs, `${m}.img`);
+    await runCmd('cp', ['--sparse=always', c.vol[m]!, vol[m]!]);
+    await rename(c.vol[m]!, `${c.vol[m]!}.unused`);
+    await symlink(vol[m]!, c.vol[m]!);
+  }
+  await c.up();
+  report(t, await runOps(c, 'ops-tmpfs', ops({ 7: 'ENOTSUP' }), { canTrim: true, fill: true }), 'tmpfs');
+  const s = await c.status('alpha');
+  t.equal(s.stats.remoteFailures, 0, 'no remote failure');
+  t.equal(s.map?.stale, 0, 'the refused fast zero marked nothing stale');
+  await stopBoth(c);
+  const same = await identical(vol.alpha!, vol.beta!);
+  t.ok(same.same, `volumes byte-identical ${same.detail}`);
+  for (const m of ['alpha', 'beta']) {
+    for (const [s0, e0] of HOLES) t.ok(isHole(vol[m]!, s0, e0), `${m}: [${s0}, ${e0}) is a hole`);
+    // NO_HOLE reached the secondary too: on tmpfs it may punch, and must not have.
+    t.notOk(isHole(vol[m]!, 5 * M, 6 * M), `${m}: the NO_HOLE range [5M, 6M) stayed allocated`);
+  }
+});
+
+t.test('mwc: a primary without the native addon advertises no TRIM and no FAST_ZERO; a TRIM sent anyway changes neither side', { skip: skipBase }, async (t) => {
+  const c = await TestCluster.create({ mode: 'mwc', size: SIZE });
+  t.teardown(() => c.cleanup());
+  await c.run('alpha', [], { GEORM_NATIVE_DISABLE: '1' });
+  await c.run('beta');
+  await c.start('alpha', ['beta']);
+  await c.start('beta');
+  const expect = ops({ 0: 'noop', 1: 'noop', 2: 'noop', 6: 'ENOTSUP', 7: 'ENOTSUP' });
+  report(t, await runOps(c, 'ops-alpha-plain', expect, { canTrim: false, fill: true }), 'alpha without addon');
+  await stopBoth(c);
+  const same = await identical(c.vol.alpha!, c.vol.beta!);
+  t.ok(same.same, `volumes byte-identical ${same.detail}`);
+  t.notOk(isHole(c.vol.beta!, 1 * M, 2 * M), 'beta: the TRIM did not punch there either');
+});
+
+/**
+ * Writes with an overlapping trim or zero in flight at the same time (one nbdsh connection, no wait
+ * in between). NBD leaves their order open, but the GMD must apply them in the same order on both
+ * sides. In async the write is acknowledged with its mirrored copy still in the batcher (sent at the
+ * end of the event-loop turn); a zero sent straight away overtook it, and the secondary kept the
+ * write's data where the primary had zeros, with both maps clean.
+ */
+const RACE_SCRIPT = `
+import random
+uri = os.environ['URI']
+size = int(os.environ['SIZE'])
+h = nbd.NBD()
+h.connect_uri(uri)
+rnd = random.Random(7)
+h.pwrite(rnd.randbytes(size), 0)
+bufs = []   # aio buffers must live until their command completes
+cookies = []
+for i in range(int(os.environ['ROUNDS'])):
+    off = (i * 40960 + (i % 9) * 512) % (size - 65536)
+    b = nbd.Buffer.from_bytearray(bytearray(rnd.randbytes(8192 + (i % 3) * 1000)))
+    bufs.append(b)
+    cookies.append(h.aio_pwrite(b, off))
+    if i % 3 == 0:
+        cookies.append(h.aio_trim(4096 + (i % 5) * 700, off + (i % 4) * 1000))
+    elif i % 3 == 1:
+        cookies.append(h.aio_zero(6000, off + 100, flags=nbd.CMD_FLAG_NO_HOLE if i % 2 else 0))
+    else:
+        b2 = nbd.Buffer.from_bytearray(bytearray(b'\\xa5' * 3000))
+        bufs.append(b2)
+        cookies.append(h.aio_pwrite(b2, off + 2000))
+        cookies.append(h.aio_trim(8192, off))
+    while h.aio_in_flight() > 48:
+        h.poll(-1)
+while h.aio_in_flight() > 0:
+    h.poll(-1)
+failed = 0
+for c in cookies:
+    try:
+        h.aio_command_completed(c)
+    except nbd.Error:
+        failed += 1
+check('every command succeeded', failed == 0, '%d of %d failed' % (failed, len(cookies)))
+h.flush()
+h.shutdown()
+`;
+
+for (const mode of ['async', 'mwc'] as GmdMode[]) {
+  t.test(`${mode}: writes and overlapping trims/zeros in flight together end identical on both sides`, { skip: skipBase }, async (t) => {
+    const c = await TestCluster.create({ mode, size: SIZE });
+    t.teardown(() => c.cleanup());
+    await c.up();
+    report(t, await nbdsh(c.dir, `race-${mode}`, RACE_SCRIPT, { URI: c.uri, SIZE: String(SIZE), ROUNDS: '600' }), mode);
+    const s = await c.status('alpha');
+    t.equal(s.stats.remoteFailures, 0, 'no remote failure');
+    t.equal(s.map?.stale, 0, 'nothing stale (a divergence would not be marked: only cmp sees it)');
+    await stopBoth(c);
+    const same = await identical(c.vol.alpha!, c.vol.beta!);
+    t.ok(same.same, `volumes byte-identical ${same.detail}`);
+  });
+}
+
+for (const mode of ['mwc', 'async'] as GmdMode[]) {
+  t.test(`${mode}: trims and zeros while the secondary is down are marked stale; resync makes the volumes identical and punches the secondary`, { skip: skipBase }, async (t) => {
+    const c = await TestCluster.create({ mode, size: SIZE });
+    t.teardown(() => c.cleanup());
+    await c.up();
+    // Fill with data, mirrored, then take the secondary away.
+    report(t, await runOps(c, `fill-${mode}`, [], { canTrim: true, fill: true }), 'fill');
+    await c.waitInSync();
+    const before = allocated(c.vol.beta!);
+    await c.terminate('beta');
+    await c.waitFor('alpha', (s) => !s.peers.some((p) => p.active), 'alpha stopped mirroring');
+    report(t, await runOps(c, `down-${mode}`, ops(), { canTrim: true, fill: false }), 'peer down');
+    const down = await c.status('alpha');
+    // Regions touched by the 8 ops (32 KiB regions): 32 + 3 + 1 + 7 + 32 + 1 + 8 + 2.
+    t.equal(down.map?.stale, 86, `the zeroed and trimmed regions are stale (${down.map?.stale})`);
+    await c.run('beta');
+    await c.start('beta');
+    await c.waitInSync();
+    const after = await c.waitFor('alpha', (s) => !!s.resync?.complete, 'resync complete', 30000);
+    t.equal(after.stats.resyncBytesSent, 86 * REGION, 'exactly the stale regions were resynchronised');
+    await stopBoth(c);
+    const same = await identical(c.vol.alpha!, c.vol.beta!);
+    t.ok(same.same, `volumes byte-identical after resync ${same.detail}`);
+    // Chunks that read as zeros travel as zeros, holes allowed: the secondary is punched too.
+    t.ok(isHole(c.vol.beta!, 1 * M, 2 * M), 'beta: the 1 MiB trimmed while it was down is a hole after resync');
+    t.ok(allocated(c.vol.beta!) <= before - FREED_MIN, `beta: space freed by the resync (${before} -> ${allocated(c.vol.beta!)})`);
+  });
+}
