@@ -174,6 +174,38 @@ static napi_value ZeroRange(napi_env env, napi_callback_info info) {
   return do_fallocate(env, info, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE);
 }
 
+/*
+ * pread/pwrite(fd, buf, bufOffset, length, position) → bytes moved: one system call, as fs.readSync
+ * and fs.writeSync make, without their layers (argument validation in JS, a request object, a
+ * trace-category check per call); about 0.3 µs less per 4 KiB write, on every write of both sides.
+ */
+static napi_value do_rw(napi_env env, napi_callback_info info, int write) {
+  size_t argc = 5;
+  napi_value argv[5];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  int32_t fd;
+  int64_t boff, len, pos;
+  void *data;
+  size_t blen;
+  if (argc < 5 || !arg_int(env, argv[0], "fd", &fd)) return NULL;
+  if (napi_get_buffer_info(env, argv[1], &data, &blen) != napi_ok) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "buffer must be a Buffer");
+    return NULL;
+  }
+  if (!arg_off(env, argv[2], "offset", &boff) || !arg_off(env, argv[3], "length", &len) || !arg_off(env, argv[4], "position", &pos)) return NULL;
+  if (boff > (int64_t)blen || len > (int64_t)blen - boff) {
+    napi_throw_range_error(env, "ERR_OUT_OF_RANGE", "offset and length must lie inside the buffer");
+    return NULL;
+  }
+  ssize_t r;
+  do r = write ? pwrite(fd, (char *)data + boff, (size_t)len, (off_t)pos) : pread(fd, (char *)data + boff, (size_t)len, (off_t)pos);
+  while (r < 0 && errno == EINTR);
+  if (r < 0) return throw_errno(env, errno, write ? "write" : "read", NULL, NULL);
+  return num(env, (double)r);
+}
+static napi_value Pread(napi_env env, napi_callback_info info) { return do_rw(env, info, 0); }
+static napi_value Pwrite(napi_env env, napi_callback_info info) { return do_rw(env, info, 1); }
+
 static napi_value BlockDeviceSize(napi_env env, napi_callback_info info) {
   size_t argc = 1;
   napi_value argv[1];
@@ -491,6 +523,8 @@ static napi_value Init(napi_env env, napi_value exports) {
     EXPORT_FN("punchHole", PunchHole),
     EXPORT_FN("zeroRange", ZeroRange),
     EXPORT_FN("blockDeviceSize", BlockDeviceSize),
+    EXPORT_FN("pread", Pread),
+    EXPORT_FN("pwrite", Pwrite),
     EXPORT_FN("sdNotify", SdNotify),
     EXPORT_FN("socketpair", SocketPair),
     EXPORT_FN("nbdAttach", NbdAttach),

@@ -26,6 +26,12 @@ export interface FileExtensions {
    */
   preadNoWait?(fd: number, buf: Buffer, bufOffset: number, length: number, position: number): number;
   pwriteNoWait?(fd: number, buf: Buffer, bufOffset: number, length: number, position: number): number;
+  /**
+   * One plain pread(2)/pwrite(2), as fs.readSync/fs.writeSync make, for the inline path: the same
+   * call without Node's layers around it (validation, a request object, trace checks).
+   */
+  pread?(fd: number, buf: Buffer, bufOffset: number, length: number, position: number): number;
+  pwrite?(fd: number, buf: Buffer, bufOffset: number, length: number, position: number): number;
 }
 
 /**
@@ -63,6 +69,8 @@ export function setFileExtensions(ext: FileExtensions): void { defaultExtensions
 const ZERO_CHUNK = 1024 * 1024;
 let zeroBuf: Buffer | undefined;
 
+type RwCall = (fd: number, buf: Buffer, bufOffset: number, length: number, position: number) => number;
+
 export class FileBackend implements Backend {
   private closed = false;
   private readonly flagSet: BackendFlags;
@@ -70,12 +78,17 @@ export class FileBackend implements Backend {
   private inlineOffUntil = 0;
   private slowScore = 0;
   private readonly inline: boolean;
+  /** The inline transfers: RWF_NOWAIT when offered (-1: would block), else one plain system call. */
+  private readonly readNow: RwCall;
+  private readonly writeNow: RwCall;
   /** Counters for diagnostics and tests. */
   readonly stats = { inline: 0, async: 0, slowInline: 0 };
 
   private constructor(readonly path: string, readonly fd: number, private readonly bytes: number,
     readonly readOnly: boolean, readonly isBlockDevice: boolean, private readonly ext: FileExtensions, readonly io: IoMode) {
     this.inline = io !== 'async';
+    this.readNow = ext.preadNoWait ?? ext.pread ?? fs.readSync;
+    this.writeNow = ext.pwriteNoWait ?? ext.pwrite ?? fs.writeSync;
     this.flagSet = {
       readOnly,
       canFlush: true,
@@ -150,7 +163,7 @@ export class FileBackend implements Backend {
       let n: number;
       const t0 = performance.now();
       try {
-        n = this.ext.preadNoWait ? this.ext.preadNoWait(this.fd, buf, bufOffset, length, offset) : fs.readSync(this.fd, buf, bufOffset, length, offset);
+        n = this.readNow(this.fd, buf, bufOffset, length, offset);
       } catch (e) {
         cb(e as Error);
         return;
@@ -171,7 +184,7 @@ export class FileBackend implements Backend {
       let n: number;
       const t0 = performance.now();
       try {
-        n = this.ext.pwriteNoWait ? this.ext.pwriteNoWait(fd, data, 0, data.length, offset) : fs.writeSync(fd, data, 0, data.length, offset);
+        n = this.writeNow(fd, data, 0, data.length, offset);
       } catch (e) {
         cb(e as Error);
         return;

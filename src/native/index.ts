@@ -26,6 +26,8 @@ export interface Addon {
   punchHole(fd: number, offset: number, length: number): void;
   zeroRange(fd: number, offset: number, length: number): void;
   blockDeviceSize(fd: number): number;
+  pread(fd: number, buf: Buffer, bufOffset: number, length: number, position: number): number;
+  pwrite(fd: number, buf: Buffer, bufOffset: number, length: number, position: number): number;
   sdNotify(state: string): boolean;
   socketpair(): [number, number];
   nbdAttach(device: string, socketFd: number, opts: NbdAttachOptions, onEnd: Done): void;
@@ -89,6 +91,16 @@ export function seekHole(fd: number, offset: number): number {
 }
 
 /** Deallocates a range (reads return zeros); the file size is kept. */
+/** One pread(2) into buf[bufOffset, bufOffset + length): fs.readSync without its layers. */
+export function pread(fd: number, buf: Buffer, bufOffset: number, length: number, position: number): number {
+  return need().pread(fd, buf, bufOffset, length, position);
+}
+
+/** One pwrite(2) from buf[bufOffset, bufOffset + length): fs.writeSync without its layers. */
+export function pwrite(fd: number, buf: Buffer, bufOffset: number, length: number, position: number): number {
+  return need().pwrite(fd, buf, bufOffset, length, position);
+}
+
 export function punchHole(fd: number, offset: number, length: number): void {
   need().punchHole(fd, offset, length);
 }

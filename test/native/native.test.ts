@@ -42,6 +42,37 @@ t.test('SEEK_DATA / SEEK_HOLE, punch hole, zero range on a sparse file', { skip:
   native.zeroRange(fd, 0, 0); // a zero length is a no-op, not EINVAL
 });
 
+t.test('pread / pwrite: one system call on a range of a buffer; errors as fs gives them', { skip: noAddon }, async (t) => {
+  const { dir, cleanup } = tempDir();
+  t.teardown(cleanup);
+  const fd = openSync(join(dir, 'vol'), 'w+');
+  t.teardown(() => closeSync(fd));
+  ftruncateSync(fd, MiB);
+  const src = Buffer.alloc(10000);
+  for (let i = 0; i < src.length; i++) src[i] = (i * 31 + 7) & 0xff;
+  t.equal(native.pwrite(fd, src, 1000, 4096, 5 * 4096 + 17), 4096, 'wrote 4096 bytes from the middle of the buffer');
+  const viaFs = Buffer.alloc(4096);
+  readSync(fd, viaFs, 0, 4096, 5 * 4096 + 17);
+  t.ok(viaFs.equals(src.subarray(1000, 5096)), 'fs reads back exactly buf[1000, 5096) at the position');
+  const back = Buffer.alloc(6000, 0xee);
+  t.equal(native.pread(fd, back, 500, 4096, 5 * 4096 + 17), 4096);
+  t.ok(back.subarray(500, 4596).equals(src.subarray(1000, 5096)), 'pread fills buf[500, 4596)');
+  t.ok(back.subarray(0, 500).every((b) => b === 0xee) && back.subarray(4596).every((b) => b === 0xee), 'nothing outside the range touched');
+  t.equal(native.pread(fd, back, 0, 4096, MiB - 100), 100, 'a read across the end returns what there is');
+  t.equal(native.pread(fd, back, 0, 4096, 2 * MiB), 0, 'a read past the end returns 0');
+  const view = src.subarray(2000, 3000);
+  t.equal(native.pwrite(fd, view, 0, 1000, 0), 1000, 'a subarray view writes from its own start');
+  readSync(fd, viaFs, 0, 1000, 0);
+  t.ok(viaFs.subarray(0, 1000).equals(view));
+  t.throws(() => native.pwrite(fd, src, 9000, 2000, 0), { code: 'ERR_OUT_OF_RANGE' }, 'a range outside the buffer is refused before any I/O');
+  t.throws(() => native.pread(fd, src, -1, 10, 0), { code: 'ERR_INVALID_ARG_TYPE' });
+  t.throws(() => native.pwrite(fd, 'text' as unknown as Buffer, 0, 4, 0), { code: 'ERR_INVALID_ARG_TYPE' });
+  const ro = openSync(join(dir, 'vol'), 'r');
+  t.teardown(() => closeSync(ro));
+  t.throws(() => native.pwrite(ro, src, 0, 10, 0), { code: 'EBADF', errno: 9, syscall: 'write' }, 'a read-only fd: EBADF, as fs.writeSync says');
+  t.throws(() => native.pread(9999, src, 0, 10, 0), { code: 'EBADF', syscall: 'read' });
+});
+
 t.test('errors carry errno code, syscall and path', { skip: noAddon }, async (t) => {
   const { dir, cleanup } = tempDir();
   t.teardown(cleanup);
