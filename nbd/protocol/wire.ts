@@ -5,8 +5,9 @@
 import {
   NBDMAGIC, IHAVEOPT, OPTION_REPLY_MAGIC, FLAG_FIXED_NEWSTYLE, FLAG_NO_ZEROES,
   REQUEST_MAGIC, SIMPLE_REPLY_MAGIC, STRUCTURED_REPLY_MAGIC, REPLY_FLAG_DONE, ReplyType, Info,
-  SIMPLE_REPLY_SIZE, STRUCTURED_HEADER_SIZE,
+  SIMPLE_REPLY_SIZE, STRUCTURED_HEADER_SIZE, REQUEST_SIZE,
 } from './constants.js';
+import { getU16, getU32, putU32 } from './bytes.js';
 
 /** The 18-byte greeting: NBDMAGIC, IHAVEOPT, handshake flags. */
 export function encodeGreeting(): Buffer {
@@ -137,15 +138,16 @@ export interface RequestHeader {
  * Offsets up to 2^53 are exact; `offsetHi` (the upper 32 bits) lets validation reject anything larger.
  */
 export function readRequestHeader(b: Buffer, pos: number, out: RequestHeader): void {
-  out.magic = b.readUInt32BE(pos);
-  out.flags = b.readUInt16BE(pos + 4);
-  out.type = b.readUInt16BE(pos + 6);
-  out.cookieHi = b.readUInt32BE(pos + 8);
-  out.cookieLo = b.readUInt32BE(pos + 12);
-  const hi = b.readUInt32BE(pos + 16);
+  if (pos + REQUEST_SIZE > b.length) throw new RangeError('request header outside the buffer');
+  out.magic = getU32(b, pos);
+  out.flags = getU16(b, pos + 4);
+  out.type = getU16(b, pos + 6);
+  out.cookieHi = getU32(b, pos + 8);
+  out.cookieLo = getU32(b, pos + 12);
+  const hi = getU32(b, pos + 16);
   out.offsetHi = hi;
-  out.offset = hi * 0x100000000 + b.readUInt32BE(pos + 20);
-  out.length = b.readUInt32BE(pos + 24);
+  out.offset = hi * 0x100000000 + getU32(b, pos + 20);
+  out.length = getU32(b, pos + 24);
 }
 
 export function encodeRequest(type: number, flags: number, cookie: bigint, offset: bigint | number, length: number): Buffer {
@@ -168,10 +170,11 @@ export function encodeSimpleReply(error: number, cookieHi: number, cookieLo: num
 
 /** Writes a 16-byte simple reply header at the start of `b`. */
 export function writeSimpleReply(b: Buffer, error: number, cookieHi: number, cookieLo: number): void {
-  b.writeUInt32BE(SIMPLE_REPLY_MAGIC, 0);
-  b.writeUInt32BE(error, 4);
-  b.writeUInt32BE(cookieHi, 8);
-  b.writeUInt32BE(cookieLo, 12);
+  if (b.length < SIMPLE_REPLY_SIZE) throw new RangeError('simple reply buffer shorter than 16 bytes');
+  putU32(b, 0, SIMPLE_REPLY_MAGIC);
+  putU32(b, 4, error);
+  putU32(b, 8, cookieHi);
+  putU32(b, 12, cookieLo);
 }
 
 /** Writes a structured reply chunk header at `pos` of `b`. */

@@ -11,6 +11,7 @@ import { RangeLock } from './rangelock.js';
 import { CleanGate } from './clean-gate.js';
 import { WriteBatcher } from './batcher.js';
 import { getPooledBuffer, releaseBuffer } from '../../nbd/protocol/buffer-pool.js';
+import { getU32 } from '../../nbd/protocol/bytes.js';
 import { Resync, type ResyncProgress } from './resync.js';
 import { CELL_CLEAN, CELL_STALE } from '../statemap/index.js';
 
@@ -1022,8 +1023,8 @@ export class GeoMirrorDevice implements Backend {
     let pos = 4;
     for (let i = 0; i < n; i++) {
       if (pos + HEADER_BYTES > p.length) return bad();
-      const length = p.readUInt32BE(pos + 4);
-      const offset = p.readUInt32BE(pos + 8) * 0x100000000 + p.readUInt32BE(pos + 12);
+      const length = getU32(p, pos + 4);
+      const offset = getU32(p, pos + 8) * 0x100000000 + getU32(p, pos + 12);
       if (length === 0 || offset + length > size || pos + HEADER_BYTES + length > p.length) return bad();
       pos += HEADER_BYTES + length;
     }
@@ -1041,8 +1042,8 @@ export class GeoMirrorDevice implements Backend {
       };
       let at = 4;
       for (let i = 0; i < n; i++) {
-        const length = p.readUInt32BE(at + 4);
-        const offset = p.readUInt32BE(at + 8) * 0x100000000 + p.readUInt32BE(at + 12);
+        const length = getU32(p, at + 4);
+        const offset = getU32(p, at + 8) * 0x100000000 + getU32(p, at + 12);
         const fua = (p[at + 1]! & FLAG_FUA) !== 0;
         const data = p.subarray(at + HEADER_BYTES, at + HEADER_BYTES + length);
         at += HEADER_BYTES + length;

@@ -5,6 +5,7 @@
  */
 
 import type { Mode, Role } from '../config/vocabulary.js';
+import { getU32, putU32 } from '../../nbd/protocol/bytes.js';
 
 export const SVC_WRITE = 0x21;     // mirror or resync write: header + data
 export const SVC_READ = 0x22;      // resync pull: header (offset, length) -> data
@@ -28,21 +29,22 @@ export function encodeHeader(kind: number, flags: number, offset: number, length
   return b;
 }
 
-/** Writes a header into `b` at `at` (batches write all their headers into one buffer). */
+/** Writes a header into `b` at `at` (batches write all their headers into one buffer; once per mirrored write). */
 export function writeHeader(b: Buffer, at: number, kind: number, flags: number, offset: number, length: number): void {
   b[at] = kind; b[at + 1] = flags; b[at + 2] = 0; b[at + 3] = 0;
-  b.writeUInt32BE(length >>> 0, at + 4);
-  b.writeUInt32BE(Math.floor(offset / 0x100000000), at + 8);
-  b.writeUInt32BE(offset >>> 0, at + 12);
+  putU32(b, at + 4, length);
+  putU32(b, at + 8, Math.floor(offset / 0x100000000));
+  putU32(b, at + 12, offset);
 }
+
 
 export interface DataHeader { kind: number; flags: number; offset: number; length: number }
 
 /** Parses and range-checks a header; `size` is the device size. Returns null for malformed input. */
 export function decodeHeader(p: Buffer, size: number): DataHeader | null {
   if (p.length < HEADER_BYTES) return null;
-  const length = p.readUInt32BE(4);
-  const offset = p.readUInt32BE(8) * 0x100000000 + p.readUInt32BE(12);
+  const length = getU32(p, 4);
+  const offset = getU32(p, 8) * 0x100000000 + getU32(p, 12);
   if (offset + length > size || length === 0) return null;
   return { kind: p[0]!, flags: p[1]!, offset, length };
 }
