@@ -160,6 +160,9 @@ export class GeoMirrorDevice implements Backend {
   private attrOverrides: Partial<GmdAttributes> = {};
   private resyncEngine: Resync | null = null;
   private readonly opPool: WriteOp[] = [];
+  /** MWC ops whose local write waits for this turn's batch to be sent (deferLocal). */
+  private localQ: WriteOp[] = [];
+  private localScheduled = false;
   private batcher: WriteBatcher | null = null;
   /** Writes done on both sides wait here for a flush of both volumes before their regions are cleaned. */
   private readonly gate = new CleanGate({
@@ -580,9 +583,28 @@ export class GeoMirrorDevice implements Backend {
     if (mode === 'sync') { op.how = HOW_SYNC; this.opRemote(op); return; }
     op.how = HOW_MWC;
     op.left = 2;
-    local.writeCb!(op.offset, data, op.fua, op.localDone);
+    // Remote first, local once the batch has left: the peer's half of the round trip then runs
+    // while this side writes, instead of after every local write of the turn (MWC's point).
     this.opRemote(op);
+    this.deferLocal(op);
   }
+
+  /**
+   * Runs an op's local write in this turn's check phase, after the write batcher's flush (queued
+   * earlier by opRemote, and setImmediate callbacks run in order; the batch's packets leave in the
+   * microtask right after the flush). The op keeps its range lock and the server's buffer meanwhile.
+   */
+  private deferLocal(op: WriteOp): void {
+    this.localQ.push(op);
+    if (!this.localScheduled) { this.localScheduled = true; setImmediate(this.runLocalQ); }
+  }
+
+  private readonly runLocalQ = (): void => {
+    this.localScheduled = false;
+    const q = this.localQ;
+    this.localQ = [];
+    for (const op of q) op.res!.local.writeCb!(op.offset, op.data, op.fua, op.localDone);
+  };
 
   /** Queues the mirrored copy of an op's write (batched per event-loop turn). */
   private opRemote(op: WriteOp): void {
