@@ -61,10 +61,11 @@ async function fio(uri: string, w: Workload): Promise<FioResult> {
   });
 }
 
-function fill(path: string): void {
+/** Writes `bytes` of random data (one random MiB, repeated) to `path`. */
+function fill(path: string, bytes: number): void {
   const fd = openSync(path, 'w');
   const chunk = randomBytes(1024 * 1024);
-  for (let off = 0; off < size; off += chunk.length) writeSync(fd, chunk, 0, Math.min(chunk.length, size - off), off);
+  for (let off = 0; off < bytes; off += chunk.length) writeSync(fd, chunk, 0, Math.min(chunk.length, bytes - off), off);
   closeSync(fd); // settle() writes it back
 }
 
@@ -179,10 +180,7 @@ async function resyncBench(mtu: number): Promise<ResyncResult> {
   try {
     // Random data on the side that holds it: resync sends a chunk that reads as zeros as a zero
     // message, so a sparse volume would measure nothing of the link.
-    const fd = openSync(c.vol.alpha!, 'r+');
-    const chunk = randomBytes(4 * 1024 * 1024);
-    for (let off = 0; off < bytes; off += chunk.length) { chunk.writeUInt32LE(off / chunk.length, 0); writeSync(fd, chunk, 0, chunk.length, off); }
-    closeSync(fd);
+    fill(c.vol.alpha!, bytes);
     settle(c.vol.alpha!);
     await c.run('alpha');
     await c.run('beta');
@@ -215,7 +213,7 @@ async function main(): Promise<void> {
     const fioWanted = only.some((k) => k !== 'resync');
     if (fioWanted) {
       say(`preparing ${size} bytes of random data; fio ${runtime}s per run`);
-      fill(file);
+      fill(file, size);
       settle(file);
     }
     const makers: Array<[string, () => Promise<Target>]> = [

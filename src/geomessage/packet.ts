@@ -105,7 +105,6 @@ export function machineId(name: string): number {
   return h >>> 0;
 }
 
-/** Writes a header into `buf` at `o` (buf must hold HEADER_BYTES there). */
 /**
  * A DataView over `buf`, kept for the next call with the same buffer. Headers and ack blocks are
  * written and read per packet, and DataView accesses compile to plain loads and stores where
@@ -123,7 +122,7 @@ class ViewCache {
 const writeViews = new ViewCache();
 const readViews = new ViewCache();
 
-/** Writes the 64-byte header at `o`. Every field must fit its width (the transport's values do). */
+/** Writes the 64-byte header into `buf` at `o`. Every field must fit its width (the transport's values do). */
 export function writeHeader(buf: Buffer, h: PacketHeader, o = 0): void {
   const d = writeViews.of(buf);
   d.setUint8(o, VERSION);

@@ -37,7 +37,6 @@ export function writeHeader(b: Buffer, at: number, kind: number, flags: number, 
   putU32(b, at + 12, offset);
 }
 
-
 export interface DataHeader { kind: number; flags: number; offset: number; length: number }
 
 /** Parses and range-checks a header; `size` is the device size. Returns null for malformed input. */
