@@ -2,16 +2,17 @@
  * georm's native addon: the few Linux system calls Node does not expose.
  *
  *   seekData / seekHole     lseek(SEEK_DATA / SEEK_HOLE)          BLOCK_STATUS
- *   punchHole / zeroRange   fallocate(PUNCH_HOLE|KEEP_SIZE / ZERO_RANGE)   TRIM, WRITE_ZEROES
+ *   punchHoleAsync /        fallocate(PUNCH_HOLE|KEEP_SIZE /       TRIM, WRITE_ZEROES
+ *     zeroRangeAsync          ZERO_RANGE|KEEP_SIZE) on a pool thread
  *   blockDeviceSize         ioctl(BLKGETSIZE64)                   block-device volumes
  *   sdNotify                sendto() on a unix datagram socket    systemd Type=notify
  *   socketpair              socketpair(AF_UNIX, SOCK_STREAM)      /dev/nbdN attach
  *   nbdAttach / nbdDetach   NBD_SET_SOCK … NBD_DO_IT / NBD_DISCONNECT + NBD_CLEAR_SOCK
  *   udp* / macKey           GeoMessage datagram batches (udp.c)
  *
- * Written on node_api.h only (ABI-stable across Node 20/22/24). Every failure throws an Error whose
- * `code` is the errno name, `errno` the positive errno number, plus `syscall` and (where there is
- * one) `path`. The TypeScript wrapper src/native/index.ts is the only importer.
+ * Written on node_api.h only (ABI-stable across Node 20/22/24). Every failure throws (or, for the
+ * calls that finish on another thread, passes to their callback) an Error whose `code` is the errno
+ * name, `errno` the positive errno number, plus `syscall` and (where there is one) `path`. The TypeScript wrapper src/native/index.ts is the only importer.
  */
 #include "common.h"
 
@@ -151,27 +152,95 @@ static napi_value do_seek(napi_env env, napi_callback_info info, int whence) {
 static napi_value SeekData(napi_env env, napi_callback_info info) { return do_seek(env, info, SEEK_DATA); }
 static napi_value SeekHole(napi_env env, napi_callback_info info) { return do_seek(env, info, SEEK_HOLE); }
 
-static napi_value do_fallocate(napi_env env, napi_callback_info info, int mode) {
-  size_t argc = 3;
-  napi_value argv[3];
+/* fallocate(2) over [off, off+len), retried on EINTR; 0 or the errno. A zero length is a no-op
+ * (fallocate itself would say EINVAL), as a zero-length TRIM or WRITE_ZEROES is. */
+static int falloc_range(int fd, int mode, int64_t off, int64_t len) {
+  if (len == 0) return 0;
+  int r;
+  do r = fallocate(fd, mode, (off_t)off, (off_t)len);
+  while (r < 0 && errno == EINTR);
+  return r < 0 ? errno : 0;
+}
+
+/*
+ * punchHoleAsync / zeroRangeAsync(fd, offset, length, done(err?)): the same fallocate on a libuv pool
+ * thread. A discard or zero-range of gigabytes on a block device can take seconds, and on the event
+ * loop that would stop GeoMessage acks and keepalives, NBD replies and control queries meanwhile
+ * (long enough for the peer to declare a failure). The arguments are read and checked here, on the
+ * JS thread (offsets and lengths as arg_off takes them: non-negative exact integers), so a bad one
+ * throws at once, and the pool thread only sees the numbers captured at the call. The caller keeps
+ * the fd open until `done`, or its number could name another file by then (FileBackend.close waits).
+ */
+typedef struct {
+  napi_async_work work;
+  napi_ref cb;
+  int fd;
+  int mode;
+  int64_t off, len;
+  int err;
+} falloc_work_t;
+
+static void falloc_exec(napi_env env, void *data) {
+  (void)env;
+  falloc_work_t *w = data;
+  w->err = falloc_range(w->fd, w->mode, w->off, w->len);
+}
+
+static void falloc_complete(napi_env env, napi_status status, void *data) {
+  falloc_work_t *w = data;
+  napi_value cb, undef, arg;
+  napi_get_reference_value(env, w->cb, &cb);
+  napi_get_undefined(env, &undef);
+  /* napi_cancelled: the work never ran (nothing cancels it today; `done` is still called once). */
+  int err = status == napi_cancelled ? ECANCELED : w->err;
+  arg = err ? make_errno_error(env, err, "fallocate", NULL, NULL) : undef;
+  napi_call_function(env, undef, cb, 1, &arg, NULL);
+  napi_delete_reference(env, w->cb);
+  napi_delete_async_work(env, w->work);
+  free(w);
+}
+
+static napi_value do_fallocate_async(napi_env env, napi_callback_info info, int mode) {
+  size_t argc = 4;
+  napi_value argv[4];
   CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   int32_t fd;
   int64_t off, len;
   if (argc < 3 || !arg_int(env, argv[0], "fd", &fd) || !arg_off(env, argv[1], "offset", &off) ||
       !arg_off(env, argv[2], "length", &len))
     return NULL;
-  if (len == 0) return NULL;
-  int r;
-  do r = fallocate(fd, mode, (off_t)off, (off_t)len);
-  while (r < 0 && errno == EINTR);
-  if (r < 0) return throw_errno(env, errno, "fallocate", NULL, NULL);
+  napi_valuetype t = napi_undefined;
+  if (argc >= 4) napi_typeof(env, argv[3], &t);
+  if (t != napi_function) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "callback must be a function");
+    return NULL;
+  }
+  falloc_work_t *w = calloc(1, sizeof *w);
+  if (!w) return throw_errno(env, ENOMEM, "calloc", NULL, NULL);
+  w->fd = fd;
+  w->mode = mode;
+  w->off = off;
+  w->len = len;
+  napi_value name;
+  napi_create_string_utf8(env, "georm:fallocate", NAPI_AUTO_LENGTH, &name);
+  if (napi_create_reference(env, argv[3], 1, &w->cb) != napi_ok) goto fail;
+  if (napi_create_async_work(env, NULL, name, falloc_exec, falloc_complete, w, &w->work) != napi_ok) goto fail_ref;
+  if (napi_queue_async_work(env, w->work) != napi_ok) goto fail_work;
+  return NULL;
+fail_work:
+  napi_delete_async_work(env, w->work);
+fail_ref:
+  napi_delete_reference(env, w->cb);
+fail:
+  free(w);
+  napi_throw_error(env, "EINTERNAL", "georm_native: cannot queue fallocate");
   return NULL;
 }
-static napi_value PunchHole(napi_env env, napi_callback_info info) {
-  return do_fallocate(env, info, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE);
+static napi_value PunchHoleAsync(napi_env env, napi_callback_info info) {
+  return do_fallocate_async(env, info, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE);
 }
-static napi_value ZeroRange(napi_env env, napi_callback_info info) {
-  return do_fallocate(env, info, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE);
+static napi_value ZeroRangeAsync(napi_env env, napi_callback_info info) {
+  return do_fallocate_async(env, info, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE);
 }
 
 /*
@@ -520,8 +589,8 @@ static napi_value Init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
     EXPORT_FN("seekData", SeekData),
     EXPORT_FN("seekHole", SeekHole),
-    EXPORT_FN("punchHole", PunchHole),
-    EXPORT_FN("zeroRange", ZeroRange),
+    EXPORT_FN("punchHoleAsync", PunchHoleAsync),
+    EXPORT_FN("zeroRangeAsync", ZeroRangeAsync),
     EXPORT_FN("blockDeviceSize", BlockDeviceSize),
     EXPORT_FN("pread", Pread),
     EXPORT_FN("pwrite", Pwrite),

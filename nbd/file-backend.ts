@@ -11,13 +11,19 @@ import type { Backend, BackendFlags, Extent, WriteOptions, ZeroOptions } from '.
 import { NbdErrno, STATE_HOLE, STATE_ZERO, DEFAULT_MAX_PAYLOAD } from './protocol/constants.js';
 import { nbdError } from './errno.js';
 
-/** Platform calls the native addon provides; all synchronous on an fd, all optional. */
+/**
+ * Platform calls the native addon provides, all optional. All are synchronous on an fd except the
+ * fallocate calls, which can take seconds on a large range of a block device and so run off the
+ * event loop; their errors carry the errno name as `code` (EOPNOTSUPP when a mode is refused).
+ */
 export interface FileExtensions {
   /** Next data offset at or after `offset`, or null when there is none (ENXIO). */
   seekData?(fd: number, offset: number): number | null;
   seekHole?(fd: number, offset: number): number;
-  punchHole?(fd: number, offset: number, length: number): void;
-  zeroRange?(fd: number, offset: number, length: number): void;
+  /** fallocate(PUNCH_HOLE | KEEP_SIZE), settled when done; `fd` stays open until then. */
+  punchHole?(fd: number, offset: number, length: number): Promise<void>;
+  /** fallocate(ZERO_RANGE | KEEP_SIZE), settled when done; `fd` stays open until then. */
+  zeroRange?(fd: number, offset: number, length: number): Promise<void>;
   blockDeviceSize?(fd: number): number;
   /**
    * preadv2(RWF_NOWAIT) / pwritev2(RWF_NOWAIT): transfer only if it needs no waiting (page cache
@@ -70,6 +76,7 @@ const ZERO_CHUNK = 1024 * 1024;
 let zeroBuf: Buffer | undefined;
 
 type RwCall = (fd: number, buf: Buffer, bufOffset: number, length: number, position: number) => number;
+type FallocCall = (fd: number, offset: number, length: number) => Promise<void>;
 
 export class FileBackend implements Backend {
   private closed = false;
@@ -83,6 +90,11 @@ export class FileBackend implements Backend {
   private readonly writeNow: RwCall;
   /** Counters for diagnostics and tests. */
   readonly stats = { inline: 0, async: 0, slowInline: 0 };
+  /**
+   * fallocate calls still running on the threadpool. close() waits for them: closing the fd under
+   * one would let the next open() reuse its number, and the hole would be punched in another file.
+   */
+  private readonly fallocs = new Set<Promise<void>>();
 
   private constructor(readonly path: string, readonly fd: number, private readonly bytes: number,
     readonly readOnly: boolean, readonly isBlockDevice: boolean, private readonly ext: FileExtensions, readonly io: IoMode) {
@@ -212,7 +224,7 @@ export class FileBackend implements Backend {
 
   async trim(offset: number, length: number, opts: WriteOptions): Promise<void> {
     if (!this.ext.punchHole) return; // advisory: doing nothing is correct
-    try { this.ext.punchHole(this.fd, offset, length); } catch (e) {
+    try { await this.falloc(this.ext.punchHole, offset, length); } catch (e) {
       if (!refused(e)) throw e;
       return; // the filesystem or device cannot punch holes: advisory, so nothing is done
     }
@@ -226,7 +238,7 @@ export class FileBackend implements Backend {
    * neither mode, a block device wants aligned ranges) falls through to the next way.
    */
   async zero(offset: number, length: number, opts: ZeroOptions): Promise<void> {
-    if (!this.fallocZero(offset, length, opts.noHole, opts.deallocate === true)) {
+    if (!await this.fallocZero(offset, length, opts.noHole, opts.deallocate === true)) {
       if (opts.fastZero) throw nbdError(NbdErrno.ENOTSUP, 'no fast zeroing on this backend');
       await this.writeZeros(offset, length);
     }
@@ -234,17 +246,27 @@ export class FileBackend implements Backend {
   }
 
   /** Zeroes the range by fallocate; false when neither allowed mode is available or accepted. */
-  private fallocZero(offset: number, length: number, noHole: boolean, holeFirst: boolean): boolean {
+  private async fallocZero(offset: number, length: number, noHole: boolean, holeFirst: boolean): Promise<boolean> {
     const { punchHole, zeroRange } = this.ext;
     const punch = !noHole && punchHole ? punchHole : undefined;
     const ways = holeFirst ? [punch, zeroRange] : [zeroRange, punch];
     for (const way of ways) {
       if (!way) continue;
-      try { way(this.fd, offset, length); return true; } catch (e) {
+      // One way at a time: the next is tried only once this one was refused.
+      try { await this.falloc(way, offset, length); return true; } catch (e) {
         if (!refused(e)) throw e;
       }
     }
     return false;
+  }
+
+  /** One fallocate call on the threadpool, tracked until it settles (see `fallocs`). */
+  private falloc(call: FallocCall, offset: number, length: number): Promise<void> {
+    const p = call(this.fd, offset, length);
+    this.fallocs.add(p);
+    const settled = (): void => { this.fallocs.delete(p); };
+    p.then(settled, settled);
+    return p;
   }
 
   private async writeZeros(offset: number, length: number): Promise<void> {
@@ -278,6 +300,8 @@ export class FileBackend implements Backend {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    // A loop: a trim or zero that arrives while we wait adds to the set.
+    while (this.fallocs.size > 0) await Promise.allSettled(this.fallocs);
     await new Promise<void>((resolve) => fs.close(this.fd, () => resolve()));
   }
 }

@@ -23,8 +23,8 @@ type Done = (err?: Error) => void;
 export interface Addon {
   seekData(fd: number, offset: number): number;
   seekHole(fd: number, offset: number): number;
-  punchHole(fd: number, offset: number, length: number): void;
-  zeroRange(fd: number, offset: number, length: number): void;
+  punchHoleAsync(fd: number, offset: number, length: number, done: Done): void;
+  zeroRangeAsync(fd: number, offset: number, length: number, done: Done): void;
   blockDeviceSize(fd: number): number;
   pread(fd: number, buf: Buffer, bufOffset: number, length: number, position: number): number;
   pwrite(fd: number, buf: Buffer, bufOffset: number, length: number, position: number): number;
@@ -90,7 +90,6 @@ export function seekHole(fd: number, offset: number): number {
   return r < 0 ? fstatSync(fd).size : r;
 }
 
-/** Deallocates a range (reads return zeros); the file size is kept. */
 /** One pread(2) into buf[bufOffset, bufOffset + length): fs.readSync without its layers. */
 export function pread(fd: number, buf: Buffer, bufOffset: number, length: number, position: number): number {
   return need().pread(fd, buf, bufOffset, length, position);
@@ -101,13 +100,23 @@ export function pwrite(fd: number, buf: Buffer, bufOffset: number, length: numbe
   return need().pwrite(fd, buf, bufOffset, length, position);
 }
 
-export function punchHole(fd: number, offset: number, length: number): void {
-  need().punchHole(fd, offset, length);
+/**
+ * Runs one of the addon's fallocate calls on the libuv threadpool (a large range can take seconds
+ * on a block device, which must not stall the event loop). Bad arguments and a missing addon reject
+ * too, so callers have one error path. The fd must stay open until the promise settles.
+ */
+function fallocAsync(call: 'punchHoleAsync' | 'zeroRangeAsync', fd: number, offset: number, length: number): Promise<void> {
+  return new Promise((resolve, reject) => need()[call](fd, offset, length, (err) => (err ? reject(err) : resolve())));
 }
 
-/** Zeroes a range without writing data blocks (the range stays allocated); the file size is kept. */
-export function zeroRange(fd: number, offset: number, length: number): void {
-  need().zeroRange(fd, offset, length);
+/** Deallocates a range (reads return zeros), in the threadpool; the file size is kept. */
+export function punchHoleAsync(fd: number, offset: number, length: number): Promise<void> {
+  return fallocAsync('punchHoleAsync', fd, offset, length);
+}
+
+/** Zeroes a range without writing data blocks (it stays allocated), in the threadpool; the file size is kept. */
+export function zeroRangeAsync(fd: number, offset: number, length: number): Promise<void> {
+  return fallocAsync('zeroRangeAsync', fd, offset, length);
 }
 
 /** Size in bytes of a block device open at `fd`. */

@@ -126,8 +126,8 @@ t.test('FileBackend with platform extensions', async (t) => {
   const ext = {
     seekData: (_fd: number, off: number) => (off < 32768 ? Math.max(off, 16384) : null),
     seekHole: (_fd: number, off: number) => (off < 16384 ? 16384 : 32768),
-    punchHole: (fd: number, off: number, len: number) => { calls.push(`punch ${off} ${len}`); fs.writeSync(fd, Buffer.alloc(len), 0, len, off); },
-    zeroRange: (fd: number, off: number, len: number) => { calls.push(`zero ${off} ${len}`); fs.writeSync(fd, Buffer.alloc(len), 0, len, off); },
+    punchHole: async (fd: number, off: number, len: number) => { calls.push(`punch ${off} ${len}`); fs.writeSync(fd, Buffer.alloc(len), 0, len, off); },
+    zeroRange: async (fd: number, off: number, len: number) => { calls.push(`zero ${off} ${len}`); fs.writeSync(fd, Buffer.alloc(len), 0, len, off); },
   };
   const b = await FileBackend.open(path, { readOnly: false, extensions: ext });
   t.teardown(() => b.close());
@@ -153,6 +153,84 @@ t.test('FileBackend with platform extensions', async (t) => {
   await plain.close();
   await t.rejects(FileBackend.open(dir, { readOnly: true }), 'a directory is refused');
   await t.rejects(FileBackend.open(join(dir, 'missing'), { readOnly: true }), { code: 'ENOENT' });
+});
+
+t.test('FileBackend fallocate extensions: refused modes fall through, other errors surface, close waits', async (t) => {
+  const { dir, cleanup } = tempDir();
+  t.teardown(cleanup);
+  const path = join(dir, 'f');
+  const errno = (code: string) => Object.assign(new Error(`fallocate: ${code}`), { code, syscall: 'fallocate' });
+  let calls: string[] = [];
+  // Each mode answers as told: 'ok' zeroes the range (with plain writes, so the result is checkable).
+  const ext = (punch: string, zero: string) => {
+    const way = (name: string, answer: string) => async (fd: number, off: number, len: number) => {
+      calls.push(name);
+      await new Promise((r) => setImmediate(r)); // settles later, as the threadpool calls do
+      if (answer !== 'ok') throw errno(answer);
+      writeSync(fd, Buffer.alloc(len), 0, len, off);
+    };
+    return { punchHole: way('punch', punch), zeroRange: way('zero', zero) };
+  };
+  const zeroed = (off: number, len: number) => readFileSync(path).subarray(off, off + len).every((x) => x === 0);
+  const open = async (punch: string, zero: string) => {
+    writeFileSync(path, Buffer.alloc(65536, 7));
+    calls = [];
+    const b = await FileBackend.open(path, { readOnly: false, extensions: ext(punch, zero) });
+    t.teardown(() => b.close());
+    return b;
+  };
+  const z = { fua: false, noHole: false, fastZero: false };
+
+  let b = await open('ok', 'EOPNOTSUPP');
+  await b.zero(0, 4096, z);
+  t.same(calls, ['zero', 'punch'], 'ZERO_RANGE refused: a hole punched instead');
+  t.ok(zeroed(0, 4096));
+  calls = [];
+  await b.zero(4096, 4096, { ...z, deallocate: true });
+  t.same(calls, ['punch'], 'deallocate: the hole first');
+
+  for (const code of ['ENOTSUP', 'ENOSYS', 'EINVAL']) {
+    b = await open(code, code);
+    await b.zero(100, 5000, { ...z, fua: true });
+    t.same(calls, ['zero', 'punch'], `${code}: both modes tried`);
+    t.ok(zeroed(100, 5000), `${code}: zeros written instead`);
+  }
+
+  b = await open('EOPNOTSUPP', 'EOPNOTSUPP');
+  await t.rejects(b.zero(0, 4096, { ...z, fastZero: true }), { message: /no fast zeroing/, errno: 95 }, 'FAST_ZERO with neither mode: NBD ENOTSUP');
+  t.ok(readFileSync(path).subarray(0, 4096).every((x) => x === 7), 'FAST_ZERO refused: data untouched');
+  calls = [];
+  await b.zero(0, 4096, { ...z, noHole: true });
+  t.same(calls, ['zero'], 'NO_HOLE never punches');
+  calls = [];
+  await b.trim(8192, 4096, { fua: true });
+  t.same(calls, ['punch'], 'a refused TRIM is done as nothing (advisory)');
+  t.ok(readFileSync(path).subarray(8192, 12288).every((x) => x === 7));
+
+  b = await open('EIO', 'EIO');
+  await t.rejects(b.zero(0, 4096, z), { code: 'EIO' }, 'an I/O error is not a refusal: it surfaces');
+  t.same(calls, ['zero']);
+  await t.rejects(b.trim(0, 4096, { fua: false }), { code: 'EIO' });
+
+  // close() while a punch is still running: the fd is closed only once it settled.
+  let finish!: () => void;
+  let punched = false;
+  const slow = {
+    punchHole: (fd: number, off: number, len: number) => new Promise<void>((res) => {
+      finish = () => { writeSync(fd, Buffer.alloc(len), 0, len, off); punched = true; res(); };
+    }),
+  };
+  writeFileSync(path, Buffer.alloc(65536, 7));
+  const c = await FileBackend.open(path, { readOnly: false, extensions: slow });
+  const trim = c.trim(0, 4096, { fua: false });
+  let closed = false;
+  const closing = c.close().then(() => { closed = true; });
+  await new Promise((r) => setTimeout(r, 20));
+  t.equal(closed, false, 'close waits for the pending fallocate');
+  finish();
+  await trim;
+  await closing;
+  t.ok(punched && zeroed(0, 4096), 'the punch ran on the still-open fd');
 });
 
 t.test('FileBackend I/O modes: inline, async, and auto backing off after slow inline transfers', async (t) => {
