@@ -111,7 +111,8 @@ export class FileBackend implements Backend {
       canCache: true,
       // One fd shared by all connections: a FLUSH (fdatasync) on any of them covers every write.
       canMultiConn: true,
-      canExtents: !!ext.seekData && !!ext.seekHole,
+      // A block device answers SEEK_DATA with "all data" (the kernel's generic llseek): no holes to tell.
+      canExtents: !isBlockDevice && !!ext.seekData && !!ext.seekHole,
       rotational: false,
     };
   }

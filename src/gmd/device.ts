@@ -13,6 +13,7 @@ import { WriteBatcher } from './batcher.js';
 import { getPooledBuffer, releaseBuffer } from '../../nbd/protocol/buffer-pool.js';
 import { getU32 } from '../../nbd/protocol/bytes.js';
 import { Resync, type ResyncProgress } from './resync.js';
+import { sourceRuns } from './zero-runs.js';
 import { CELL_CLEAN, CELL_STALE } from '../statemap/index.js';
 
 const EMPTY = Buffer.alloc(0);
@@ -1185,6 +1186,15 @@ export class GeoMirrorDevice implements Backend {
       case 'resync-done':
         await this.res?.map.flush();
         return reply({ ok: true });
+      case 'zero-runs': {
+        // A pulling peer asks how a range that read as zeros is stored here (Resync.pullZeros).
+        const { offset, length } = msg;
+        if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length <= 0 || offset + length > this.devSize) {
+          throw new GeormError('GMD_ERR_BAD_MESSAGE', 'malformed zero-runs');
+        }
+        if (!this.res) throw new GeormError('GMD_ERR_NOT_AVAILABLE', `${this.name} on ${this.machine} is DEFINED`);
+        return reply({ runs: await sourceRuns(this.res.local, offset, length) });
+      }
       default:
         throw new GeormError('GMD_ERR_BAD_MESSAGE', 'unknown control operation');
     }

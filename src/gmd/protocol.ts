@@ -80,4 +80,5 @@ export type ControlMessage =
   | { op: 'clear-map' }
   | { op: 'clean-regions'; regions: number[] }
   | { op: 'resync-done' }
+  | { op: 'zero-runs'; offset: number; length: number } // reply { runs: ZeroRun[] | null } (zero-runs.ts)
   | { op: 'facts' };

@@ -1,8 +1,9 @@
 import type { Backend } from '../../nbd/backend.js';
 import type { Logger } from '../util/log.js';
 import type { MapPort, PeerTransport } from './ports.js';
-import { SVC_FLUSH, SVC_READ, SVC_WRITE, SVC_ZERO, KIND_RESYNC, FLAG_TRIM, encodeHeader, type ControlMessage } from './protocol.js';
+import { SVC_FLUSH, SVC_READ, SVC_WRITE, SVC_ZERO, KIND_RESYNC, FLAG_TRIM, FLAG_NO_HOLE, encodeHeader, type ControlMessage } from './protocol.js';
 import type { RangeLock } from './rangelock.js';
+import { checkRuns, holesAllowed, sourceRuns, type ZeroRun } from './zero-runs.js';
 import { CELL_CLEAN, CELL_STALE } from '../statemap/index.js';
 
 /** Bytes copied to the peer per flush there before their regions are cleaned. */
@@ -228,9 +229,7 @@ export class Resync {
           for (let r = first; r <= last; r++) if (map.cell(r) === CELL_STALE) { any = true; break; }
           if (!any) return;
           const data = await local.read(start, end - start);
-          // A chunk that reads as zeros (a trimmed or never-written range) travels as a zero, holes
-          // allowed: the peer reads the same zeros and keeps its volume sparse where it can punch.
-          if (allZero(data)) await net.request(peer, SVC_ZERO, encodeHeader(KIND_RESYNC, FLAG_TRIM, start, data.length), { ordered: this.o.ordered });
+          if (allZero(data)) await this.pushZeros(start, data.length);
           else await net.request(peer, SVC_WRITE, [encodeHeader(KIND_RESYNC, 0, start, data.length), data], { ordered: this.o.ordered });
           for (let r = first; r <= last; r++) this.copied.push(r);
           this.copiedBytes += data.length;
@@ -253,6 +252,20 @@ export class Resync {
     }
     await map.flush();
     if (this.active()) await this.o.control({ op: 'resync-done' }).catch(() => undefined);
+  }
+
+  /**
+   * A chunk that reads as zeros travels as zeros (16 bytes, not the data), one message per run of
+   * the source's layout: holes allowed where this volume has a hole (the peer punches where it can
+   * and stays sparse), NO_HOLE where it has the range allocated (the peer keeps or makes it
+   * allocated, so a thick copy stays thick). Called with the chunk's range lock held, so the layout
+   * is the one the zeros were read from.
+   */
+  private async pushZeros(start: number, length: number): Promise<void> {
+    const { net, peer, local, ordered } = this.o;
+    const runs = await sourceRuns(local, start, length) ?? holesAllowed(start, length);
+    await Promise.all(runs.map((r) =>
+      net.request(peer, SVC_ZERO, encodeHeader(KIND_RESYNC, r.hole ? FLAG_TRIM : FLAG_NO_HOLE, r.offset, r.length), { ordered })));
   }
 
   private async pull(): Promise<void> {
@@ -293,13 +306,41 @@ export class Resync {
       const [start, end] = this.byteRange(r, e);
       const data = await this.o.net.request(this.o.peer, SVC_READ, encodeHeader(KIND_RESYNC, 0, start, end - start));
       if (data.length !== end - start) throw new Error(`resync read returned ${data.length} bytes, expected ${end - start}`);
-      if (allZero(data)) await this.o.local.zero(start, data.length, { fua: false, noHole: false, fastZero: false, deallocate: true });
+      if (allZero(data)) await this.pullZeros(start, data.length);
       else await this.o.local.write(start, data, { fua: false });
       for (let i = r; i <= e; i++) { if (p[i]) { p[i] = 0; this.pendingCount--; this.toClean.push(i); } }
       this.o.stats.resyncBytesReceived += data.length;
       this.account(data.length, e - r + 1);
       r = e + 1;
     }
+  }
+
+  /**
+   * A pulled range that reads as zeros is zeroed here after the peer's layout, as pushZeros does on
+   * the peer. SVC_READ carries bytes only, so the layout is asked for separately ('zero-runs', one
+   * round trip per all-zero chunk); the range lock held by the caller keeps mirrored writes off the
+   * range meanwhile, so it is the layout the zeros were read from.
+   */
+  private async pullZeros(start: number, length: number): Promise<void> {
+    const runs = await this.peerRuns(start, length) ?? holesAllowed(start, length);
+    for (const r of runs) {
+      await this.o.local.zero(r.offset, r.length, { fua: false, noHole: !r.hole, fastZero: false, deallocate: r.hole });
+    }
+  }
+
+  /** The peer's runs, or null when it cannot tell (no extents) or does not know 'zero-runs'. */
+  private async peerRuns(start: number, length: number): Promise<ZeroRun[] | null> {
+    let reply: { runs?: unknown } | null;
+    try {
+      reply = await this.o.control({ op: 'zero-runs', offset: start, length }) as { runs?: unknown } | null;
+    } catch (e) {
+      // A peer from before 'zero-runs' refuses the operation: zero as resync always did. A lost
+      // link lands here too, harmlessly: the bytes are right either way, and the clean-regions
+      // request that follows fails on its own.
+      this.o.logger.debug({ err: (e as Error).message }, 'resync: peer gave no zero-runs; holes allowed');
+      return null;
+    }
+    return checkRuns(reply?.runs, start, length);
   }
 
   private async flushCleaned(all: boolean): Promise<void> {
