@@ -196,7 +196,8 @@ t.test('mwc: volumes on tmpfs (no ZERO_RANGE): NO_HOLE falls back to writing zer
   const tmpfs = join(c.dir, 'tmpfs');
   await mkdir(tmpfs);
   const mounted = (await runCmd('mount', ['-t', 'tmpfs', '-o', 'size=32m', 'tmpfs', tmpfs])).code === 0;
-  t.teardown(async () => { await c.cleanup().catch(() => undefined); if (mounted) await runCmd('umount', ['-l', tmpfs]); });
+  // Unmounted first: the cluster's cleanup removes its directory, which fails on a mount point still in use.
+  t.teardown(async () => { if (mounted) await runCmd('umount', ['-l', tmpfs]); await c.cleanup().catch(() => undefined); });
   t.ok(mounted, 'tmpfs mounted');
   if (!mounted) return;
   // Each configured volume path becomes a link to a file on tmpfs.
