@@ -12,6 +12,15 @@ import { NbdErrno, STATE_HOLE, STATE_ZERO, DEFAULT_MAX_PAYLOAD } from './protoco
 import { nbdError } from './errno.js';
 
 /**
+ * What an operation begun after close() gets. Node's code for it would be EBADF, but that also
+ * means a bug (a wrong fd); this one is expected during shutdown and tells which file. Its errno
+ * (ESHUTDOWN) is what an NBD client is told.
+ */
+function closedError(path: string): Error & { errno: number; code: string } {
+  return Object.assign(nbdError(NbdErrno.ESHUTDOWN, `${path} is closed`), { code: 'NBD_ERR_BACKEND_CLOSED' });
+}
+
+/**
  * Platform calls the native addon provides, all optional. All are synchronous on an fd except the
  * fallocate calls, which can take seconds on a large range of a block device and so run off the
  * event loop; their errors carry the errno name as `code` (EOPNOTSUPP when a mode is refused).
@@ -76,10 +85,20 @@ const ZERO_CHUNK = 1024 * 1024;
 let zeroBuf: Buffer | undefined;
 
 type RwCall = (fd: number, buf: Buffer, bufOffset: number, length: number, position: number) => number;
-type FallocCall = (fd: number, offset: number, length: number) => Promise<void>;
 
 export class FileBackend implements Backend {
+  /** Set when close() begins; from then on every operation is refused (closedError). */
   private closed = false;
+  private closing: Promise<void> | null = null;
+  /**
+   * Operations using the fd right now, counted from admission (enter) until their last system call
+   * has settled (leave): threadpool reads, writes, fdatasync and fallocate alike. close() waits for
+   * zero before closing the fd: closing it under one would let the next open() in this process (a
+   * state map, a log, another volume) reuse the number, and the pending pwrite would land there.
+   * A plain integer, so the write path pays an increment and a decrement, no allocation.
+   */
+  private busy = 0;
+  private idle: (() => void) | null = null;
   private readonly flagSet: BackendFlags;
   /** performance.now() until which inline I/O is off ('auto' after a slow inline transfer). */
   private inlineOffUntil = 0;
@@ -90,11 +109,6 @@ export class FileBackend implements Backend {
   private readonly writeNow: RwCall;
   /** Counters for diagnostics and tests. */
   readonly stats = { inline: 0, async: 0, slowInline: 0 };
-  /**
-   * fallocate calls still running on the threadpool. close() waits for them: closing the fd under
-   * one would let the next open() reuse its number, and the hole would be punched in another file.
-   */
-  private readonly fallocs = new Set<Promise<void>>();
 
   private constructor(readonly path: string, readonly fd: number, private readonly bytes: number,
     readonly readOnly: boolean, readonly isBlockDevice: boolean, private readonly ext: FileExtensions, readonly io: IoMode) {
@@ -142,9 +156,32 @@ export class FileBackend implements Backend {
     return { minimum: 1, preferred: 4096, maximum: DEFAULT_MAX_PAYLOAD };
   }
 
+  /** Admits an operation (see `busy`); false once close() has begun. */
+  private enter(): boolean {
+    if (this.closed) return false;
+    this.busy++;
+    return true;
+  }
+
+  /** Ends an admitted operation; the last one out lets a waiting close() go on. */
+  private leave(): void {
+    if (--this.busy === 0 && this.idle !== null) {
+      const idle = this.idle;
+      this.idle = null;
+      idle();
+    }
+  }
+
+  /** Runs `op` as one admitted operation: its steps may span many system calls, close() waits for all. */
+  private async admitted<T>(op: () => Promise<T>): Promise<T> {
+    if (!this.enter()) throw closedError(this.path);
+    try { return await op(); } finally { this.leave(); }
+  }
+
   read(offset: number, length: number): Promise<Buffer> {
+    if (!this.enter()) return Promise.reject(closedError(this.path));
     const buf = Buffer.allocUnsafe(length);
-    return new Promise((resolve, reject) => readFully(this.fd, buf, 0, length, offset, (e) => (e ? reject(e) : resolve(buf))));
+    return new Promise((resolve, reject) => this.readRest(buf, 0, length, offset, (e) => (e ? reject(e) : resolve(buf))));
   }
 
   /** Whether the next transfer of `length` bytes may be tried inline. */
@@ -172,64 +209,108 @@ export class FileBackend implements Backend {
   }
 
   readInto(offset: number, length: number, buf: Buffer, bufOffset: number, cb: (err: Error | null) => void): void {
+    if (!this.enter()) { cb(closedError(this.path)); return; }
     if (this.inlineOk(length)) {
       let n: number;
       const t0 = performance.now();
       try {
         n = this.readNow(this.fd, buf, bufOffset, length, offset);
       } catch (e) {
+        this.leave();
         cb(e as Error);
         return;
       }
       this.inlineTook(t0);
-      if (n === length) { this.stats.inline++; cb(null); return; }
-      if (n === 0) { buf.fill(0, bufOffset, bufOffset + length); this.stats.inline++; cb(null); return; }
+      if (n === length) { this.stats.inline++; this.leave(); cb(null); return; }
+      if (n === 0) { buf.fill(0, bufOffset, bufOffset + length); this.stats.inline++; this.leave(); cb(null); return; }
       if (n > 0) { bufOffset += n; offset += n; length -= n; }
     }
     this.stats.async++;
-    readFully(this.fd, buf, bufOffset, length, offset, cb);
+    this.readRest(buf, bufOffset, length, offset, cb);
   }
 
   writeCb(offset: number, data: Buffer, fua: boolean, cb: (err: Error | null) => void): void {
-    const fd = this.fd;
+    if (!this.enter()) { cb(closedError(this.path)); return; }
     // FUA waits for fdatasync anyway, which never belongs on the event loop.
     if (!fua && this.inlineOk(data.length)) {
       let n: number;
       const t0 = performance.now();
       try {
-        n = this.writeNow(fd, data, 0, data.length, offset);
+        n = this.writeNow(this.fd, data, 0, data.length, offset);
       } catch (e) {
+        this.leave();
         cb(e as Error);
         return;
       }
       this.inlineTook(t0);
-      if (n === data.length) { this.stats.inline++; cb(null); return; }
+      if (n === data.length) { this.stats.inline++; this.leave(); cb(null); return; }
       if (n > 0) { data = data.subarray(n); offset += n; }
     }
     this.stats.async++;
-    if (!fua) { writeFully(fd, data, 0, data.length, offset, cb); return; }
-    writeFully(fd, data, 0, data.length, offset, (e) => (e ? cb(e) : fs.fdatasync(fd, cb)));
+    this.writeRest(data, 0, data.length, offset, fua, cb);
   }
 
   write(offset: number, data: Buffer, opts: WriteOptions): Promise<void> {
-    return new Promise((resolve, reject) => writeFully(this.fd, data, 0, data.length, offset, (e) => {
-      if (e) reject(e);
-      else if (opts.fua) fs.fdatasync(this.fd, (e2) => (e2 ? reject(e2) : resolve()));
-      else resolve();
-    }));
+    if (!this.enter()) return Promise.reject(closedError(this.path));
+    return new Promise((resolve, reject) => this.writeRest(data, 0, data.length, offset, opts.fua, (e) => (e ? reject(e) : resolve())));
   }
 
   flush(): Promise<void> {
-    return new Promise((resolve, reject) => fs.fdatasync(this.fd, (e) => (e ? reject(e) : resolve())));
+    if (!this.enter()) return Promise.reject(closedError(this.path));
+    return new Promise((resolve, reject) => this.syncRest((e) => (e ? reject(e) : resolve())));
   }
 
-  async trim(offset: number, length: number, opts: WriteOptions): Promise<void> {
-    if (!this.ext.punchHole) return; // advisory: doing nothing is correct
-    try { await this.falloc(this.ext.punchHole, offset, length); } catch (e) {
-      if (!refused(e)) throw e;
-      return; // the filesystem or device cannot punch holes: advisory, so nothing is done
-    }
-    if (opts.fua) await this.flush();
+  /*
+   * The chains below run an operation's system calls on the threadpool and end with one leave():
+   * whoever starts one has counted it, with enter() for an operation or step() for a step within
+   * one. Ending the count inside the chain's own callback keeps the hot path free of a wrapper
+   * closure per request.
+   */
+
+  /** Counts a step of an admitted operation: never refused, as the operation keeps the fd open. */
+  private step(): void { this.busy++; }
+
+  /** pread until `length` bytes (past the end of a file the rest reads as zeros); ends one count. */
+  private readRest(buf: Buffer, off: number, length: number, pos: number, cb: (e: Error | null) => void): void {
+    fs.read(this.fd, buf, off, length, pos, (e, n) => {
+      if (!e && n !== length && n !== 0) { this.readRest(buf, off + n, length - n, pos + n, cb); return; }
+      if (!e && n === 0) buf.fill(0, off, off + length);
+      this.leave();
+      cb(e);
+    });
+  }
+
+  /** pwrite until all `length` bytes are written, fdatasync after with `sync`; ends one count. */
+  private writeRest(buf: Buffer, off: number, length: number, pos: number, sync: boolean, cb: (e: Error | null) => void): void {
+    fs.write(this.fd, buf, off, length, pos, (e, n) => {
+      if (!e && n !== length) { this.writeRest(buf, off + n, length - n, pos + n, sync, cb); return; }
+      if (!e && sync) { this.syncRest(cb); return; }
+      this.leave();
+      cb(e);
+    });
+  }
+
+  /** fdatasync; ends one count. */
+  private syncRest(cb: (e: Error | null) => void): void {
+    fs.fdatasync(this.fd, (e) => { this.leave(); cb(e); });
+  }
+
+  /** fdatasync as a step of an admitted operation (trim or zero with FUA). */
+  private syncStep(): Promise<void> {
+    this.step();
+    return new Promise((resolve, reject) => this.syncRest((e) => (e ? reject(e) : resolve())));
+  }
+
+  trim(offset: number, length: number, opts: WriteOptions): Promise<void> {
+    return this.admitted(async () => {
+      const punch = this.ext.punchHole;
+      if (!punch) return; // advisory: doing nothing is correct
+      try { await punch(this.fd, offset, length); } catch (e) {
+        if (!refused(e)) throw e;
+        return; // the filesystem or device cannot punch holes: advisory, so nothing is done
+      }
+      if (opts.fua) await this.syncStep();
+    });
   }
 
   /**
@@ -238,12 +319,14 @@ export class FileBackend implements Backend {
    * the data untouched. A filesystem or device that refuses a mode (tmpfs has no ZERO_RANGE, vfat
    * neither mode, a block device wants aligned ranges) falls through to the next way.
    */
-  async zero(offset: number, length: number, opts: ZeroOptions): Promise<void> {
-    if (!await this.fallocZero(offset, length, opts.noHole, opts.deallocate === true)) {
-      if (opts.fastZero) throw nbdError(NbdErrno.ENOTSUP, 'no fast zeroing on this backend');
-      await this.writeZeros(offset, length);
-    }
-    if (opts.fua) await this.flush();
+  zero(offset: number, length: number, opts: ZeroOptions): Promise<void> {
+    return this.admitted(async () => {
+      if (!await this.fallocZero(offset, length, opts.noHole, opts.deallocate === true)) {
+        if (opts.fastZero) throw nbdError(NbdErrno.ENOTSUP, 'no fast zeroing on this backend');
+        await this.writeZeros(offset, length);
+      }
+      if (opts.fua) await this.syncStep();
+    });
   }
 
   /** Zeroes the range by fallocate; false when neither allowed mode is available or accepted. */
@@ -254,27 +337,20 @@ export class FileBackend implements Backend {
     for (const way of ways) {
       if (!way) continue;
       // One way at a time: the next is tried only once this one was refused.
-      try { await this.falloc(way, offset, length); return true; } catch (e) {
+      try { await way(this.fd, offset, length); return true; } catch (e) {
         if (!refused(e)) throw e;
       }
     }
     return false;
   }
 
-  /** One fallocate call on the threadpool, tracked until it settles (see `fallocs`). */
-  private falloc(call: FallocCall, offset: number, length: number): Promise<void> {
-    const p = call(this.fd, offset, length);
-    this.fallocs.add(p);
-    const settled = (): void => { this.fallocs.delete(p); };
-    p.then(settled, settled);
-    return p;
-  }
-
+  /** Zeros written, a chunk at a time, as steps of an admitted operation (zero()). */
   private async writeZeros(offset: number, length: number): Promise<void> {
     zeroBuf ??= Buffer.alloc(ZERO_CHUNK);
     for (let done = 0; done < length;) {
       const n = Math.min(ZERO_CHUNK, length - done);
-      await new Promise<void>((resolve, reject) => writeFully(this.fd, zeroBuf!, 0, n, offset + done, (e) => (e ? reject(e) : resolve())));
+      this.step();
+      await new Promise<void>((resolve, reject) => this.writeRest(zeroBuf!, 0, n, offset + done, false, (e) => (e ? reject(e) : resolve())));
       done += n;
     }
   }
@@ -282,6 +358,8 @@ export class FileBackend implements Backend {
   async cache(): Promise<void> { /* the page cache does this already; nothing to prefetch explicitly */ }
 
   async blockStatus(offset: number, length: number): Promise<Extent[]> {
+    // Synchronous lseek calls: nothing to wait for, only a closed fd to keep away from.
+    if (this.closed) throw closedError(this.path);
     const { seekData, seekHole } = this.ext;
     if (!seekData || !seekHole) return [{ length, flags: 0 }];
     const end = offset + length;
@@ -298,11 +376,19 @@ export class FileBackend implements Backend {
     return out;
   }
 
-  async close(): Promise<void> {
-    if (this.closed) return;
+  /**
+   * Refuses new operations at once, waits for those admitted before (see `busy`), then closes the
+   * fd. Every caller gets the same promise, settled once the fd is closed.
+   */
+  close(): Promise<void> {
+    this.closing ??= this.closeWhenIdle();
+    return this.closing;
+  }
+
+  private async closeWhenIdle(): Promise<void> {
     this.closed = true;
-    // A loop: a trim or zero that arrives while we wait adds to the set.
-    while (this.fallocs.size > 0) await Promise.allSettled(this.fallocs);
+    // Only admitted operations add counts now, so the count only falls: zero is reached once.
+    if (this.busy > 0) await new Promise<void>((resolve) => { this.idle = resolve; });
     await new Promise<void>((resolve) => fs.close(this.fd, () => resolve()));
   }
 }
@@ -311,24 +397,6 @@ export class FileBackend implements Backend {
 function refused(e: unknown): boolean {
   const code = (e as { code?: unknown } | null)?.code;
   return code === 'EOPNOTSUPP' || code === 'ENOTSUP' || code === 'ENOSYS' || code === 'EINVAL';
-}
-
-/** pread until `length` bytes; past the end of a file the rest reads as zeros. */
-function readFully(fd: number, buf: Buffer, off: number, length: number, pos: number, cb: (e: Error | null) => void): void {
-  fs.read(fd, buf, off, length, pos, (e, n) => {
-    if (e) return cb(e);
-    if (n === length) return cb(null);
-    if (n === 0) { buf.fill(0, off, off + length); return cb(null); }
-    readFully(fd, buf, off + n, length - n, pos + n, cb);
-  });
-}
-
-function writeFully(fd: number, buf: Buffer, off: number, length: number, pos: number, cb: (e: Error | null) => void): void {
-  fs.write(fd, buf, off, length, pos, (e, n) => {
-    if (e) return cb(e);
-    if (n === length) return cb(null);
-    writeFully(fd, buf, off + n, length - n, pos + n, cb);
-  });
 }
 
 /** Block device size from sysfs (/sys/dev/block/MAJ:MIN/size counts 512-byte sectors). */

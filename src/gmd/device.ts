@@ -150,7 +150,14 @@ export class GeoMirrorDevice implements Backend {
   /** gmddown given (or Promote Failure Timeout expired) for these peers. */
   readonly downGiven = new Set<string>();
   private stopping = false;
+  /** The stop() under way: a second caller (stopgmd during a peer's gmddown) waits for the same one. */
+  private stopInProgress: Promise<void> | null = null;
   private readonly lock = new RangeLock();
+  /**
+   * I/O on the volume that stop() waits for before the GMD is STOPPED (and the volume may be closed):
+   * application requests (admit/done) and the peer's requests applied here (onWrite, onWriteV,
+   * onZero, onRead, SVC_FLUSH), from admission until their last local operation has settled.
+   */
   private ioInflight = 0;
   private ioDrained: (() => void) | null = null;
   private asyncInflight = 0;
@@ -342,9 +349,15 @@ export class GeoMirrorDevice implements Backend {
     }
   }
 
-  /** AVAILABLE -> STOPPED: refuse new I/O, drain, tell the peer we leave. */
-  async stop(reason = 'stopgmd'): Promise<void> {
-    if (this.stateValue !== 'AVAILABLE') return;
+  /** AVAILABLE -> STOPPED: refuse new I/O (the application's and the peer's), drain, tell the peer we leave. */
+  stop(reason = 'stopgmd'): Promise<void> {
+    if (this.stopInProgress) return this.stopInProgress;
+    if (this.stateValue !== 'AVAILABLE') return Promise.resolve();
+    this.stopInProgress = this.drainAndStop(reason).finally(() => { this.stopInProgress = null; });
+    return this.stopInProgress;
+  }
+
+  private async drainAndStop(reason: string): Promise<void> {
     this.stopping = true;
     await this.resyncEngine?.stop();
     if (this.ioInflight > 0) await new Promise<void>((r) => { this.ioDrained = r; });
@@ -462,6 +475,7 @@ export class GeoMirrorDevice implements Backend {
     return res;
   }
 
+  /** Ends one unit of ioInflight (application I/O or a peer's request). */
   private done(): void {
     if (--this.ioInflight === 0 && this.ioDrained) { const d = this.ioDrained; this.ioDrained = null; d(); }
   }
@@ -1000,7 +1014,7 @@ export class GeoMirrorDevice implements Backend {
     // Write batches are received into pooled memory, given back once written (onWriteV keeps nothing).
     this.net.handle(SVC_WRITEV, (m) => this.onWriteV(m), { payloads: { take: getPooledBuffer, give: releaseBuffer } });
     this.net.handle(SVC_READ, (m) => this.onRead(m));
-    this.net.handle(SVC_FLUSH, async () => { if (this.res) await this.res.local.flush(); return Buffer.alloc(0); });
+    this.net.handle(SVC_FLUSH, () => this.onFlush());
     this.net.handle(SVC_ZERO, (m) => this.onZero(m));
     this.net.handle(SVC_CONTROL, (m) => this.onControl(m));
   }
@@ -1014,36 +1028,58 @@ export class GeoMirrorDevice implements Backend {
     return this.activePeer === peer || this.joiningPeer === peer;
   }
 
+  /**
+   * Why a write or zero from `peer` may not change our volume now, or null when it may. Refused once
+   * stop() has begun, too: stop waits only for what it admitted. The peer takes the error reply (or,
+   * once we are gone, the missing one) as a failed remote write and marks the regions stale.
+   */
+  private peerRefusal(peer: string): GeormError | null {
+    if (!this.res || this.stateValue !== 'AVAILABLE' || this.stopping) {
+      return new GeormError('GMD_ERR_NOT_AVAILABLE', `${this.name} on ${this.machine} is ${this.stateValue === 'AVAILABLE' ? 'stopping' : this.stateValue}`);
+    }
+    // A write from a peer we are not mirroring with (e.g. it was dropped): refuse so it marks stale.
+    if (!this.mirrorsWith(peer)) return new GeormError('GMD_ERR_NOT_AVAILABLE', `${peer} is not the active peer of ${this.name}`);
+    return null;
+  }
+
+  /**
+   * Runs one validated peer request on the volume as I/O stop() waits for: `apply` starts it
+   * under the range lock (taken now, in handler-call order: ordered messages keep their order) and
+   * calls back once; the lock is released and the count ended before the reply settles.
+   */
+  private applyPeer(offset: number, end: number, apply: (done: (e: Error | null) => void) => void): Promise<Buffer> {
+    this.ioInflight++;
+    return new Promise<Buffer>((resolve, reject) => {
+      this.lock.acquire(offset, end, () => apply((e) => {
+        this.lock.release(offset, end);
+        this.done();
+        if (e) reject(e); else resolve(EMPTY);
+      }));
+    });
+  }
+
   /** Mirror and resync writes from the peer; overlapping ones apply in arrival (= send) order. */
   private onWrite(m: NetMessage): Promise<Buffer> {
-    const res = this.res;
-    if (!res || this.stateValue !== 'AVAILABLE') return Promise.reject(new GeormError('GMD_ERR_NOT_AVAILABLE', `${this.name} on ${this.machine} is ${this.stateValue}`));
+    const refused = this.peerRefusal(m.peer);
+    if (refused) return Promise.reject(refused);
     const h = decodeHeader(m.payload, this.devSize);
     if (!h || m.payload.length - 16 !== h.length) return Promise.reject(new GeormError('GMD_ERR_BAD_MESSAGE', 'malformed write'));
-    if (!this.mirrorsWith(m.peer)) {
-      // A write from a peer we are not mirroring with (e.g. it was dropped): refuse so it marks stale.
-      return Promise.reject(new GeormError('GMD_ERR_NOT_AVAILABLE', `${m.peer} is not the active peer of ${this.name}`));
-    }
+    const local = this.res!.local;
     const data = m.payload.subarray(16);
-    const end = h.offset + h.length;
-    return new Promise<Buffer>((resolve, reject) => {
-      // acquire() runs synchronously here, in handler-call order: ordered messages keep their order.
-      this.lock.acquire(h.offset, end, () => {
-        res.local.write(h.offset, data, { fua: (h.flags & FLAG_FUA) !== 0 }).then(() => {
-          this.lock.release(h.offset, end);
-          if (h.kind === KIND_RESYNC) this.stats.resyncBytesReceived += h.length;
-          else { this.stats.incomingWrites++; this.stats.incomingWriteBytes += h.length; }
-          resolve(Buffer.alloc(0));
-        }, (e: unknown) => { this.lock.release(h.offset, end); reject(e as Error); });
-      });
+    return this.applyPeer(h.offset, h.offset + h.length, (done) => {
+      local.write(h.offset, data, { fua: (h.flags & FLAG_FUA) !== 0 }).then(() => {
+        if (h.kind === KIND_RESYNC) this.stats.resyncBytesReceived += h.length;
+        else { this.stats.incomingWrites++; this.stats.incomingWriteBytes += h.length; }
+        done(null);
+      }, (e: unknown) => done(e as Error));
     });
   }
 
   /** A batch of mirrored writes: all validated first (bad input changes no data), then applied in order. */
   private onWriteV(m: NetMessage): Promise<Buffer> {
-    const res = this.res;
-    if (!res || this.stateValue !== 'AVAILABLE') return Promise.reject(new GeormError('GMD_ERR_NOT_AVAILABLE', `${this.name} on ${this.machine} is ${this.stateValue}`));
-    if (!this.mirrorsWith(m.peer)) return Promise.reject(new GeormError('GMD_ERR_NOT_AVAILABLE', `${m.peer} is not the active peer of ${this.name}`));
+    const refused = this.peerRefusal(m.peer);
+    if (refused) return Promise.reject(refused);
+    const res = this.res!;
     const p = m.payload;
     const bad = () => Promise.reject(new GeormError('GMD_ERR_BAD_MESSAGE', 'malformed write batch'));
     if (p.length < 4) return bad();
@@ -1060,6 +1096,8 @@ export class GeoMirrorDevice implements Backend {
     }
     if (pos !== p.length) return bad();
     if (n === 0) return Promise.resolve(EMPTY);
+    // The batch counts as one unit of I/O for stop(), ended once its last write has settled.
+    this.ioInflight++;
     return new Promise<Buffer>((resolve, reject) => {
       let left = n;
       let failed: Error | null = null;
@@ -1068,7 +1106,9 @@ export class GeoMirrorDevice implements Backend {
       // the received message (subarray views, no copy).
       const one = (e: Error | null): void => {
         if (e && !failed) failed = e;
-        if (--left === 0) { if (failed) reject(failed); else resolve(EMPTY); }
+        if (--left > 0) return;
+        this.done();
+        if (failed) reject(failed); else resolve(EMPTY);
       };
       let at = 4;
       for (let i = 0; i < n; i++) {
@@ -1092,36 +1132,45 @@ export class GeoMirrorDevice implements Backend {
     });
   }
 
+  /** A resync pull reading our volume. Served while the volume is open; counted so stop() waits for it. */
   private async onRead(m: NetMessage): Promise<Buffer> {
     const res = this.res;
     if (!res) throw new GeormError('GMD_ERR_NOT_AVAILABLE', `${this.name} on ${this.machine} is DEFINED`);
     const h = decodeHeader(m.payload, this.devSize);
     if (!h) throw new GeormError('GMD_ERR_BAD_MESSAGE', 'malformed read');
-    return res.local.read(h.offset, h.length);
+    this.ioInflight++;
+    try { return await res.local.read(h.offset, h.length); } finally { this.done(); }
+  }
+
+  /**
+   * The peer's flush of our volume (its clean gate and resync clean regions once it succeeded).
+   * Without an open volume it fails: a success would let the peer clean regions whose data may
+   * still sit in a page cache we can no longer flush.
+   */
+  private async onFlush(): Promise<Buffer> {
+    const res = this.res;
+    if (!res) throw new GeormError('GMD_ERR_NOT_AVAILABLE', `${this.name} on ${this.machine} is DEFINED`);
+    this.ioInflight++;
+    try { await res.local.flush(); } finally { this.done(); }
+    return EMPTY;
   }
 
   private onZero(m: NetMessage): Promise<Buffer> {
-    const res = this.res;
-    if (!res || this.stateValue !== 'AVAILABLE') return Promise.reject(new GeormError('GMD_ERR_NOT_AVAILABLE', `${this.name} is ${this.stateValue}`));
-    if (!this.mirrorsWith(m.peer)) return Promise.reject(new GeormError('GMD_ERR_NOT_AVAILABLE', `${m.peer} is not the active peer of ${this.name}`));
+    const refused = this.peerRefusal(m.peer);
+    if (refused) return Promise.reject(refused);
     const h = decodeHeader(m.payload, this.devSize);
     if (!h) return Promise.reject(new GeormError('GMD_ERR_BAD_MESSAGE', 'malformed zero'));
-    const end = h.offset + h.length;
-    return new Promise<Buffer>((resolve, reject) => {
-      this.lock.acquire(h.offset, end, () => {
-        // A TRIM is a zero here too, holes allowed (GeoMirrorDevice.trim): this volume reads zeros
-        // whatever it can do, as the sender's does. Never a fast zero: fall back to writing zeros.
-        const trim = (h.flags & FLAG_TRIM) !== 0;
-        const op = res.local.zero(h.offset, h.length, {
-          fua: (h.flags & FLAG_FUA) !== 0, noHole: !trim && (h.flags & FLAG_NO_HOLE) !== 0, fastZero: false, deallocate: trim,
-        });
-        op.then(() => {
-          this.lock.release(h.offset, end);
-          if (h.kind === KIND_RESYNC) this.stats.resyncBytesReceived += h.length;
-          resolve(Buffer.alloc(0));
-        },
-          (e: unknown) => { this.lock.release(h.offset, end); reject(e as Error); });
-      });
+    const local = this.res!.local;
+    return this.applyPeer(h.offset, h.offset + h.length, (done) => {
+      // A TRIM is a zero here too, holes allowed (GeoMirrorDevice.trim): this volume reads zeros
+      // whatever it can do, as the sender's does. Never a fast zero: fall back to writing zeros.
+      const trim = (h.flags & FLAG_TRIM) !== 0;
+      local.zero(h.offset, h.length, {
+        fua: (h.flags & FLAG_FUA) !== 0, noHole: !trim && (h.flags & FLAG_NO_HOLE) !== 0, fastZero: false, deallocate: trim,
+      }).then(() => {
+        if (h.kind === KIND_RESYNC) this.stats.resyncBytesReceived += h.length;
+        done(null);
+      }, (e: unknown) => done(e as Error));
     });
   }
 
