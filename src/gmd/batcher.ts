@@ -33,12 +33,8 @@ export class WriteBatcher {
   constructor(private readonly net: PeerTransport, private readonly peer: string, private readonly ordered: boolean,
     private readonly maxBytes = 512 * 1024) {}
 
-  /**
-   * Callback form (I/O path). `data` is copied before add returns. The batch is sent at the end of
-   * the event-loop turn; with `holdSend` the caller schedules that itself (sendSoon) once it has
-   * queued what should leave first.
-   */
-  add(kind: number, flags: number, offset: number, data: Buffer, done: MirrorDone, holdSend = false): void {
+  /** Callback form (I/O path). `data` is copied before add returns. */
+  add(kind: number, flags: number, offset: number, data: Buffer, done: MirrorDone): void {
     const need = HEADER_BYTES + data.length;
     // A batch holds up to maxBytes of entries (a larger write gets a batch of its own).
     if (this.count > 0 && this.pos - 4 + need > this.maxBytes) this.flush();
@@ -51,12 +47,7 @@ export class WriteBatcher {
     this.count++;
     this.dones.push(done);
     if (this.pos - 4 >= this.maxBytes) this.flush();
-    else if (!holdSend) this.sendSoon();
-  }
-
-  /** Sends the batch at the end of this event-loop turn (setImmediate callbacks run in the order queued). */
-  sendSoon(): void {
-    if (!this.scheduled && this.count > 0) { this.scheduled = true; setImmediate(this.flushNow); }
+    else if (!this.scheduled) { this.scheduled = true; setImmediate(this.flushNow); }
   }
 
   /**

@@ -634,17 +634,10 @@ export class GeoMirrorDevice implements Backend {
         if (e) { this.opFinish(op, e, false); return; }
         const res = op.res!;
         // Queued as a copy (the batcher's): the server reuses `data` once we call back.
-        const batcher = this.batcherFor(op.peer!);
-        this.asyncRemoteCb(res, op.peer!, op.first, op.last, op.offset, op.data, op.fua ? FLAG_FUA : 0, op.keepStale, undefined, true);
+        this.asyncRemoteCb(res, op.peer!, op.first, op.last, op.offset, op.data, op.fua ? FLAG_FUA : 0, op.keepStale);
         // Release now: later overlapping writes queue behind in send order (secondary = prefix).
         this.lock.release(op.offset, op.end);
-        try {
-          if (this.asyncInflight > res.attrs.hwm) this.hwmWait(op.admitted); else this.opAdmitted(op);
-        } finally {
-          // The batch leaves after the reply just queued: the client, on the other core, refills its
-          // queue while this thread packs and sends the batch (instead of waiting for both).
-          batcher.sendSoon();
-        }
+        if (this.asyncInflight > res.attrs.hwm) this.hwmWait(op.admitted); else this.opAdmitted(op);
         return;
       }
       case HOW_MWC:
@@ -853,13 +846,13 @@ export class GeoMirrorDevice implements Backend {
   }
 
   /** Callback form of remote() for the I/O path. */
-  private remoteCb(peer: string, kind: number, offset: number, data: Buffer, flags: number, done: (ok: boolean) => void, holdSend = false): void {
+  private remoteCb(peer: string, kind: number, offset: number, data: Buffer, flags: number, done: (ok: boolean) => void): void {
     this.stats.remoteWrites++; this.stats.remoteWriteBytes += data.length;
     this.batcherFor(peer).add(kind, flags, offset, data, (err) => {
       if (err === null) { done(true); return; }
       this.peerFailed(peer, err);
       done(false);
-    }, holdSend);
+    });
   }
 
   /** One mirrored application write (batched per event-loop turn); false (and the peer dropped) on failure. */
@@ -880,7 +873,7 @@ export class GeoMirrorDevice implements Backend {
    * Queues the remote copy of an async write (in write order, pipelined) and counts its bytes in flight.
    * `data` is copied into the batch before this returns.
    */
-  private asyncRemoteCb(res: GmdResources, peer: string, first: number, last: number, offset: number, data: Buffer, flags: number, keepStale: boolean, cb?: () => void, holdSend = false): void {
+  private asyncRemoteCb(res: GmdResources, peer: string, first: number, last: number, offset: number, data: Buffer, flags: number, keepStale: boolean, cb?: () => void): void {
     const len = data.length;
     this.asyncInflight += len;
     this.stats.asyncInflightBytes = this.asyncInflight;
@@ -898,7 +891,7 @@ export class GeoMirrorDevice implements Backend {
       if (this.hwmMode && this.hwmWaiters.length === 0) { this.hwmMode = false; this.stats.hwmCatchUps++; }
       if (this.asyncInflight === 0) for (const w of this.asyncDrained.splice(0)) w();
       if (cb) cb();
-    }, holdSend);
+    });
   }
 
   /** An async write whose remote copy took in-flight bytes over the HWM waits here (DESIGN §2: behaves as MWC until caught up). */

@@ -56,22 +56,3 @@ t.test('a failed batch fails every write in it', async (t) => {
   t.equal(results.length, 3);
   for (const r of results) t.match(r, { message: /disk on fire/ });
 });
-
-t.test('holdSend: the batch waits for sendSoon and leaves after what was queued before that call', async (t) => {
-  const { a, b } = await loopbackPair();
-  t.teardown(async () => { await a.close(); await b.close(); });
-  const order: string[] = [];
-  b.handle(SVC_WRITEV, (m) => { order.push(`peer got ${entries(m.payload).length}`); return Buffer.alloc(0); });
-  // The real transport, with each request recorded as it is made.
-  const net = Object.create(a) as typeof a;
-  net.request = (...args: Parameters<typeof a.request>) => { order.push('sent'); return a.request(...args); };
-  const wb = new WriteBatcher(net, 'b', true);
-  const done = [0, 1, 2].map((i) => new Promise((r) => wb.add(KIND_APP, 0, i * 4096, payloadFor(i, 4096), r, true)));
-  await new Promise((r) => setImmediate(r));
-  t.same(order, [], 'nothing sent while held, even after a turn');
-  setImmediate(() => order.push('reply'));
-  wb.sendSoon();
-  wb.sendSoon(); // once per batch
-  t.same(await Promise.all(done), [null, null, null], 'every write answered');
-  t.same(order, ['reply', 'sent', 'peer got 3'], 'one batch of three, sent after the immediate queued before sendSoon');
-});
