@@ -167,6 +167,10 @@ export class GeoMirrorDevice implements Backend {
   private hwmMode = false;
   private attrOverrides: Partial<GmdAttributes> = {};
   private resyncEngine: Resync | null = null;
+  /** What the active peer said of itself when it joined (who drives a resync, maybeResync). */
+  private activePeerInfo: PeerInfo | null = null;
+  /** A follow-up resync is queued for this turn (resyncStale). */
+  private restaleQueued = false;
   private readonly opPool: WriteOp[] = [];
   /** MWC ops whose local write waits for this turn's batch to be sent (deferLocal). */
   private localQ: WriteOp[] = [];
@@ -365,6 +369,7 @@ export class GeoMirrorDevice implements Backend {
     await this.gate.drain();
     const peer = this.activePeer;
     this.activePeer = null;
+    this.activePeerInfo = null;
     if (peer) await this.control(peer, { op: 'leave' }, 3000).catch(() => undefined);
     this.stateValue = 'STOPPED';
     await this.res!.map.flush();
@@ -834,6 +839,7 @@ export class GeoMirrorDevice implements Backend {
   private markLocalOnly(map: MapPort, first: number, last: number): void {
     this.stats.staleMarkings++;
     map.endWrite(first, last, 'local-only');
+    this.resyncStaleSoon();
   }
 
   /** The batcher of mirrored writes to `peer` (made anew when the peer changes). */
@@ -920,6 +926,7 @@ export class GeoMirrorDevice implements Backend {
   private dropPeer(peer: string, why: string): void {
     if (this.activePeer !== peer) return;
     this.activePeer = null;
+    this.activePeerInfo = null;
     // Writes it acknowledged but never flushed may die with its page cache: stale, so they travel again.
     this.gate.peerLost();
     void this.resyncEngine?.stop();
@@ -934,9 +941,30 @@ export class GeoMirrorDevice implements Backend {
       this.downGiven.add(previous);
     }
     this.activePeer = peer;
+    this.activePeerInfo = info;
     this.downGiven.delete(peer);
     this.event('info', `mirroring to ${peer}`);
     this.maybeResync(peer, info);
+  }
+
+  /**
+   * A region turned stale while the peer is attached: an async write into a region that was stale
+   * when it began stays stale when its remote copy lands (keepStale), and one that lands after the
+   * resync's last pass would otherwise wait for the next rejoin; a failed local write does the same.
+   * Queued once per turn; a resync already running sees the region in its next pass instead.
+   */
+  private resyncStaleSoon(): void {
+    if (this.restaleQueued || !this.activePeer) return;
+    this.restaleQueued = true;
+    setImmediate(() => { this.restaleQueued = false; this.resyncStale(); });
+  }
+
+  private resyncStale(): void {
+    const res = this.res;
+    const peer = this.activePeer;
+    if (!res || !peer || !this.activePeerInfo || this.stopping || this.stateValue !== 'AVAILABLE') return;
+    if (this.resyncEngine?.running || res.map.counts().stale === 0) return;
+    this.maybeResync(peer, this.activePeerInfo);
   }
 
   /** Decides who copies what after a join: data flows from the dirty map's side (DESIGN §4 item 3). */
@@ -968,6 +996,8 @@ export class GeoMirrorDevice implements Backend {
       if (p.complete) this.event('info', `resync complete: ${p.doneBytes} bytes in ${p.elapsedSec.toFixed(1)} s`);
       else this.event('warn', `resync interrupted at ${p.percent.toFixed(1)}% (the state map keeps what is left)`);
       void res.map.flush().catch(() => undefined);
+      // Regions that turned stale after its last look (see resyncStaleSoon) go in a follow-up.
+      if (p.complete) this.resyncStale();
     }, (e: unknown) => this.event('error', `resync failed: ${(e as Error).message}`));
   }
 
