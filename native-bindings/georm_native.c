@@ -12,7 +12,8 @@
  *
  * Written on node_api.h only (ABI-stable across Node 20/22/24). Every failure throws (or, for the
  * calls that finish on another thread, passes to their callback) an Error whose `code` is the errno
- * name, `errno` the positive errno number, plus `syscall` and (where there is one) `path`. The TypeScript wrapper src/native/index.ts is the only importer.
+ * name, `errno` the positive errno number, plus `syscall` and (where there is one) `path`. The
+ * TypeScript wrapper src/native/index.ts is the only importer.
  */
 #include "common.h"
 
@@ -152,6 +153,46 @@ static napi_value do_seek(napi_env env, napi_callback_info info, int whence) {
 static napi_value SeekData(napi_env env, napi_callback_info info) { return do_seek(env, info, SEEK_DATA); }
 static napi_value SeekHole(napi_env env, napi_callback_info info) { return do_seek(env, info, SEEK_HOLE); }
 
+/*
+ * Work on a libuv pool thread that ends by calling a JS function once (fallocate, NBD detach).
+ * pool_work_queue takes a reference to `cb` and queues the work; false (with a JS exception
+ * pending) when `cb` is not a function or the work cannot be queued, and then nothing is left
+ * allocated but `data`, which the caller frees. pool_work_done, from the complete callback, calls
+ * `cb` with `arg` (an Error, or NULL for undefined) and releases the reference and the work.
+ */
+static bool pool_work_queue(napi_env env, napi_value cb, const char *name, napi_async_execute_callback exec,
+                            napi_async_complete_callback complete, void *data, napi_async_work *work, napi_ref *ref) {
+  napi_valuetype t = napi_undefined;
+  if (cb) napi_typeof(env, cb, &t);
+  if (t != napi_function) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "callback must be a function");
+    return false;
+  }
+  napi_value n;
+  napi_create_string_utf8(env, name, NAPI_AUTO_LENGTH, &n);
+  if (napi_create_reference(env, cb, 1, ref) != napi_ok) goto fail;
+  if (napi_create_async_work(env, NULL, n, exec, complete, data, work) != napi_ok) goto fail_ref;
+  if (napi_queue_async_work(env, *work) != napi_ok) goto fail_work;
+  return true;
+fail_work:
+  napi_delete_async_work(env, *work);
+fail_ref:
+  napi_delete_reference(env, *ref);
+fail:
+  napi_throw_error(env, "EINTERNAL", "georm_native: cannot queue work on the thread pool");
+  return false;
+}
+
+static void pool_work_done(napi_env env, napi_ref ref, napi_async_work work, napi_value arg) {
+  napi_value cb, undef;
+  napi_get_reference_value(env, ref, &cb);
+  napi_get_undefined(env, &undef);
+  if (!arg) arg = undef;
+  napi_call_function(env, undef, cb, 1, &arg, NULL);
+  napi_delete_reference(env, ref);
+  napi_delete_async_work(env, work);
+}
+
 /* fallocate(2) over [off, off+len), retried on EINTR; 0 or the errno. A zero length is a no-op
  * (fallocate itself would say EINVAL), as a zero-length TRIM or WRITE_ZEROES is. */
 static int falloc_range(int fd, int mode, int64_t off, int64_t len) {
@@ -188,15 +229,9 @@ static void falloc_exec(napi_env env, void *data) {
 
 static void falloc_complete(napi_env env, napi_status status, void *data) {
   falloc_work_t *w = data;
-  napi_value cb, undef, arg;
-  napi_get_reference_value(env, w->cb, &cb);
-  napi_get_undefined(env, &undef);
   /* napi_cancelled: the work never ran (nothing cancels it today; `done` is still called once). */
   int err = status == napi_cancelled ? ECANCELED : w->err;
-  arg = err ? make_errno_error(env, err, "fallocate", NULL, NULL) : undef;
-  napi_call_function(env, undef, cb, 1, &arg, NULL);
-  napi_delete_reference(env, w->cb);
-  napi_delete_async_work(env, w->work);
+  pool_work_done(env, w->cb, w->work, err ? make_errno_error(env, err, "fallocate", NULL, NULL) : NULL);
   free(w);
 }
 
@@ -209,31 +244,14 @@ static napi_value do_fallocate_async(napi_env env, napi_callback_info info, int 
   if (argc < 3 || !arg_int(env, argv[0], "fd", &fd) || !arg_off(env, argv[1], "offset", &off) ||
       !arg_off(env, argv[2], "length", &len))
     return NULL;
-  napi_valuetype t = napi_undefined;
-  if (argc >= 4) napi_typeof(env, argv[3], &t);
-  if (t != napi_function) {
-    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "callback must be a function");
-    return NULL;
-  }
   falloc_work_t *w = calloc(1, sizeof *w);
   if (!w) return throw_errno(env, ENOMEM, "calloc", NULL, NULL);
   w->fd = fd;
   w->mode = mode;
   w->off = off;
   w->len = len;
-  napi_value name;
-  napi_create_string_utf8(env, "georm:fallocate", NAPI_AUTO_LENGTH, &name);
-  if (napi_create_reference(env, argv[3], 1, &w->cb) != napi_ok) goto fail;
-  if (napi_create_async_work(env, NULL, name, falloc_exec, falloc_complete, w, &w->work) != napi_ok) goto fail_ref;
-  if (napi_queue_async_work(env, w->work) != napi_ok) goto fail_work;
-  return NULL;
-fail_work:
-  napi_delete_async_work(env, w->work);
-fail_ref:
-  napi_delete_reference(env, w->cb);
-fail:
-  free(w);
-  napi_throw_error(env, "EINTERNAL", "georm_native: cannot queue fallocate");
+  if (!pool_work_queue(env, argc >= 4 ? argv[3] : NULL, "georm:fallocate", falloc_exec, falloc_complete, w, &w->work, &w->cb))
+    free(w);
   return NULL;
 }
 static napi_value PunchHoleAsync(napi_env env, napi_callback_info info) {
@@ -537,19 +555,13 @@ static void detach_exec(napi_env env, void *data) {
 static void detach_complete(napi_env env, napi_status status, void *data) {
   (void)status;
   detach_t *d = data;
-  napi_value cb, undef, arg;
-  napi_get_reference_value(env, d->cb, &cb);
-  napi_get_undefined(env, &undef);
+  napi_value arg = NULL;
   if (d->err) {
     char hint[256];
     snprintf(hint, sizeof hint, "%s%s", d->what ? d->what : "", nbd_hint(d->syscall, d->err));
     arg = make_errno_error(env, d->err, d->syscall, d->device, hint);
-  } else {
-    arg = undef;
   }
-  napi_call_function(env, undef, cb, 1, &arg, NULL);
-  napi_delete_reference(env, d->cb);
-  napi_delete_async_work(env, d->work);
+  pool_work_done(env, d->cb, d->work, arg);
   free(d);
 }
 
@@ -557,29 +569,11 @@ static napi_value NbdDetach(napi_env env, napi_callback_info info) {
   size_t argc = 2;
   napi_value argv[2];
   CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  napi_valuetype t;
   detach_t *d = calloc(1, sizeof *d);
   if (!d) return throw_errno(env, ENOMEM, "calloc", NULL, NULL);
-  if (argc < 2 || !arg_str(env, argv[0], "device", d->device, sizeof d->device)) {
+  if (argc < 2 || !arg_str(env, argv[0], "device", d->device, sizeof d->device) ||
+      !pool_work_queue(env, argv[1], "georm:nbd-detach", detach_exec, detach_complete, d, &d->work, &d->cb))
     free(d);
-    return NULL;
-  }
-  napi_typeof(env, argv[1], &t);
-  if (t != napi_function) {
-    free(d);
-    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "callback must be a function");
-    return NULL;
-  }
-  napi_value name;
-  napi_create_string_utf8(env, "georm:nbd-detach", NAPI_AUTO_LENGTH, &name);
-  napi_create_reference(env, argv[1], 1, &d->cb);
-  if (napi_create_async_work(env, NULL, name, detach_exec, detach_complete, d, &d->work) != napi_ok ||
-      napi_queue_async_work(env, d->work) != napi_ok) {
-    napi_delete_reference(env, d->cb);
-    free(d);
-    napi_throw_error(env, "EINTERNAL", "georm_native: cannot queue detach");
-    return NULL;
-  }
   return NULL;
 }
 
