@@ -1155,14 +1155,24 @@ export class GeoMirrorDevice implements Backend {
     });
   }
 
+  /** This side's resources while its volume is open (STOPPED or AVAILABLE); refused when DEFINED. */
+  private configuredRes(): GmdResources {
+    if (!this.res) throw new GeormError('GMD_ERR_NOT_AVAILABLE', `${this.name} on ${this.machine} is DEFINED`);
+    return this.res;
+  }
+
+  /** A peer's request on our volume, counted as I/O stop() waits for until it has settled. */
+  private async peerIo<T>(op: () => Promise<T>): Promise<T> {
+    this.ioInflight++;
+    try { return await op(); } finally { this.done(); }
+  }
+
   /** A resync pull reading our volume. Served while the volume is open; counted so stop() waits for it. */
   private async onRead(m: NetMessage): Promise<Buffer> {
-    const res = this.res;
-    if (!res) throw new GeormError('GMD_ERR_NOT_AVAILABLE', `${this.name} on ${this.machine} is DEFINED`);
+    const res = this.configuredRes();
     const h = decodeHeader(m.payload, this.devSize);
     if (!h) throw new GeormError('GMD_ERR_BAD_MESSAGE', 'malformed read');
-    this.ioInflight++;
-    try { return await res.local.read(h.offset, h.length); } finally { this.done(); }
+    return this.peerIo(() => res.local.read(h.offset, h.length));
   }
 
   /**
@@ -1171,10 +1181,8 @@ export class GeoMirrorDevice implements Backend {
    * still sit in a page cache we can no longer flush.
    */
   private async onFlush(): Promise<Buffer> {
-    const res = this.res;
-    if (!res) throw new GeormError('GMD_ERR_NOT_AVAILABLE', `${this.name} on ${this.machine} is DEFINED`);
-    this.ioInflight++;
-    try { await res.local.flush(); } finally { this.done(); }
+    const res = this.configuredRes();
+    await this.peerIo(() => res.local.flush());
     return EMPTY;
   }
 
@@ -1264,8 +1272,7 @@ export class GeoMirrorDevice implements Backend {
         if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length <= 0 || offset + length > this.devSize) {
           throw new GeormError('GMD_ERR_BAD_MESSAGE', 'malformed zero-runs');
         }
-        if (!this.res) throw new GeormError('GMD_ERR_NOT_AVAILABLE', `${this.name} on ${this.machine} is DEFINED`);
-        return reply({ runs: await sourceRuns(this.res.local, offset, length) });
+        return reply({ runs: await sourceRuns(this.configuredRes().local, offset, length) });
       }
       default:
         throw new GeormError('GMD_ERR_BAD_MESSAGE', 'unknown control operation');

@@ -13,7 +13,7 @@
  * down, then resync; resync (push and pull) keeps zeros the source has allocated allocated on the
  * copy, and holes holes.
  */
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { randomBytes } from 'node:crypto';
 import { closeSync, openSync, statSync } from 'node:fs';
 import { mkdir, open, rename, symlink } from 'node:fs/promises';
@@ -151,6 +151,16 @@ async function stopBoth(c: TestCluster): Promise<void> {
   await c.terminate('beta');
 }
 
+/** After a workload with the peer attached throughout: nothing failed or went stale, and once both are stopped the volumes are identical. */
+async function checkMirroredIdentical(t: Test, c: TestCluster, staleMessage: string): Promise<void> {
+  const s = await c.status('alpha');
+  t.equal(s.stats.remoteFailures, 0, 'no remote failure');
+  t.equal(s.map?.stale, 0, staleMessage);
+  await stopBoth(c);
+  const same = await identical(c.vol.alpha!, c.vol.beta!);
+  t.ok(same.same, `volumes byte-identical ${same.detail}`);
+}
+
 const noAddon = nativeAvailable ? false : 'the native addon is not built (fallocate, SEEK_DATA)';
 const skipBase = noAddon || missingTools('nbdsh', 'cmp');
 
@@ -160,12 +170,7 @@ for (const mode of ['sync', 'mwc', 'async'] as GmdMode[]) {
     t.teardown(() => c.cleanup());
     await c.up();
     report(t, await runOps(c, `ops-${mode}`, ops(), { canTrim: true, fill: true }), mode);
-    const s = await c.status('alpha');
-    t.equal(s.stats.remoteFailures, 0, 'no remote failure');
-    t.equal(s.map?.stale, 0, 'nothing marked stale: every trim and zero reached the secondary');
-    await stopBoth(c);
-    const same = await identical(c.vol.alpha!, c.vol.beta!);
-    t.ok(same.same, `volumes byte-identical ${same.detail}`);
+    await checkMirroredIdentical(t, c, 'nothing marked stale: every trim and zero reached the secondary');
     for (const m of ['alpha', 'beta']) {
       const a = allocated(c.vol[m]!);
       // Freed: the trims' whole blocks. Kept: NO_HOLE and plain zeros (ZERO_RANGE) stay allocated.
@@ -290,12 +295,7 @@ for (const mode of ['async', 'mwc'] as GmdMode[]) {
     t.teardown(() => c.cleanup());
     await c.up();
     report(t, await nbdsh(c.dir, `race-${mode}`, RACE_SCRIPT, { URI: c.uri, SIZE: String(SIZE), ROUNDS: '600' }), mode);
-    const s = await c.status('alpha');
-    t.equal(s.stats.remoteFailures, 0, 'no remote failure');
-    t.equal(s.map?.stale, 0, 'nothing stale (a divergence would not be marked: only cmp sees it)');
-    await stopBoth(c);
-    const same = await identical(c.vol.alpha!, c.vol.beta!);
-    t.ok(same.same, `volumes byte-identical ${same.detail}`);
+    await checkMirroredIdentical(t, c, 'nothing stale (a divergence would not be marked: only cmp sees it)');
   });
 }
 
