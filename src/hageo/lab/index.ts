@@ -22,6 +22,7 @@
  *   await lab.exec('node1', 'crm_resource', ['--list'])   // { code, stdout, stderr }, inside the node
  *   await lab.crmMon('node1')          // CrmStatus: { quorum, dc, nodes[{name, online, …}], resources[{id, clone, role, node, …}] }
  *   await lab.promotedNodes('node1', clone)                // names, from that node's view
+ *   await lab.linkStatus('node1')      // [{ link, addr, peers: Map<nodeid, 'connected'|'disconnected'|'localhost'> }]
  *   await lab.waitStatus('node1', (s) => …, 'what', timeoutMs)  // polls crm_mon until the predicate holds
  *   await lab.waitFor('what', async () => value | false, { timeoutMs })
  *   await lab.cutLink('node2', 0) / lab.restoreLink('node2', 0)
@@ -43,6 +44,7 @@ import { fileURLToPath } from 'node:url';
 import { parseConfig, renderConfig, type ClusterConfig } from '../../config/index.js';
 import { GeormError } from '../../util/errors.js';
 import { cloneId } from '../cib.js';
+import { parseCfgtoolStatus, type KnetLinkStatus } from '../cfgtool.js';
 import { parseCrmMon, nodesWithRole, type CrmStatus } from '../crm-mon.js';
 import { labClusterFile, nodeDir, geoAddress, heartbeatAddress, type LabGmd } from './cluster-file.js';
 import { must, run, waitFor, type RunResult } from './exec.js';
@@ -201,6 +203,13 @@ export class Lab {
     const r = await this.exec(node, 'crm_mon', ['--output-as=xml'], { timeoutMs: 15000 });
     if (r.code !== 0) throw new GeormError('LAB_ERR_COMMAND', `crm_mon on ${node}: exit ${r.code}: ${r.stderr.trim()}`);
     return parseCrmMon(r.stdout);
+  }
+
+  /** corosync-cfgtool -s from `view`: per knet link, each node id's state as `view` sees it. */
+  async linkStatus(view: string): Promise<KnetLinkStatus[]> {
+    const r = await this.exec(view, 'corosync-cfgtool', ['-s'], { timeoutMs: 15000 });
+    if (r.code !== 0) throw new GeormError('LAB_ERR_COMMAND', `corosync-cfgtool -s on ${view}: exit ${r.code}: ${r.stderr.trim()}`);
+    return parseCfgtoolStatus(r.stdout).links;
   }
 
   async promotedNodes(view: string, clone: string): Promise<string[]> {
