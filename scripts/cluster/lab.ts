@@ -1,6 +1,7 @@
 /**
  * Command-line wrapper of the cluster lab (src/hageo/lab): a real Pacemaker + Corosync cluster in
  * namespaces on this machine (root).
+ *   (D must not be under /tmp, /run or /var/log: each node mounts its own there; /var/tmp/… is fine)
  *   node dist/scripts/cluster/lab.js up --nodes 2 --dir D [--links 2] [--heartbeat] [--token MS] [--agent ocf:P:T]
  *       starts it and leaves it running; prints one JSON line (dir, config, nodes, namespaces)
  *   node dist/scripts/cluster/lab.js status --dir D     crm_mon's view from each node, as JSON

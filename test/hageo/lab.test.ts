@@ -13,6 +13,8 @@ import { preferredMachine, cloneId } from '../../src/hageo/cib.js';
 import { parseXml, findFirst, nvpairs } from '../../src/hageo/xml.js';
 import { nodesWithRole, type CrmStatus } from '../../src/hageo/crm-mon.js';
 import { pidAlive } from '../../src/hageo/lab/procs.js';
+import type { HageoStatus } from '../../src/hageo/status.js';
+import { GEORM_BIN } from '../helpers/env.js';
 
 const skip = await labUnavailable();
 const online = (s: CrmStatus, name: string) => s.nodes.find((n) => n.name === name)?.online === true;
@@ -21,6 +23,11 @@ t.test('a two-node cluster in namespaces, from the rendered configuration', { sk
   const lab = await Lab.up({ nodes: 2, links: 2 });
   t.teardown(() => lab.down());
   const clone = cloneId('labgmd');
+  const status = async (view: string): Promise<HageoStatus> => {
+    const r = await lab.exec(view, process.execPath, [GEORM_BIN, 'hageo', 'status', '--json', '--config', lab.configPath]);
+    if (r.code !== 0) throw new Error(`georm hageo status on ${view}: ${r.stderr}`);
+    return JSON.parse(r.stdout) as HageoStatus;
+  };
   const preferred = preferredMachine(lab.cfg.gmds[0]!);
   t.equal(preferred, 'node1', 'role none on both: the first machine listed is preferred');
 
@@ -40,6 +47,14 @@ t.test('a two-node cluster in namespaces, from the rendered configuration', { sk
     const cib = parseXml((await lab.exec('node1', 'cibadmin', ['--query', '--scope', 'resources'])).stdout);
     t.match(nvpairs(findFirst(cib, 'meta_attributes')), { promotable: 'true', 'promoted-max': '1', 'clone-node-max': '1', notify: 'true' });
     t.equal((await lab.exec('node1', 'uname', ['-n'])).stdout.trim(), 'node1', 'own UTS namespace');
+
+    // georm hageo status, run inside a node, reads the same.
+    const st = await status('node2');
+    t.match(st, { cluster: 'georm-lab', quorum: true, nodes: [{ name: 'node1', state: 'online' }, { name: 'node2', state: 'online' }],
+      gmds: [{ name: 'labgmd', clone, promoted: ['node1'], unpromoted: ['node2'], failed: [] }] });
+    t.same(st.links, [{ link: 0, source: 'geo1', peers: { node1: 'connected' } }, { link: 1, source: 'geo2', peers: { node1: 'connected' } }]);
+    const text = await lab.exec('node1', process.execPath, [GEORM_BIN, 'hageo', 'status', '--config', lab.configPath]);
+    t.match(text.stdout, /^GMD labgmd \(gmd-labgmd-clone\): promoted on node1; unpromoted on node2$/m);
   });
 
   await t.test('one link cut: knet moves to the other, membership stays', async (t) => {
@@ -61,6 +76,9 @@ t.test('a two-node cluster in namespaces, from the rendered configuration', { sk
     await lab.waitStatus('node1', (s) => !online(s, 'node2'), 'node2 gone', 60000);
     await lab.waitStatus('node2', (s) => !online(s, 'node1'), 'node1 gone', 60000);
     t.pass('membership change seen from both sides');
+    const st = await status('node1');
+    t.match(st, { nodes: [{ name: 'node1', state: 'online' }, { name: 'node2', state: 'offline' }] }, 'status: node2 offline');
+    t.same(st.links!.map((l) => l.peers.node2), ['disconnected', 'disconnected'], 'status: both links to node2 disconnected');
     await lab.heal('node2');
     await lab.waitAllOnline();
     const s = await lab.waitStatus('node1', (s) => nodesWithRole(s, clone, 'Promoted').length === 1, 'one Promoted instance again', 60000);

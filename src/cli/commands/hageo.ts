@@ -1,6 +1,7 @@
 import type { Command } from 'commander';
 import { loadConfig } from '../../config/index.js';
 import { renderCib } from '../../hageo/cib.js';
+import { formatStatus, gatherStatus } from '../../hageo/status.js';
 import { DEFAULT_AUTHKEY, DEFAULT_COROSYNC_LOG, renderCorosyncConf } from '../../hageo/corosync-conf.js';
 import { defaultConfig } from './gmd.js';
 
@@ -13,6 +14,7 @@ export function register(program: Command): void {
   const hageo = program.command('hageo').description('HAGEO: the Pacemaker + Corosync configuration and state of a georm cluster');
   registerCorosyncConf(hageo);
   registerCib(hageo);
+  registerStatus(hageo);
 }
 
 /** `georm hageo corosync-conf [--config F] [--authkey P] [--logfile P]`: print corosync.conf. */
@@ -44,5 +46,18 @@ function registerCib(hageo: Command): void {
       if (o.nodeConfig !== undefined) opts.nodeConfig = o.nodeConfig;
       if (o.agent !== undefined) opts.agent = o.agent;
       process.stdout.write(renderCib(cfg, opts));
+    });
+}
+
+/** `georm hageo status [--config F] [--json]`: nodes, links, quorum and each GMD's roles, from this node. */
+function registerStatus(hageo: Command): void {
+  hageo.command('status')
+    .description("the cluster from this node: quorum, nodes, each link's state, each GMD's promoted/unpromoted node (exit 2: Pacemaker not running)")
+    .option('--config <file>', 'cluster configuration file', defaultConfig())
+    .option('--json', 'print the status as JSON')
+    .action(async (o: { config: string; json?: boolean }) => {
+      const cfg = await loadConfig(o.config);
+      const s = await gatherStatus(cfg);
+      process.stdout.write(o.json ? `${JSON.stringify(s, null, 2)}\n` : formatStatus(s));
     });
 }

@@ -38,7 +38,6 @@
  */
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync, chmodSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseConfig, renderConfig, type ClusterConfig } from '../../config/index.js';
@@ -50,7 +49,7 @@ import { labClusterFile, nodeDir, geoAddress, heartbeatAddress, type LabGmd } fr
 import { must, run, waitFor, type RunResult } from './exec.js';
 import { createWan, connectNode, setLink } from './network.js';
 import {
-  createNodeNamespaces, daemonEnv, nodeExec, prepareNodeDirs, resetVolatile, spawnDaemon, writeNodeCib, type ExtraBind,
+  createNodeNamespaces, daemonEnv, NODE_BINDS, nodeExec, prepareNodeDirs, resetVolatile, spawnDaemon, writeNodeCib, type ExtraBind,
 } from './node.js';
 import { nsInode, pidStartTime, pidsInNamespaces } from './procs.js';
 import {
@@ -71,7 +70,8 @@ export interface LabOptions {
   agent?: string;
   binds?: ExtraBind[];
   env?: Record<string, string>;
-  /** State directory (default: a new one under the system temp dir, removed by down() unless keepDir). */
+  /** State directory, seen at the same path in every node (default: a new /var/tmp/georm-lab-XXXXXX,
+   *  removed by down() unless keepDir). Not under /tmp, /run, /var/log, …: the nodes mount their own there. */
   dir?: string;
   keepDir?: boolean;
   /** The lab outlives this process (scripts/cluster/lab.js up); the stale cleaner leaves it alone. */
@@ -107,8 +107,12 @@ export class Lab {
     if (links < 1 || links + (o.heartbeat ? 1 : 0) > 8) throw new GeormError('LAB_ERR_USAGE', 'a lab has 1–8 links in all');
     await cleanStaleLabs();
 
+    // The nodes see the lab directory at the same path (the cluster file, the volumes): it must not
+    // be under a path each node replaces with its own directory (/tmp, /run, …). /var/tmp is not.
+    const shadowed = NODE_BINDS.map(([, target]) => target).find((t) => o.dir !== undefined && (resolve(o.dir) === t || resolve(o.dir).startsWith(`${t}/`)));
+    if (shadowed) throw new GeormError('LAB_ERR_USAGE', `the lab directory must not be under ${shadowed}: every node mounts its own ${shadowed} and would not see it (use e.g. /var/tmp)`);
     const ownDir = o.dir === undefined;
-    const dir = resolve(o.dir ?? mkdtempSync(join(tmpdir(), 'georm-lab-')));
+    const dir = resolve(o.dir ?? mkdtempSync('/var/tmp/georm-lab-'));
     mkdirSync(dir, { recursive: true });
     const id = randomBytes(3).toString('hex');
     const prefix = `${LAB_PREFIX}${id}`;
