@@ -14,7 +14,9 @@ import { parseXml, findFirst, nvpairs } from '../../src/hageo/xml.js';
 import { nodesWithRole, type CrmStatus } from '../../src/hageo/crm-mon.js';
 import { pidAlive } from '../../src/hageo/lab/procs.js';
 import type { HageoStatus } from '../../src/hageo/status.js';
-import { GEORM_BIN } from '../helpers/env.js';
+import { GEORM_BIN, ROOT } from '../helpers/env.js';
+import { runCmd } from '../helpers/proc.js';
+import { join } from 'node:path';
 
 const skip = await labUnavailable();
 const online = (s: CrmStatus, name: string) => s.nodes.find((n) => n.name === name)?.online === true;
@@ -55,6 +57,14 @@ t.test('a two-node cluster in namespaces, from the rendered configuration', { sk
     t.same(st.links, [{ link: 0, source: 'geo1', peers: { node1: 'connected' } }, { link: 1, source: 'geo2', peers: { node1: 'connected' } }]);
     const text = await lab.exec('node1', process.execPath, [GEORM_BIN, 'hageo', 'status', '--config', lab.configPath]);
     t.match(text.stdout, /^GMD labgmd \(gmd-labgmd-clone\): promoted on node1; unpromoted on node2$/m);
+
+    // The command-line wrapper works on the same lab from another process, through DIR/lab.json.
+    const cli = (...a: string[]) => runCmd(process.execPath, [join(ROOT, 'dist', 'scripts', 'cluster', 'lab.js'), ...a]);
+    const ex = await cli('exec', '--dir', lab.dir, 'node2', 'crm_node', '-n');
+    t.equal(ex.stdout.trim(), 'node2', 'lab.js exec runs inside the node');
+    const views = JSON.parse((await cli('status', '--dir', lab.dir)).stdout) as Record<string, CrmStatus>;
+    t.same(Object.keys(views), ['node1', 'node2']);
+    t.same(nodesWithRole(views.node1!, clone, 'Promoted'), ['node1'], 'lab.js status');
   });
 
   await t.test('one link cut: knet moves to the other, membership stays', async (t) => {
