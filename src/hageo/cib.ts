@@ -1,6 +1,7 @@
 /**
- * Renders the Pacemaker CIB for the GMDs of a cluster file (`georm hageo cib`), loadable with
- * `cibadmin --replace --xml-file F` or written as cib.xml before a cluster's first start. Per GMD:
+ * Renders the Pacemaker CIB for the GMDs of a cluster file (`georm hageo cib`): written as cib.xml
+ * before a cluster's first start, or loaded into a running one with `cibadmin --replace --scope
+ * configuration --xml-file F` (a whole-CIB --replace is refused there: epoch 1 is older). Per GMD:
  * - a primitive `ocf:georm:gmd` (params `gmd`, `config`; `machine` defaults to the node name, which
  *   is the georm machine name because corosync.conf's nodelist uses it);
  * - a promotable clone: promoted-max=1, promoted-node-max=1, clone-max=2 (one instance per site),

@@ -1,13 +1,16 @@
 /**
  * The cluster lab (src/hageo/lab) runs a real two-node Pacemaker + Corosync cluster from what
- * `georm hageo corosync-conf` / `cib` render: the stock promotable ocf:pacemaker:Stateful comes up
- * promoted on the GMD's preferred machine; one cut link leaves membership alone (knet fails over);
- * every link cut is a membership change on both sides; a node killed with SIGKILL loses the
- * Promoted role to the survivor and, restarted, gets it back (the CIB's Promoted preference); and
- * the teardown leaves no process, namespace or mount. One cluster serves every step (CI time).
+ * `georm hageo corosync-conf` / `cib` render (one geographic network + the [hageo] heartbeat path):
+ * the stock promotable ocf:pacemaker:Stateful comes up promoted on the GMD's preferred node, and
+ * `georm hageo status` inside a node says so; a CIB rendered for a second GMD loads into the running
+ * cluster and promotes on that GMD's primary; the geographic link cut leaves membership alone (knet
+ * moves to the heartbeat link); every link cut is a membership change on both sides; a node killed
+ * with SIGKILL loses the Promoted role to the survivor and, restarted, gets it back (the CIB's
+ * Promoted preference); the teardown leaves no process, namespace or mount. One cluster serves every
+ * step (CI time).
  */
 import t from 'tap';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { Lab, labUnavailable } from '../../src/hageo/lab/index.js';
 import { preferredMachine, cloneId } from '../../src/hageo/cib.js';
 import { parseXml, findFirst, nvpairs } from '../../src/hageo/xml.js';
@@ -22,7 +25,8 @@ const skip = await labUnavailable();
 const online = (s: CrmStatus, name: string) => s.nodes.find((n) => n.name === name)?.online === true;
 
 t.test('a two-node cluster in namespaces, from the rendered configuration', { skip }, async (t) => {
-  const lab = await Lab.up({ nodes: 2, links: 2 });
+  // One geographic network plus the heartbeat-only path: two knet links, the second from [hageo].
+  const lab = await Lab.up({ nodes: 2, links: 1, heartbeat: true });
   t.teardown(() => lab.down());
   const clone = cloneId('labgmd');
   const status = async (view: string): Promise<HageoStatus> => {
@@ -54,7 +58,7 @@ t.test('a two-node cluster in namespaces, from the rendered configuration', { sk
     const st = await status('node2');
     t.match(st, { cluster: 'georm-lab', quorum: true, nodes: [{ name: 'node1', state: 'online' }, { name: 'node2', state: 'online' }],
       gmds: [{ name: 'labgmd', clone, promoted: ['node1'], unpromoted: ['node2'], failed: [] }] });
-    t.same(st.links, [{ link: 0, source: 'geo1', peers: { node1: 'connected' } }, { link: 1, source: 'geo2', peers: { node1: 'connected' } }]);
+    t.same(st.links, [{ link: 0, source: 'geo1', peers: { node1: 'connected' } }, { link: 1, source: 'heartbeat', peers: { node1: 'connected' } }]);
     const text = await lab.exec('node1', process.execPath, [GEORM_BIN, 'hageo', 'status', '--config', lab.configPath]);
     t.match(text.stdout, /^GMD labgmd \(gmd-labgmd-clone\): promoted on node1; unpromoted on node2$/m);
 
@@ -67,13 +71,34 @@ t.test('a two-node cluster in namespaces, from the rendered configuration', { sk
     t.same(nodesWithRole(views.node1!, clone, 'Promoted'), ['node1'], 'lab.js status');
   });
 
-  await t.test('one link cut: knet moves to the other, membership stays', async (t) => {
+  await t.test('a CIB rendered for a second GMD loads into the running cluster with cibadmin --replace --scope configuration', async (t) => {
+    // The cluster file with a second GMD, async with node2 primary: preferred on node2.
+    const text = readFileSync(lab.configPath, 'utf8');
+    const gmd = text.slice(text.indexOf('[[gmd]]'), text.indexOf('[hageo]'));
+    const second = gmd.replace(/labgmd/g, 'second').replace('minor = 10', 'minor = 11').replace('mode = "mwc"', 'mode = "async"')
+      .replace('role = "none"', 'role = "secondary"').replace('role = "none"', 'role = "primary"');
+    const twoPath = join(lab.dir, 'two.toml');
+    writeFileSync(twoPath, text.replace('[hageo]', `${second}\n[hageo]`));
+    const r = await runCmd(process.execPath, [GEORM_BIN, 'hageo', 'cib', '--config', twoPath, '--no-stonith', '--agent', 'ocf:pacemaker:Stateful']);
+    t.equal(r.code, 0, r.stderr);
+    writeFileSync(join(lab.dir, 'two.xml'), r.stdout);
+    // A whole CIB is older than the running one (epoch 1): --replace alone is refused, --scope configuration takes its configuration.
+    const whole = await lab.exec('node2', 'cibadmin', ['--replace', '--xml-file', join(lab.dir, 'two.xml')]);
+    t.not(whole.code, 0, `whole CIB refused: ${whole.stderr.trim()}`);
+    const conf = await lab.exec('node2', 'cibadmin', ['--replace', '--scope', 'configuration', '--xml-file', join(lab.dir, 'two.xml')]);
+    t.equal(conf.code, 0, conf.stderr);
+    const s = await lab.waitStatus('node1', (s) => nodesWithRole(s, cloneId('second'), 'Promoted').length === 1, 'the second GMD promoted', 60000);
+    t.same(nodesWithRole(s, cloneId('second'), 'Promoted'), ['node2'], 'promoted on its primary, node2');
+    t.same(nodesWithRole(s, clone, 'Promoted'), ['node1'], 'the first GMD did not move');
+  });
+
+  await t.test('the geographic link cut: knet moves to the heartbeat path, membership stays', async (t) => {
     await lab.cutLink('node2', 0);
     const links = await lab.waitFor('node1 to see link 0 to node2 down', async () => {
       const l = await lab.linkStatus('node1');
       return l[0]?.peers.get(2) === 'disconnected' ? l : false;
     }, { timeoutMs: 30000 });
-    t.equal(links[1]!.peers.get(2), 'connected', 'link 1 still connected');
+    t.equal(links[1]!.peers.get(2), 'connected', 'link 1 (heartbeat) still connected');
     const s = await lab.crmMon('node1');
     t.ok(online(s, 'node2'), 'node2 still a member');
     t.same(nodesWithRole(s, clone, 'Promoted'), ['node1'], 'nothing moved');
@@ -88,7 +113,7 @@ t.test('a two-node cluster in namespaces, from the rendered configuration', { sk
     t.pass('membership change seen from both sides');
     const st = await status('node1');
     t.match(st, { nodes: [{ name: 'node1', state: 'online' }, { name: 'node2', state: 'offline' }] }, 'status: node2 offline');
-    t.same(st.links!.map((l) => l.peers.node2), ['disconnected', 'disconnected'], 'status: both links to node2 disconnected');
+    t.same(st.links!.map((l) => l.peers.node2), ['disconnected', 'disconnected'], 'status: both links to node2 (geo1, heartbeat) disconnected');
     await lab.heal('node2');
     await lab.waitAllOnline();
     const s = await lab.waitStatus('node1', (s) => nodesWithRole(s, clone, 'Promoted').length === 1, 'one Promoted instance again', 60000);

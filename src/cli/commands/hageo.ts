@@ -33,7 +33,7 @@ function registerCorosyncConf(hageo: Command): void {
 /** `georm hageo cib [--config F] [--no-stonith] [--dc-deadtime T] [--node-config P] [--agent A]`: print the CIB. */
 function registerCib(hageo: Command): void {
   hageo.command('cib')
-    .description('print the Pacemaker CIB (XML) for the GMDs of the cluster file; load with cibadmin --replace --xml-file F')
+    .description('print the Pacemaker CIB (XML) for the GMDs of the cluster file: cib.xml before a first start, or cibadmin --replace --scope configuration --xml-file F')
     .option('--config <file>', 'cluster configuration file', defaultConfig())
     .option('--no-stonith', 'write stonith-enabled=false: ONLY for test clusters without a fence device (production keeps fencing on)')
     .option('--dc-deadtime <time>', "Pacemaker's dc-deadtime (e.g. 2s for a fast first start of a test cluster)")
