@@ -91,6 +91,22 @@ t.test('bad [hageo] input: line-precise errors', async (t) => {
   // A heartbeat address for alpha only: the link would not span every node (corosync -t: "Not all nodes have the same number of links").
   const oneHeartbeat = HAGEO_SAMPLE.replace(/\s+\[\[hageo\.heartbeat\]\]\s+machine = "beta"\s+address = "10\.61\.9\.2"/, '');
   t.match(errorOf(oneHeartbeat).message, new RegExp(`^c\\.toml:${lineOf(HAGEO_SAMPLE, '[[hageo.heartbeat]]')}:\\d+: hageo\\.heartbeat: the heartbeat link needs an address on every machine .*missing: beta`, 'm'));
+  // beta's heartbeat entry names alpha a second time.
+  t.match(errorOf(HAGEO_SAMPLE.replace('machine = "beta"\n  address = "10.61.9.2"', 'machine = "alpha"\n  address = "10.61.9.2"')).message,
+    /hageo\.heartbeat\[1\]\(alpha\)\.machine: machine 'alpha' has two heartbeat addresses/);
+  // No network on every machine: alpha only on geo1, beta only on geo2.
+  const split = HAGEO_SAMPLE.replace(/\s+\[\[machine\.interface\]\]\s+network = "geo2"\s+address = "10\.61\.2\.1"\s+port = 7400/, '')
+    .replace(/\s+\[\[machine\.interface\]\]\s+network = "geo1"\s+address = "10\.61\.1\.2"\s+port = 7500/, '');
+  t.match(errorOf(split).message, new RegExp(`^c\\.toml:${lineOf(split, '[hageo]')}:1: hageo: no network has an interface on every machine`, 'm'));
+  // Nine links (eight networks + heartbeat): more than knet allows.
+  let many = HAGEO_SAMPLE;
+  for (let n = 3; n <= 8; n++) {
+    many = many.replace('[[machine]]', `[[network]]\nname = "geo${n}"\n\n[[machine]]`)
+      .replace('name = "alpha"\nsite = "east"', `name = "alpha"\nsite = "east"\n  [[machine.interface]]\n  network = "geo${n}"\n  address = "10.62.${n}.1"\n  port = 7400`)
+      .replace('name = "beta"\nsite = "west"', `name = "beta"\nsite = "west"\n  [[machine.interface]]\n  network = "geo${n}"\n  address = "10.62.${n}.2"\n  port = 7500`);
+  }
+  t.match(errorOf(many).message, /hageo: 9 Corosync links; knet allows at most 8/);
+  t.doesNotThrow(() => parseConfig(many.replace(/\s*\[\[hageo\.heartbeat\]\][^[]*/g, '\n'), 'c.toml'), 'eight links are fine');
   // With [hageo] the file is a Corosync cluster: a shared address is reported at the second machine's address line.
   const shared = HAGEO_SAMPLE.replace('address = "10.61.1.2"', 'address = "10.61.1.1"');
   const e = errorOf(shared);
