@@ -24,6 +24,13 @@ import { join } from 'node:path';
 const skip = await labUnavailable();
 const online = (s: CrmStatus, name: string) => s.nodes.find((n) => n.name === name)?.online === true;
 
+t.test('a lab directory the nodes would not see is refused', { skip }, async (t) => {
+  await t.rejects(Lab.up({ dir: '/tmp/georm-lab-x' }), { code: 'LAB_ERR_USAGE', message: /must not be under \/tmp: every node mounts its own/ });
+  await t.rejects(Lab.up({ dir: '/run/x' }), { code: 'LAB_ERR_USAGE', message: /under \/run/ });
+  await t.rejects(Lab.up({ nodes: 1 }), { code: 'LAB_ERR_USAGE', message: /2–8 nodes/ });
+  t.notOk(existsSync('/tmp/georm-lab-x'), 'nothing created');
+});
+
 t.test('a two-node cluster in namespaces, from the rendered configuration', { skip }, async (t) => {
   // One geographic network plus the heartbeat-only path: two knet links, the second from [hageo].
   const lab = await Lab.up({ nodes: 2, links: 1, heartbeat: true });

@@ -105,12 +105,12 @@ export class Lab {
     const links = o.links ?? 2;
     if (nodes < 2 || nodes > 8) throw new GeormError('LAB_ERR_USAGE', 'a lab has 2–8 nodes');
     if (links < 1 || links + (o.heartbeat ? 1 : 0) > 8) throw new GeormError('LAB_ERR_USAGE', 'a lab has 1–8 links in all');
-    await cleanStaleLabs();
 
     // The nodes see the lab directory at the same path (the cluster file, the volumes): it must not
     // be under a path each node replaces with its own directory (/tmp, /run, …). /var/tmp is not.
     const shadowed = NODE_BINDS.map(([, target]) => target).find((t) => o.dir !== undefined && (resolve(o.dir) === t || resolve(o.dir).startsWith(`${t}/`)));
     if (shadowed) throw new GeormError('LAB_ERR_USAGE', `the lab directory must not be under ${shadowed}: every node mounts its own ${shadowed} and would not see it (use e.g. /var/tmp)`);
+    await cleanStaleLabs();
     const ownDir = o.dir === undefined;
     const dir = resolve(o.dir ?? mkdtempSync('/var/tmp/georm-lab-'));
     mkdirSync(dir, { recursive: true });
