@@ -183,7 +183,7 @@ t.test('crm_verify accepts the rendered CIB; without --no-stonith it says fencin
   t.not(dup.code, 0, `duplicate monitor interval refused: ${dup.stderr.split('\n')[0]}`);
 });
 
-t.test('corosync -t accepts the rendered corosync.conf on a node, and refuses a broken one', { skip: needsRoot() || missingTools('corosync', 'ip', 'nsenter') }, async (t) => {
+t.test('corosync -t accepts the rendered corosync.conf on a node, and refuses a broken one; status without a cluster', { skip: needsRoot() || missingTools('corosync', 'crm_mon', 'ip', 'nsenter') }, async (t) => {
   const { dir, cleanup } = tempDir('georm-hageo-cs-');
   t.teardown(cleanup);
   const cfgPath = join(dir, 'georm.toml');
@@ -211,6 +211,12 @@ t.test('corosync -t accepts the rendered corosync.conf on a node, and refuses a 
   const bad = await inNs(join(dir, 'bad.conf'));
   t.not(bad.code, 0);
   t.match(bad.stderr, /Not all nodes have the same number of links/);
+
+  // No cluster in this namespace (libqb's sockets are per network namespace): status says so, exit 2.
+  const st = await runCmd('nsenter', [`--net=/run/netns/${ns}`, '--', process.execPath, GEORM_BIN, 'hageo', 'status', '--config', cfgPath]);
+  t.equal(st.code, 2, 'georm hageo status without Pacemaker: exit 2');
+  t.match(st.stderr, /crm_mon failed \(is Pacemaker running on this node\?\)/);
+  t.equal(st.stdout, '');
 });
 
 t.test('CLI: a file Corosync cannot use gets the reason and exit 1', async (t) => {
