@@ -34,7 +34,8 @@
  *   await lab.down() → problems[]      // [] when everything went; idempotent
  *   lab.leftovers() → string[]         // processes, namespaces, mounts of this lab still present
  *   cleanStaleLabs()                   // labs of dead owners (up() calls it first)
- * Logs: DIR/nodes/<node>/{corosync.out,pacemakerd.out,var-log/pacemaker/pacemaker.log,var-log/corosync/corosync.log}.
+ * Logs: DIR/nodes/<node>/{corosync.out,pacemakerd.out,var-log/pacemaker/pacemaker.log,var-log/corosync/corosync.log};
+ * GEORM_LAB_KEEP=1 keeps DIR after down() (the namespaces and processes still go).
  */
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync, chmodSync } from 'node:fs';
@@ -71,7 +72,8 @@ export interface LabOptions {
   binds?: ExtraBind[];
   env?: Record<string, string>;
   /** State directory, seen at the same path in every node (default: a new /var/tmp/georm-lab-XXXXXX,
-   *  removed by down() unless keepDir). Not under /tmp, /run, /var/log, …: the nodes mount their own there. */
+   *  removed by down() unless keepDir or $GEORM_LAB_KEEP=1, e.g. to read a failed test's logs).
+   *  Not under /tmp, /run, /var/log, …: the nodes mount their own there. */
   dir?: string;
   keepDir?: boolean;
   /** The lab outlives this process (scripts/cluster/lab.js up); the stale cleaner leaves it alone. */
@@ -150,7 +152,7 @@ export class Lab {
       const cib = await georm('cib', '--no-stonith', '--dc-deadtime', '2s', '--agent', o.agent ?? 'ocf:pacemaker:Stateful');
       writeFileSync(join(dir, 'corosync.conf'), corosyncConf);
       writeFileSync(join(dir, 'cib.xml'), cib);
-      lab = new Lab(state, cfg, configPath, ownDir, !!o.keepDir, env);
+      lab = new Lab(state, cfg, configPath, ownDir, o.keepDir ?? process.env.GEORM_LAB_KEEP === '1', env);
 
       await createWan(state.wanNs, state.links);
       state.wanInode = nsInode(`/run/netns/${state.wanNs}`) ?? 0;
