@@ -10,5 +10,3 @@ export type {
 export { loadClusterKey, MIN_KEY_BYTES } from './key.js';
 export { GeoMessageError, type GeoMessageErrorCode } from './errors.js';
 export type { GeoMessageStats, MachineStats, NetworkStats, LinkStats, DropStats } from './stats.js';
-export { formatNetStats, serveNetStats, readNetStats, findNetStatSockets, netStatSocketPath, type NetStatSwitches } from './netstat.js';
-export { WanEmulator, startWanEmulator, type Impairment, type WanEmulatorOptions, type RelaySide, type Direction, type DirectionStats } from './wanem.js';

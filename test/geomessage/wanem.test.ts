@@ -1,5 +1,5 @@
 import t from 'tap';
-import { startWanEmulator, type WanEmulator } from '../../src/geomessage/wanem.js';
+import { startWanEmulator, type WanEmulator } from '../../src/tools/wanem.js';
 import type { GeoMessage, NetworkEndpoint } from '../../src/geomessage/index.js';
 import { freePorts, openPair, payloadFor, waitFor } from './fixtures.js';
 
