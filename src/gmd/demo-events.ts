@@ -58,7 +58,8 @@ export function watchDemo(r: DemoRehearsal, say: (line: string) => void, interva
       // The events from before the demo was up were already summed up by its start-up lines.
       if (!firstRound) line(machine, e.message);
     }
-    const stale = st.map ? st.map.stale + st.map.inconsistent : null;
+    // Only stale regions: inconsistent ones are writes in flight, there and gone within a poll.
+    const stale = st.map ? st.map.stale : null;
     if (stale !== null && stale !== w.stale && !(w.stale === null && stale === 0)) {
       const size = st.attrs?.regionSize ?? 0;
       line(machine, stale === 0 ? 'state map clean: every region is mirrored'
