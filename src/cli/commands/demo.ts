@@ -37,8 +37,10 @@ export function register(program: Command): void {
   demoCmd.command('ctl <dir> <command...>')
     .description("send a rehearsal command to the demo running in DIR (e.g. 'kill secondary'; 'help' lists them)")
     .action(async (dir: string, words: string[]) => {
-      const r = await callControl(demoControlPath(dir), 'command', { line: words.join(' ') }, 60000).catch((e: unknown) => {
-        throw new GeormError('DEMO_ERR_CTL', `no demo answers in ${dir}: ${(e as Error).message}`, { exitCode: 2 });
+      const path = demoControlPath(dir);
+      const r = await callControl(path, 'command', { line: words.join(' ') }, 60000).catch((e: unknown) => {
+        const why = e instanceof GeormError && e.code === 'GMD_ERR_NOT_RUNNING' ? `nothing listens on ${path}` : (e as Error).message;
+        throw new GeormError('DEMO_ERR_CTL', `no demo answers in ${dir}: ${why} (start one with 'georm demo --dir ${dir}')`, { exitCode: 2 });
       }) as { lines: string[]; ok: boolean };
       for (const l of r.lines) process.stdout.write(`${l}\n`);
       if (!r.ok) process.exitCode = 1;
@@ -117,7 +119,9 @@ export function register(program: Command): void {
             let chain = Promise.resolve();
             stdinReader.on('line', (line) => { chain = chain.then(() => run(line)).then(() => undefined); });
           }
-          say("demo: ready for commands on stdin or 'georm demo ctl DIR COMMAND' (type 'help')");
+          // A signal during the lines above already stops the demo: no invitation then.
+          if (!first) say("demo: ready for commands on stdin or 'georm demo ctl DIR COMMAND' (type 'help')");
+          else stopWatching?.();
         }
       } catch (e) {
         if (!(e instanceof GeormError && e.code === 'DEMO_ERR_INTERRUPTED')) startError = e;
