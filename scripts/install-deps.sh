@@ -25,6 +25,7 @@ PKGS=(
   nbd-server          # reference server for conformance comparisons
   python3             # plays systemd's notify socket in tests (Node has no unix datagram sockets)
   strace              # mark-before-issue ordering checks (test/gmd/mark-order, test/statemap/durability)
+  tmux                # drives `georm demo` as a person would (test/gmd/demo-tmux)
   # HAGEO: the cluster lab (src/hageo/lab) and the rendered configuration's checks (crm_verify, corosync -t)
   pacemaker           # pacemakerd and its daemons
   pacemaker-cli-utils # crm_mon, crm_verify, cibadmin, crm_attribute, crm_simulate

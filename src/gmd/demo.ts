@@ -12,6 +12,7 @@ import { renderConfig } from './cluster-config.js';
 import { callControl } from './control.js';
 import type { GmdMode } from './protocol.js';
 import { endProcess, exitWithin, isAlive } from '../util/process.js';
+import { startWanEmulator, type WanEmulator, type Impairment } from '../tools/wanem.js';
 
 export interface DemoOptions {
   dir?: string;
@@ -25,6 +26,32 @@ export interface DemoOptions {
   log?: (line: string) => void;
   /** Called when a GMD process exits without being asked to (the text says which and how). */
   onUnexpectedExit?: (what: string) => void;
+}
+
+/** Which of the demo's two machines: the primary is alpha, the secondary beta. */
+export type DemoSide = 'primary' | 'secondary';
+export type DemoNetwork = 'geo1' | 'geo2';
+
+/**
+ * What the rehearsal commands act on (src/gmd/demo-commands.ts). The two machines reach each other
+ * only through one WAN emulator per geographic network, so the demo can cut or degrade a network
+ * without root or namespaces.
+ */
+export interface DemoRehearsal {
+  /** SIGKILLs that side's `gmd run` process; the demo keeps running. */
+  killSide(side: DemoSide): Promise<string>;
+  /**
+   * Starts a new `gmd run` process for that side (a running one is first stopped cleanly) and
+   * brings its GMD AVAILABLE again; resolves with what was done, step by step.
+   */
+  restartSide(side: DemoSide): Promise<string[]>;
+  cut(nets: DemoNetwork[]): void;
+  restore(): void;
+  wan(imp: Impairment): void;
+  /** The live process of a side, if any, and its control socket. */
+  side(side: DemoSide): { machine: string; pid: number | null; socket: string };
+  /** Per network: cut or not and the impairment in force. */
+  networks(): Array<{ name: DemoNetwork; cut: boolean; impairment: Impairment }>;
 }
 
 export interface DemoInfo {
@@ -67,6 +94,8 @@ export interface DemoLaunch extends Omit<Demo, 'info'> {
   ready: Promise<DemoInfo>;
   /** Resolves once a stop — asked by stop(), kill() or a failed start-up — has finished. */
   finished: Promise<StopReport>;
+  /** Rehearsal actions; usable once `ready` has resolved. */
+  rehearsal: DemoRehearsal;
 }
 
 const GMD = 'demo0gmd';
@@ -168,6 +197,13 @@ export function launchDemo(o: DemoOptions): DemoLaunch {
   const names = new Map<ChildProcess, string>();
   const sockets = new Map<ChildProcess, string>();
   const problems: string[] = [];
+  /** Processes killed on purpose (rehearsal `kill`): their exit is no problem. */
+  const killedOnPurpose = new Set<ChildProcess>();
+  /** The live process of each machine (a restart replaces it). */
+  const current = new Map<'alpha' | 'beta', ChildProcess>();
+  const relays: WanEmulator[] = [];
+  const netState = new Map<DemoNetwork, { cut: boolean; impairment: Impairment }>();
+  let started: { cfg: { alpha: string; beta: string }; logs: { alpha: string; beta: string }; sock: { alpha: string; beta: string } } | undefined;
   let stopRequested = false;
   let killing = false;
   let onStop!: () => void;
@@ -195,7 +231,9 @@ export function launchDemo(o: DemoOptions): DemoLaunch {
     names.set(child, m);
     sockets.set(child, sock);
     child.on('error', (e) => problems.push(`${m}: ${e.message}`));
+    current.set(m, child);
     child.once('exit', (code, signal) => {
+      if (killedOnPurpose.has(child)) return;
       if (!stopRequested) {
         problems.push(`${who(child)} exited by itself (${signal ?? `code ${code}`}); see its log`);
         o.onUnexpectedExit?.(problems[problems.length - 1]!);
@@ -222,7 +260,8 @@ export function launchDemo(o: DemoOptions): DemoLaunch {
       onStop();
       try {
         // Primary first: it drains its writes to the secondary, then tells it it leaves.
-        for (const child of children) await stopOne(child);
+        const order = [current.get('alpha'), current.get('beta'), ...children].filter((c): c is ChildProcess => c !== undefined);
+        for (const child of new Set(order)) await stopOne(child);
       } catch (e) {
         problems.push(`stopping failed: ${(e as Error).message}`);
       }
@@ -230,6 +269,7 @@ export function launchDemo(o: DemoOptions): DemoLaunch {
       for (const child of children) {
         if ((await endProcess(child, 'SIGKILL', 0, KILL_WAIT_MS)) === 'alive') problems.push(`${who(child)} is still alive after SIGKILL`);
       }
+      await Promise.all(relays.map((r) => r.close().catch(() => undefined)));
       const report = { clean: problems.length === 0, problems };
       onFinished(report);
       return report;
@@ -271,20 +311,39 @@ export function launchDemo(o: DemoOptions): DemoLaunch {
     const pA = await freeUdpPort(addrs);
     let pB = await freeUdpPort(addrs);
     while (pB === pA) pB = await freeUdpPort(addrs);
+    // The WAN emulator's ports: alpha reaches beta at `toBeta`, beta reaches alpha at `toAlpha`.
+    const ports = new Set([pA, pB]);
+    const freshPort = async () => { let p = await freeUdpPort(addrs); while (ports.has(p)) p = await freeUdpPort(addrs); ports.add(p); return p; };
+    const toBeta = await freshPort();
+    const toAlpha = await freshPort();
     const tcp = await freeTcpPort();
     const nbdSock = join(run.alpha, `${GMD}.nbd`);
-    const config = renderTwoSiteConfig({
+    const render = (alphaPort: number, betaPort: number) => renderTwoSiteConfig({
       keyFile, mode: o.mode, gmd: GMD, minor: 0, regionSize: o.regionSize ?? '32K', syncRate: o.syncRate ?? '256K', hwm: o.hwm ?? '128K',
       promoteFailureTimeout: o.promoteFailureTimeout ?? 10,
       machines: [
-        { name: 'alpha', site: 'east', role: 'primary', addresses: addrs, port: pA, runDir: run.alpha, volume: vol.alpha,
+        { name: 'alpha', site: 'east', role: 'primary', addresses: addrs, port: alphaPort, runDir: run.alpha, volume: vol.alpha,
           stateMap: join(dir, 'alpha.map'), nbdListen: [`tcp://127.0.0.1:${tcp}`, `unix:${nbdSock}`] },
-        { name: 'beta', site: 'west', role: 'secondary', addresses: addrs, port: pB, runDir: run.beta, volume: vol.beta,
+        { name: 'beta', site: 'west', role: 'secondary', addresses: addrs, port: betaPort, runDir: run.beta, volume: vol.beta,
           stateMap: join(dir, 'beta.map'), nbdListen: [`unix:${join(run.beta, `${GMD}.nbd`)}`] },
       ],
     });
+    // georm.toml is the cluster as it is; each machine's own copy differs only in where it sends
+    // to its peer (the emulator), which GeoMessage allows: a peer is known by its authenticated
+    // header, not by the address its packets come from.
     const cfgPath = join(dir, 'georm.toml');
-    await writeFile(cfgPath, config);
+    await writeFile(cfgPath, render(pA, pB));
+    const cfg = { alpha: join(dir, 'alpha.toml'), beta: join(dir, 'beta.toml') };
+    await writeFile(cfg.alpha, render(pA, toBeta));
+    await writeFile(cfg.beta, render(toAlpha, pB));
+    for (const [i, address] of addrs.entries()) {
+      if (stopRequested) throw interrupted();
+      relays.push(await startWanEmulator({
+        a: { listen: { address, port: toBeta }, target: { address, port: pA } },
+        b: { listen: { address, port: toAlpha }, target: { address, port: pB } },
+      }));
+      netState.set(`geo${i + 1}` as DemoNetwork, { cut: false, impairment: {} });
+    }
     await mkdir(run.alpha, { recursive: true });
     await mkdir(run.beta, { recursive: true });
 
@@ -296,8 +355,8 @@ export function launchDemo(o: DemoOptions): DemoLaunch {
     try {
       // Checked right before spawning (no await in between): a stop asked earlier spawns nothing.
       if (stopRequested) throw interrupted();
-      alpha = spawnGmd('alpha', logA.fd, cfgPath, sock.alpha);
-      beta = spawnGmd('beta', logB.fd, cfgPath, sock.beta);
+      alpha = spawnGmd('alpha', logA.fd, cfg.alpha, sock.alpha);
+      beta = spawnGmd('beta', logB.fd, cfg.beta, sock.beta);
     } finally {
       await logA.close();
       await logB.close();
@@ -308,6 +367,7 @@ export function launchDemo(o: DemoOptions): DemoLaunch {
     await orStop(callControl(sock.beta, 'start', {}, 30000));
     if (stopRequested) throw interrupted();
     log('demo: alpha (primary) and beta (secondary) AVAILABLE');
+    started = { cfg, logs: { alpha: logs.primary, beta: logs.secondary }, sock };
     return {
       uri: `nbd://127.0.0.1:${tcp}/${GMD}`, unixUri: `nbd+unix:///${GMD}?socket=${nbdSock}`, config: cfgPath,
       primaryVolume: vol.alpha, secondaryVolume: vol.beta, volumes: { primary: vol.alpha, secondary: vol.beta },
@@ -324,5 +384,81 @@ export function launchDemo(o: DemoOptions): DemoLaunch {
     if (left.length && e instanceof Error) e.message += `; ${left.join('; ')}`;
     throw e;
   });
-  return { ready, finished, stop, kill, children };
+  const machineOf = (side: DemoSide) => (side === 'primary' ? 'alpha' : 'beta');
+  const needStarted = () => {
+    if (!started) throw new GeormError('DEMO_ERR_NOT_READY', 'the demo is still starting');
+    if (stopRequested) throw new GeormError('DEMO_ERR_STOPPING', 'the demo is stopping');
+    return started;
+  };
+  const relayOf = (net: DemoNetwork) => relays[net === 'geo1' ? 0 : 1]!;
+  const rehearsal: DemoRehearsal = {
+    async killSide(side) {
+      needStarted();
+      const m = machineOf(side);
+      const child = current.get(m);
+      if (!child || !isAlive(child)) return `${m} (${side}) is not running`;
+      killedOnPurpose.add(child);
+      child.kill('SIGKILL');
+      await exitWithin(child, KILL_WAIT_MS);
+      return `${m} (${side}, pid ${child.pid}) killed (SIGKILL)`;
+    },
+    async restartSide(side) {
+      const s = needStarted();
+      const m = machineOf(side);
+      const other = m === 'alpha' ? 'beta' : 'alpha';
+      const done: string[] = [];
+      const old = current.get(m);
+      if (old && isAlive(old)) {
+        // A clean stop first (the seed's stopgmd): the peer is told it leaves and the state map is
+        // closed clean, so the new process may rejoin. Its gmddowns, if any, go with the process.
+        killedOnPurpose.add(old);
+        await callControl(s.sock[m], 'stop', {}, 15000).catch(() => undefined);
+        await endProcess(old, 'SIGTERM', GRACE_MS, KILL_WAIT_MS);
+        done.push(`${m} (${side}, pid ${old.pid}) stopped cleanly`);
+      }
+      const fh = await open(s.logs[m], 'a');
+      let child: ChildProcess;
+      try { child = spawnGmd(m, fh.fd, s.cfg[m], s.sock[m]); } finally { await fh.close(); }
+      await waitControl(s.sock[m], child, stopAsked);
+      if (stopRequested) throw interrupted();
+      // The process opened the volume and its state map (STOPPED); start makes it AVAILABLE and,
+      // with its peer up, resynchronises the regions its map or the peer's holds stale.
+      try {
+        await callControl(s.sock[m], 'start', {}, 30000);
+      } catch (e) {
+        // A primary killed with writes in flight holds dirty regions while the secondary runs on:
+        // the GMD refuses to start next to it. The seed's way out, done here step by step: stop the
+        // secondary, start the primary with the secondary given down, start the secondary, which
+        // then receives the dirty regions.
+        if (!(e instanceof GeormError && e.code === 'GMD_ERR_START_LOCAL_STALE' && side === 'primary')) throw e;
+        done.push(`${m}: ${e.message}`);
+        await callControl(s.sock[other], 'stop', {}, 15000);
+        done.push(`${other}: stopped (stopgmd)`);
+        await callControl(s.sock[m], 'start', { down: [other] }, 30000);
+        done.push(`${m}: started with gmddown ${other}`);
+        await callControl(s.sock[other], 'start', {}, 30000);
+        done.push(`${other}: started; it receives the dirty regions from ${m}`);
+      }
+      done.push(`${m} (${side}) restarted (pid ${child.pid}) and AVAILABLE`);
+      return done;
+    },
+    cut(nets) {
+      for (const n of nets) { relayOf(n).cut(); netState.get(n)!.cut = true; }
+    },
+    restore() {
+      for (const [n, st] of netState) { relayOf(n).restore(); st.cut = false; }
+    },
+    wan(imp) {
+      for (const [n, st] of netState) { relayOf(n).set(imp); st.impairment = { ...st.impairment, ...imp }; }
+    },
+    side(side) {
+      const m = machineOf(side);
+      const child = current.get(m);
+      return { machine: m, pid: child && isAlive(child) ? child.pid ?? null : null, socket: started?.sock[m] ?? '' };
+    },
+    networks() {
+      return [...netState].map(([name, st]) => ({ name, cut: st.cut, impairment: { ...st.impairment } }));
+    },
+  };
+  return { ready, finished, stop, kill, children, rehearsal };
 }

@@ -9,19 +9,25 @@ import t, { type Test } from 'tap';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { readdirSync, readFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { GEORM_BIN, missingTools, nbdshEnv, tempDir } from '../helpers/env.js';
 import { watchOutput } from '../helpers/proc.js';
 
-/** Pids of live (not zombie) processes whose command line names `config`. */
+/**
+ * Pids of live (not zombie) processes whose command line names `config` or one of the per-machine
+ * copies the demo writes beside it (alpha.toml, beta.toml: each sends to its peer through the
+ * demo's WAN emulator).
+ */
 function gmdPids(config: string): number[] {
+  const dir = dirname(config);
+  const configs = [config, join(dir, 'alpha.toml'), join(dir, 'beta.toml')];
   const pids: number[] = [];
   for (const d of readdirSync('/proc')) {
     if (!/^\d+$/.test(d)) continue;
     try {
       const args = readFileSync(`/proc/${d}/cmdline`, 'utf8').split('\0');
-      if (!args.includes(config) || !args.includes('run')) continue;
+      if (!configs.some((c) => args.includes(c)) || !args.includes('run')) continue;
       // Field 3 of stat is the state; a zombie has exited and only waits to be reaped.
       const stat = readFileSync(`/proc/${d}/stat`, 'utf8');
       if (stat.slice(stat.lastIndexOf(')') + 2)[0] !== 'Z') pids.push(Number(d));
