@@ -24,6 +24,9 @@ PKGS=(
   systemd             # systemd-analyze verify for unit files
   nbd-server          # reference server for conformance comparisons
   python3             # plays systemd's notify socket in tests (Node has no unix datagram sockets)
+  resource-agents     # ocf-tester and ocf-shellfuncs (tests of the agent ocf:georm:gmd)
+  libxml2-utils       # xmllint: ocf-tester validates the agent's meta-data with it
+  pacemaker-cli-utils # crm_attribute, crm_node: the agent's promotion scores and outdated records
 )
 
 missing=()
