@@ -7,7 +7,7 @@
 import { readFileSync } from 'node:fs';
 import { chmod } from 'node:fs/promises';
 import { join } from 'node:path';
-import { TestCluster } from '../gmd/cluster.js';
+import { TestCluster, type ClusterOptions } from '../gmd/cluster.js';
 import type { GmdMode } from '../../src/gmd/protocol.js';
 import type { HaStatus } from '../../src/gmd/promotion.js';
 import { callControl } from '../../src/gmd/control.js';
@@ -22,8 +22,8 @@ export class AgentCluster {
     this.agent = join(c.dir, 'root', 'usr/lib/ocf/resource.d/georm/gmd');
   }
 
-  static async create(mode: GmdMode, size = 4 << 20): Promise<AgentCluster> {
-    const c = await TestCluster.create({ mode, size });
+  static async create(mode: GmdMode, size = 4 << 20, extra: Partial<ClusterOptions> = {}): Promise<AgentCluster> {
+    const c = await TestCluster.create({ mode, size, ...extra });
     const a = new AgentCluster(c);
     try {
       // ocf-tester runs meta-data as nobody: the agent and georm must be reachable for it.

@@ -9,6 +9,13 @@ import { AgentCluster } from './agent-harness.js';
 import { missingTools, needsRoot } from '../helpers/env.js';
 import { runCmd } from '../helpers/proc.js';
 
+/** tap's NODE_OPTIONS hooks write to .tap/, which ocf-tester's run as nobody may not: the agent runs without them. */
+function agentEnv(): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = { ...process.env, OCF_ROOT: '/usr/lib/ocf' };
+  delete env.NODE_OPTIONS;
+  return env;
+}
+
 for (const mode of ['sync', 'mwc', 'async'] as const) {
   t.test(`ocf-tester passes for a ${mode} GMD`, { skip: needsRoot() || missingTools('ocf-tester', 'xmllint') }, async (t) => {
     const a = await AgentCluster.create(mode);
@@ -16,7 +23,7 @@ for (const mode of ['sync', 'mwc', 'async'] as const) {
     const beta = await a.action('beta', 'start');
     t.equal(beta.code, 0, `beta started through the agent: ${beta.stderr}`);
     const r = await runCmd('ocf-tester', ['-n', 'gmd', '-o', `gmd=${a.c.gmd}`, '-o', `config=${a.c.cfgPath}`, '-o', 'machine=alpha', a.agent],
-      { env: { ...process.env, OCF_ROOT: '/usr/lib/ocf' }, timeoutMs: 300000 });
+      { env: agentEnv(), timeoutMs: 300000 });
     t.equal(r.code, 0, `ocf-tester: ${r.stdout}\n${r.stderr}\nalpha log: ${a.log('alpha')}`);
     t.match(r.stdout, /passed all tests/, 'ocf-tester reports every test passed');
     const stop = await a.action('beta', 'stop');
