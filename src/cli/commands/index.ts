@@ -7,6 +7,7 @@ import { register as registerInstallUnits } from './install-units.js';
 import { register as registerGmd } from './gmd.js';
 import { register as registerAix } from './aix.js';
 import { register as registerDemo } from './demo.js';
+import { register as registerHageo } from './hageo.js';
 import { register as registerOcf } from './ocf.js';
 
 /**
@@ -21,6 +22,7 @@ export function registerCommands(program: Command): void {
   registerGmd(program);
   registerAix(program);
   registerDemo(program);
-  // After any module that creates the `hageo` command: ocf.ts adds its verbs to it.
+  registerHageo(program);
+  // After hageo.ts, which creates the `hageo` command: ocf.ts adds its verbs to it.
   registerOcf(program);
 }
