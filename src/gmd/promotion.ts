@@ -18,6 +18,7 @@ import { GeormError } from '../util/errors.js';
 import type { Logger } from '../util/log.js';
 import type { GeoMirrorDevice } from './device.js';
 import type { GmdMode, GmdRole, PeerInfo } from './protocol.js';
+import { FenceGate, type FenceGateOptions } from './fence-gate.js';
 
 /** What the agent reads to choose its exit code and promotion score (control op `ha-status`). */
 export interface HaStatus {
@@ -40,6 +41,8 @@ export interface HaStatus {
   peerRole: GmdRole | null;
   resync: { running: boolean; direction: 'push' | 'pull' | null; percent: number | null } | null;
   nbdUris: string[];
+  /** Writes whose acknowledgement waited for the outdated record, and those failed for lack of it. */
+  fence: { enabled: boolean; held: number; failed: number };
 }
 
 export interface ClusterRoleOptions {
@@ -48,6 +51,8 @@ export interface ClusterRoleOptions {
   listen: string[];
   /** The kernel NBD device to attach while promoted (config `nbd_device`), if any. */
   nbdDevice?: string | undefined;
+  /** Resource-level fencing (`[hageo] fencing = "resource-only"`): the exported backend is a FenceGate. */
+  fence?: FenceGateOptions | undefined;
   log: Logger;
 }
 
@@ -60,6 +65,7 @@ export class ClusterRole {
   private server: NbdServer | null = null;
   private attached: Attached | undefined;
   private uris: string[] = [];
+  private gate: FenceGate | null = null;
   /** One promote or demote at a time: the agent may be retried by Pacemaker while one runs. */
   private busy: Promise<unknown> = Promise.resolve();
 
@@ -92,6 +98,7 @@ export class ClusterRole {
       peerMapDirty: info ? info.mapDirty : null, peerRole: info ? info.role : null,
       resync: r ? { running: !r.complete && r.leftBytes > 0, direction: r.direction, percent: r.percent } : null,
       nbdUris: [...this.uris],
+      fence: { enabled: !!this.opts.fence, held: this.gate?.held ?? 0, failed: this.gate?.failed ?? 0 },
     };
   }
 
@@ -170,7 +177,9 @@ export class ClusterRole {
   async expose(): Promise<void> {
     if (this.server) return;
     const d = this.d;
-    const server = new NbdServer({ exports: [{ name: d.name, description: `GeoMirror device ${d.name}`, backend: d }] });
+    // With fencing, writes the peer lacks are acknowledged only once it is recorded outdated.
+    this.gate = this.opts.fence ? new FenceGate(d, this.opts.fence) : null;
+    const server = new NbdServer({ exports: [{ name: d.name, description: `GeoMirror device ${d.name}`, backend: this.gate ?? d }] });
     const uris: string[] = [];
     try {
       for (const target of this.opts.listen) uris.push((await server.listen(target)).uri);

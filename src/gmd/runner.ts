@@ -18,6 +18,7 @@ import { createLogger, type Logger } from '../util/log.js';
 import { serveControl } from './control.js';
 import { GeoMirrorDevice, type GmdAttributes, type GmdResources } from './device.js';
 import { ClusterRole, startManaged } from './promotion.js';
+import { recordOutdatedAsync } from '../hageo/agent/outdated.js';
 
 export interface RunOptions {
   config: string;
@@ -97,7 +98,10 @@ export async function runGmd(name: string, opts: RunOptions): Promise<RunningGmd
   });
   device.attachNetEvents();
   // HAGEO: the agent, not the file, says which side is promoted; both start unpromoted.
-  const clusterRole = opts.clusterManaged ? new ClusterRole({ device, listen: here.nbdListen, nbdDevice: here.nbdDevice, log }) : null;
+  const fence = opts.clusterManaged && cfg.hageo?.fencing === 'resource-only'
+    ? { record: (peer: string) => recordOutdatedAsync(name, peer, machine), fenceTimeoutMs: (cfg.hageo.fenceTimeout ?? 30) * 1000, onEvent: (l: 'info' | 'warn' | 'error', m: string) => device.event(l, m) }
+    : undefined;
+  const clusterRole = opts.clusterManaged ? new ClusterRole({ device, listen: here.nbdListen, nbdDevice: here.nbdDevice, fence, log }) : null;
   if (clusterRole) device.setAttributes({ role: ClusterRole.unpromotedRole(gmd.mode) });
   if (!opts.defined) {
     // A volume or state map that cannot be opened leaves the GMD DEFINED with the reason in its

@@ -31,7 +31,8 @@ const uriOf = (a: AgentCluster, m: string) => `nbd+unix:///${a.c.gmd}?socket=${a
 for (const mode of ['mwc', 'async', 'sync'] as const) {
   t.test(`${mode}: actions, exit codes, idempotence, exposure and scores`, { skip }, async (t) => {
     // A slow resync (64 KiB/s) lets the test see alpha as the resync target; nothing else resyncs.
-    const a = await AgentCluster.create(mode, 4 << 20, { rateLimit: '64K' });
+    // No Pacemaker here: resource-level fencing (agent-fence.test.ts) would refuse beta's writes without its peer.
+    const a = await AgentCluster.create(mode, 4 << 20, { rateLimit: '64K' }, ['fencing = "none"']);
     t.teardown(() => a.cleanup());
 
     // Parameters and configuration errors.

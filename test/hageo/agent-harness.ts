@@ -5,7 +5,7 @@
  * processes the agent starts are detached; cleanup ends them by the pids in their pid files.
  */
 import { readFileSync } from 'node:fs';
-import { chmod } from 'node:fs/promises';
+import { chmod, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { TestCluster, type ClusterOptions } from '../gmd/cluster.js';
 import type { GmdMode } from '../../src/gmd/protocol.js';
@@ -22,10 +22,18 @@ export class AgentCluster {
     this.agent = join(c.dir, 'root', 'usr/lib/ocf/resource.d/georm/gmd');
   }
 
-  static async create(mode: GmdMode, size = 4 << 20, extra: Partial<ClusterOptions> = {}): Promise<AgentCluster> {
+  /** `hageo`: lines of a `[hageo]` table appended to the cluster file (e.g. 'fencing = "none"'). */
+  static async create(mode: GmdMode, size = 4 << 20, extra: Partial<ClusterOptions> = {}, hageo: string[] = []): Promise<AgentCluster> {
     const c = await TestCluster.create({ mode, size, ...extra });
     const a = new AgentCluster(c);
     try {
+      if (hageo.length) {
+        // With a [hageo] table the file must suit Corosync too: one address per machine on each
+        // network. beta moves to 127.0.1.x (still loopback).
+        const text = await readFile(c.cfgPath, 'utf8');
+        const moved = text.split('[[machine]]').map((block) => /name = "beta"/.test(block) ? block.replaceAll('"127.0.0.', '"127.0.1.') : block).join('[[machine]]');
+        await writeFile(c.cfgPath, `${moved}\n[hageo]\n${hageo.join('\n')}\n`);
+      }
       // ocf-tester runs meta-data as nobody: the agent and georm must be reachable for it.
       await chmod(c.dir, 0o755);
       const r = await runCmd(process.execPath, [GEORM_BIN, 'install-agents', '--root', join(c.dir, 'root')], { timeoutMs: 30000 });

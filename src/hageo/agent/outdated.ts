@@ -7,7 +7,7 @@
  * sync again (the agent's monitor/notify) or by an operator with --force.
  */
 import { GeormError } from '../../util/errors.js';
-import { crm, CRM_EX_NOSUCH, partitionHasQuorum } from './crm.js';
+import { crm, crmAsync, CRM_EX_NOSUCH, partitionHasQuorum, partitionHasQuorumAsync } from './crm.js';
 
 export function outdatedAttribute(gmd: string): string { return `georm-outdated-${gmd}`; }
 
@@ -39,4 +39,15 @@ export function clearOutdated(gmd: string, node: string): boolean {
   const r = crm('crm_attribute', ['-N', node, '-n', outdatedAttribute(gmd), '-l', 'forever', '-D']);
   if (r.code !== 0 && r.code !== CRM_EX_NOSUCH) throw new GeormError('HAGEO_ERR_CIB', `removing the outdated record of ${gmd} on ${node} failed: crm_attribute exited ${r.code}: ${r.stderr.trim()}`);
   return true;
+}
+
+/** recordOutdated() for the GMD process (does not block its event loop); same checks, same order. */
+export async function recordOutdatedAsync(gmd: string, peer: string, by: string): Promise<void> {
+  const q = await partitionHasQuorumAsync();
+  if (!q.quorate) throw new GeormError('HAGEO_ERR_NO_QUORUM', `not recording ${peer} outdated for ${gmd}: ${q.why}`);
+  const value = `by ${by} at ${new Date().toISOString()}`;
+  const r = await crmAsync('crm_attribute', ['-N', peer, '-n', outdatedAttribute(gmd), '-l', 'forever', '-v', value]);
+  if (r.code !== 0) throw new GeormError('HAGEO_ERR_CIB', `recording ${peer} outdated for ${gmd} failed: crm_attribute exited ${r.code}: ${r.stderr.trim()}`);
+  const back = await crmAsync('crm_attribute', ['-N', peer, '-n', outdatedAttribute(gmd), '-l', 'forever', '-G', '-q']);
+  if (back.code !== 0 || !back.stdout.trim()) throw new GeormError('HAGEO_ERR_CIB', `recording ${peer} outdated for ${gmd}: the attribute is not in the CIB after writing it (${back.code})`);
 }
