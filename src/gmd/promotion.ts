@@ -138,6 +138,12 @@ export class ClusterRole {
     if (d.state === 'AVAILABLE' && d.attrs?.mode === 'async' && d.attrs.role === 'primary') {
       await this.drainToPeer();
       await this.restartWithRole('secondary');
+    } else if (d.state === 'AVAILABLE' && d.peer && d.map && !d.map.isClean()) {
+      // Sync/MWC: regions written on both sides stay marked until both volumes are flushed (the
+      // clean gate, up to 30 s). The peer's promote refuses while our map is dirty, so a planned
+      // switchover flushes them now: stop drains the gate, and the GMD starts again unpromoted.
+      await d.stop('demote: flush before the peer is promoted');
+      await startManaged(d);
     }
     d.event('info', `demoted on ${d.machine}: the device is not exposed (role ${d.attrs?.role ?? 'none'})`);
     return this.status();
