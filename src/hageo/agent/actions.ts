@@ -11,6 +11,7 @@ import { metadataXml } from './metadata.js';
 import { OCF, ocfLog, readParams, type AgentParams } from './ocf.js';
 import { applyScore, scoreFor } from './scores.js';
 import { readOutdated, recordOutdated, clearOutdated } from './outdated.js';
+import { crm } from './crm.js';
 import { answers, control, launch, livePid, processPaths, shutdown, type GmdProcessPaths } from './daemon.js';
 
 interface Ctx { p: AgentParams; cfg: ClusterConfig; paths: GmdProcessPaths; peers: string[] }
@@ -66,6 +67,27 @@ function settle(c: Ctx, st: HaStatus | null): void {
   applyScore(scoreFor(st, recordedOutdated(c).outdated));
 }
 
+/** Peers the cluster no longer counts in this partition (crm_node -p); none when it cannot tell (no cluster). */
+function peersGone(c: Ctx): string[] {
+  const r = crm('crm_node', ['-p']);
+  if (r.code !== 0) return [];
+  const members = new Set(r.stdout.trim().split(/\s+/).filter(Boolean));
+  if (!members.has(c.p.machine)) return [];
+  return c.peers.filter((p) => !members.has(p));
+}
+
+/**
+ * When the cluster says the GMD's active peer has left this partition, the GMD stops mirroring to
+ * it now (gmddown) instead of waiting for GeoMessage to give up on it: its writes are then marked
+ * stale, and the fence gate records that peer outdated (with quorum) before acknowledging them.
+ */
+async function dropGonePeers(c: Ctx, st: HaStatus | null): Promise<HaStatus | null> {
+  if (!st || !st.peer || !peersGone(c).includes(st.peer)) return st;
+  ocfLog('warn', `${st.peer} is not a member of this partition: ${c.p.gmd} stops mirroring to it (gmddown)`);
+  await control(c.paths, 'down', { peer: st.peer }, 15000).catch((e: unknown) => ocfLog('warn', `gmddown ${st.peer}: ${(e as Error).message}`));
+  return haStatus(c);
+}
+
 function healthy(st: HaStatus): boolean {
   return !!st.peer && st.peerMapDirty === false && !st.localDirty && !st.resync?.running;
 }
@@ -92,7 +114,7 @@ async function stop(c: Ctx): Promise<number> {
 }
 
 async function monitor(c: Ctx): Promise<number> {
-  const st = await haStatus(c);
+  const st = await dropGonePeers(c, await haStatus(c));
   if (!st) {
     if (livePid(c.paths)) { ocfLog('err', `${c.p.gmd}: the GMD process runs but does not answer`); return OCF.ERR_GENERIC; }
     return OCF.NOT_RUNNING;
@@ -109,7 +131,7 @@ async function monitor(c: Ctx): Promise<number> {
 }
 
 async function promote(c: Ctx): Promise<number> {
-  const st0 = await haStatus(c);
+  const st0 = await dropGonePeers(c, await haStatus(c));
   if (!st0 || st0.state !== 'AVAILABLE') { ocfLog('err', `promote: ${c.p.gmd} is not running here (start it first)`); return st0 ? OCF.ERR_GENERIC : OCF.NOT_RUNNING; }
   if (st0.promoted && st0.exposed) { settle(c, st0); return OCF.SUCCESS; }
   const rec = recordedOutdated(c);
@@ -151,7 +173,7 @@ async function demote(c: Ctx): Promise<number> {
 
 async function notify(c: Ctx): Promise<number> {
   // Pre/post notifications of the clone's operations: the peer's state may have changed; the score follows.
-  const st = await haStatus(c).catch(() => null);
+  const st = await dropGonePeers(c, await haStatus(c).catch(() => null)).catch(() => null);
   if (st) settle(c, st);
   return OCF.SUCCESS;
 }
