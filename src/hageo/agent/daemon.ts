@@ -78,7 +78,11 @@ export async function launch(p: GmdProcessPaths, gmd: string, config: string, ma
 export async function shutdown(p: GmdProcessPaths, timeoutMs = 60000): Promise<void> {
   const pid = livePid(p);
   await control(p, 'shutdown', {}, 5000).catch(() => undefined);
-  if (pid !== null) {
+  if (pid === null) {
+    // Started by someone else (no pid file): wait until its control socket stops answering.
+    const deadline = Date.now() + timeoutMs;
+    while (Date.now() < deadline && await answers(p).catch(() => false)) await new Promise((r) => setTimeout(r, 100));
+  } else {
     const deadline = Date.now() + timeoutMs;
     let termSent = false;
     while (alive(pid)) {
