@@ -172,11 +172,23 @@ export class ClusterRole {
   /** Role change: the seed's sequence (attributes change only in DEFINED), then start again. */
   private async restartWithRole(role: GmdRole): Promise<void> {
     const d = this.d;
+    const before = d.attrs?.role ?? ClusterRole.unpromotedRole(d.attrs?.mode ?? 'async');
     await d.stop(`role change to ${role}`);
     await d.unconfigure();
     d.setAttributes({ role });
-    await d.configure();
-    await startManaged(d);
+    try {
+      await d.configure();
+      await startManaged(d);
+    } catch (e) {
+      // Refused (e.g. the peer is still primary): back to the role it had, running, so a failed
+      // promote leaves the GMD as it found it.
+      d.event('warn', `role change to ${role} failed (${(e as Error).message}); back to ${before}`);
+      if (d.state === 'STOPPED') await d.unconfigure();
+      d.setAttributes({ role: before });
+      await d.configure();
+      await startManaged(d);
+      throw e;
+    }
   }
 
   /** Opens the NBD listeners and attaches nbd_device: the application can use the device here now. */
