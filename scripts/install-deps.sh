@@ -33,6 +33,7 @@ PKGS=(
   resource-agents     # ocf-shellfuncs, ocf-tester, ocf:heartbeat:* agents
   corosync-qnetd      # the witness at a third site (HAGEO part 2)
   corosync-qdevice    # the nodes' side of the witness
+  libxml2-utils       # xmllint: ocf-tester validates the agent's meta-data with it
 )
 
 missing=()

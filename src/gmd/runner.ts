@@ -17,6 +17,8 @@ import { GeormError } from '../util/errors.js';
 import { createLogger, type Logger } from '../util/log.js';
 import { serveControl } from './control.js';
 import { GeoMirrorDevice, type GmdAttributes, type GmdResources } from './device.js';
+import { ClusterRole, startManaged } from './promotion.js';
+import { recordOutdatedAsync } from '../hageo/agent/outdated.js';
 
 export interface RunOptions {
   config: string;
@@ -26,6 +28,11 @@ export interface RunOptions {
   down?: string[];
   /** Stay DEFINED (do not open the volume and map). */
   defined?: boolean;
+  /**
+   * Run under the cluster agent ocf:georm:gmd (HAGEO): unpromoted role at configure, no NBD export
+   * and no nbd_device until the agent promotes this side (promotion.ts).
+   */
+  clusterManaged?: boolean;
   logger?: Logger;
 }
 
@@ -90,6 +97,12 @@ export async function runGmd(name: string, opts: RunOptions): Promise<RunningGmd
     facts: () => gatherFacts(cfg, machine),
   });
   device.attachNetEvents();
+  // HAGEO: the agent, not the file, says which side is promoted; both start unpromoted.
+  const fence = opts.clusterManaged && cfg.hageo?.fencing === 'resource-only'
+    ? { record: (peer: string) => recordOutdatedAsync(name, peer, machine), fenceTimeoutMs: (cfg.hageo.fenceTimeout ?? 30) * 1000, onEvent: (l: 'info' | 'warn' | 'error', m: string) => device.event(l, m) }
+    : undefined;
+  const clusterRole = opts.clusterManaged ? new ClusterRole({ device, listen: here.nbdListen, nbdDevice: here.nbdDevice, fence, log }) : null;
+  if (clusterRole) device.setAttributes({ role: ClusterRole.unpromotedRole(gmd.mode) });
   if (!opts.defined) {
     // A volume or state map that cannot be opened leaves the GMD DEFINED with the reason in its
     // events (and in the next start's error) rather than ending the process.
@@ -98,20 +111,21 @@ export async function runGmd(name: string, opts: RunOptions): Promise<RunningGmd
 
   const nbd = new NbdServer({ exports: [{ name, description: `GeoMirror device ${name}`, backend: device }] });
   const nbdUris: string[] = [];
-  for (const target of here.nbdListen) nbdUris.push((await nbd.listen(target)).uri);
+  if (!clusterRole) for (const target of here.nbdListen) nbdUris.push((await nbd.listen(target)).uri);
 
   const controlPath = controlSocketPath(cfg, name, machine);
   let closing: Promise<void> | null = null;
   // nbd_device: the kernel's /dev/nbdN follows the GMD while it is AVAILABLE here (not as secondary).
   let attached: Attached | undefined;
   const attachDevice = (): void => {
-    if (!here.nbdDevice || attached?.attached || device.state !== 'AVAILABLE' || device.attrs?.role === 'secondary') return;
+    if (clusterRole || !here.nbdDevice || attached?.attached || device.state !== 'AVAILABLE' || device.attrs?.role === 'secondary') return;
     attached = attachExport(here.nbdDevice, DEFAULT_ATTACH_TIMEOUT_SEC, device.size(), transmissionFlags(device, false), (s) => nbd.serveSocket(s, name), log);
   };
   const detachDevice = (): Promise<void> => attached?.detach().catch((e: unknown) => log.error({ err: (e as Error).message }, 'detach failed')) ?? Promise.resolve();
   const close = (): Promise<void> => {
     closing ??= (async () => {
       systemd.stopping(`${name}: stopping`);
+      await clusterRole?.hide();
       await detachDevice();
       await device.stop('process exit').catch((e: unknown) => log.error({ err: (e as Error).message }, 'stop failed'));
       await nbd.close(2000).catch(() => undefined);
@@ -126,6 +140,11 @@ export async function runGmd(name: string, opts: RunOptions): Promise<RunningGmd
   // `georm netstat` / krpcstat find every GeoMessage process by its stats socket in run_dir.
   const netStats: Server = await serveNetStats(() => net.stats(), netStatSocketPath(findMachine(cfg, machine).runDir, name));
 
+  function managed(): ClusterRole {
+    if (!clusterRole) throw new GeormError('GMD_ERR_BAD_REQUEST', `${name} on ${machine} is not cluster-managed (run it with --cluster-managed, as ocf:georm:gmd does)`);
+    return clusterRole;
+  }
+
   async function handleOp(op: string, args: Record<string, unknown>): Promise<unknown> {
     switch (op) {
       case 'status': return device.status();
@@ -135,11 +154,15 @@ export async function runGmd(name: string, opts: RunOptions): Promise<RunningGmd
       case 'unconfigure': await device.unconfigure(); return device.status();
       case 'start': {
         for (const p of (args.down as string[] | undefined) ?? []) await device.down(p);
-        const started = await device.start();
+        const started = clusterRole ? await startManaged(device) : await device.start();
         attachDevice();
         return started;
       }
-      case 'stop': await detachDevice(); await device.stop(); return device.status();
+      case 'stop': await clusterRole?.hide(); await detachDevice(); await device.stop(); return device.status();
+      // HAGEO (promotion.ts): only for a process run with --cluster-managed.
+      case 'ha-status': return managed().status();
+      case 'promote': return managed().promote();
+      case 'demote': return managed().demote();
       case 'down': return device.down(String(args.peer));
       case 'dirty': await device.dirty(); return device.status();
       case 'clean': await device.clean(); return device.status();

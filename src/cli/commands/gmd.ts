@@ -18,13 +18,14 @@ export function register(program: Command): void {
     .option('--start', 'start the GMD (STOPPED -> AVAILABLE) once configured')
     .option('--down <peer...>', 'with --start: gmddown these peers first')
     .option('--defined', 'stay in the DEFINED state (do not open volume and state map)')
+    .option('--cluster-managed', 'run under the cluster agent ocf:georm:gmd: start unpromoted, export NBD only once promoted')
     .addHelpText('after', '\nSIGINT/SIGTERM close it cleanly. Started with a Node IPC channel (as `georm demo` starts it), it also\n' +
       'stops when that channel closes, i.e. when the process that started it is gone.\n')
-    .action(async (name: string, o: { config: string; machine?: string; start?: boolean; down?: string[]; defined?: boolean }) => {
+    .action(async (name: string, o: { config: string; machine?: string; start?: boolean; down?: string[]; defined?: boolean; clusterManaged?: boolean }) => {
       const parentGone = watchParent();
       let running: Awaited<ReturnType<typeof runGmd>>;
       try {
-        running = await runGmd(name, { config: o.config, ...(o.machine ? { machine: o.machine } : {}), start: !!o.start, down: o.down ?? [], defined: !!o.defined });
+        running = await runGmd(name, { config: o.config, ...(o.machine ? { machine: o.machine } : {}), start: !!o.start, down: o.down ?? [], defined: !!o.defined, clusterManaged: !!o.clusterManaged });
       } catch (e) {
         // Sockets opened before the failure would keep the process alive: report and leave.
         process.exit(reportError(e));

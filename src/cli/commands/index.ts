@@ -8,6 +8,7 @@ import { register as registerGmd } from './gmd.js';
 import { register as registerAix } from './aix.js';
 import { register as registerDemo } from './demo.js';
 import { register as registerHageo } from './hageo.js';
+import { register as registerOcf } from './ocf.js';
 
 /**
  * Every CLI verb lives in its own module under ./commands and registers itself here, one line each.
@@ -22,4 +23,6 @@ export function registerCommands(program: Command): void {
   registerAix(program);
   registerDemo(program);
   registerHageo(program);
+  // After hageo.ts, which creates the `hageo` command: ocf.ts adds its verbs to it.
+  registerOcf(program);
 }
