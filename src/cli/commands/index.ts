@@ -7,6 +7,7 @@ import { register as registerInstallUnits } from './install-units.js';
 import { register as registerGmd } from './gmd.js';
 import { register as registerAix } from './aix.js';
 import { register as registerDemo } from './demo.js';
+import { register as registerOps } from './ops.js';
 
 /**
  * Every CLI verb lives in its own module under ./commands and registers itself here, one line each.
@@ -20,4 +21,5 @@ export function registerCommands(program: Command): void {
   registerGmd(program);
   registerAix(program);
   registerDemo(program);
+  registerOps(program);
 }
