@@ -5,6 +5,10 @@
 import type { Command } from 'commander';
 import { GeormError } from '../../util/errors.js';
 import { parseListen, startMetricsServer } from '../../ops/metrics-server.js';
+import { writeFile } from 'node:fs/promises';
+import { advise, combine, diskSource, fileSource, formatReport, gmdSource, sample, summarize, type Source } from '../../ops/sizing.js';
+import { plotSvg } from '../../ops/svg-plot.js';
+import { GEOMESSAGE_EFFICIENCY, efficiencyFor, parseBandwidth, parseDuration } from '../../ops/units.js';
 
 const DEFAULT_RUN_DIR = process.env.GEORM_RUN_DIR ?? '/run/georm';
 
@@ -32,6 +36,72 @@ function registerMetrics(program: Command): void {
     });
 }
 
+const collect = (v: string, prev: string[] = []) => [...prev, v];
+
+interface SizingOpts {
+  interval: string; time?: string; count?: string; pv: string[]; gmd: string[]; file: string[]; runDir: string;
+  output?: string; verbose?: boolean; json?: boolean; bandwidth?: string; mtu: string; plot?: string;
+}
+
+function registerSizing(program: Command): void {
+  program.command('gmdsizing')
+    .description('sample write activity of disks, GMDs or a file\'s device and report the bandwidth, HWM and backlog georm would need (seed 3.7.1)')
+    .option('-i, --interval <time>', 'sampling interval (seconds, or with s/m/h/d)', '60')
+    .option('-t, --time <time>', 'how long to sample (seconds, or with s/m/h/d: 24h, 5d); default until interrupted')
+    .option('-c, --count <n>', 'number of intervals (instead of --time)')
+    .option('-p, --pv <device>', 'block device to monitor (sda, nvme0n1, loop3, /dev/sdb); repeatable', collect, [])
+    .option('-g, --gmd <name>', 'running GMD to monitor (application writes, from its statistics); repeatable', collect, [])
+    .option('-F, --file <path>', 'monitor the block device holding this file; repeatable', collect, [])
+    .option('--run-dir <dir>', 'where the GMDs put their control sockets', DEFAULT_RUN_DIR)
+    .option('-f, --output <file>', 'write the report to this file instead of stdout')
+    .option('-V, --verbose', 'add what the numbers mean for georm (bandwidth per mode, HWM, backlog)')
+    .option('--bandwidth <bw>', 'link to judge against: 100Mbit, 1Gbit (bits/s) or 12MB/s')
+    .option('--mtu <bytes>', `geographic network MTU: GeoMessage carries ${GEOMESSAGE_EFFICIENCY.mtu1500 * 100}% of the link as payload at 1500, ${GEOMESSAGE_EFFICIENCY.mtu9000 * 100}% at 9000`, '1500')
+    .option('--plot <file.svg>', 'draw the write rate over time against the link capacity')
+    .option('--json', 'print intervals, totals and advice as JSON')
+    .addHelpText('after', '\nExample (seed): georm gmdsizing -i 1m -t 5m -p sda -V --bandwidth 100Mbit --plot /tmp/sda.svg\n' +
+      'The seed\'s -v volume group has no equivalent: give the VG\'s physical volumes with -p, or its LVs (dm-N).')
+    .action(async (o: SizingOpts) => {
+      const interval = parseDuration(o.interval, '--interval');
+      if (o.time !== undefined && o.count !== undefined) throw new GeormError('GEORM_ERR_USAGE', 'give --time or --count, not both');
+      let count = Infinity;
+      if (o.time !== undefined) count = Math.max(1, Math.round(parseDuration(o.time, '--time') / interval));
+      if (o.count !== undefined) {
+        count = Number(o.count);
+        if (!Number.isInteger(count) || count < 1) throw new GeormError('GEORM_ERR_USAGE', `--count must be a positive integer, got '${o.count}'`);
+      }
+      const bandwidth = o.bandwidth === undefined ? undefined : parseBandwidth(o.bandwidth);
+      const mtu = positiveNumber('--mtu', o.mtu);
+      const sources: Source[] = [
+        ...await Promise.all(o.pv.map((d) => diskSource(d))),
+        ...await Promise.all(o.gmd.map((g) => gmdSource(o.runDir, g).catch((e: Error) => { throw new GeormError('GEORM_ERR_USAGE', `-g ${g}: ${e.message}`); }))),
+        ...await Promise.all(o.file.map((f) => fileSource(f))),
+      ];
+      if (!sources.length) throw new GeormError('GEORM_ERR_USAGE', 'nothing to monitor: give -p DEVICE, -g GMD or -F FILE');
+      // Interrupting ends sampling early and still prints the report (as the seed's gmdsizing does).
+      let interrupt: () => void = () => undefined;
+      const stop = new Promise<void>((r) => { interrupt = r; });
+      process.once('SIGINT', interrupt);
+      process.once('SIGTERM', interrupt);
+      const all = await sample(sources, interval, count, stop, () => process.stderr.write(
+        `gmdsizing: sampling ${sources.length} source${sources.length > 1 ? 's' : ''} every ${interval} s${Number.isFinite(count) ? ` for ${count} intervals` : ''}; interrupt (^C) to end early and report\n`));
+      process.off('SIGINT', interrupt);
+      process.off('SIGTERM', interrupt);
+      const summaries = all.map((s) => summarize(s.name, s.intervals));
+      const totalIv = combine(all);
+      const total = summarize('total', totalIv);
+      const eff = efficiencyFor(mtu);
+      const adv = advise(totalIv, total, eff, bandwidth);
+      const text = o.json
+        ? JSON.stringify({ interval, sources: all, summaries, total, advice: adv })
+        : formatReport(all, summaries, total, adv, !!o.verbose || bandwidth !== undefined);
+      if (o.plot) await writeFile(o.plot, plotSvg(`gmdsizing: ${all.map((s) => s.name).join(' + ')}`, totalIv, bandwidth === undefined ? undefined : bandwidth * eff, total.averageWriteRate));
+      if (o.output) await writeFile(o.output, text + '\n');
+      else process.stdout.write(text + '\n');
+    });
+}
+
 export function register(program: Command): void {
   registerMetrics(program);
+  registerSizing(program);
 }
