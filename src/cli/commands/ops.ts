@@ -8,7 +8,12 @@ import { parseListen, startMetricsServer } from '../../ops/metrics-server.js';
 import { writeFile } from 'node:fs/promises';
 import { advise, combine, diskSource, fileSource, formatReport, gmdSource, sample, summarize, type Source } from '../../ops/sizing.js';
 import { plotSvg } from '../../ops/svg-plot.js';
-import { GEOMESSAGE_EFFICIENCY, efficiencyFor, parseBandwidth, parseDuration } from '../../ops/units.js';
+import { GEOMESSAGE_EFFICIENCY, efficiencyFor, formatBits, formatRate, formatSeconds, parseBandwidth, parseDuration } from '../../ops/units.js';
+import { estimateSync } from '../../ops/estimate-sync.js';
+import { callControl } from '../../gmd/control.js';
+import type { GmdStatus } from '../../gmd/device.js';
+import { parseSize, formatSize } from '../../util/size.js';
+import { join } from 'node:path';
 
 const DEFAULT_RUN_DIR = process.env.GEORM_RUN_DIR ?? '/run/georm';
 
@@ -101,7 +106,64 @@ function registerSizing(program: Command): void {
     });
 }
 
+interface EstimateOpts {
+  size?: string; gmd?: string; stale?: string; bandwidth: string; rtt: string; mtu: string; rateLimit?: string;
+  syncRate: string; regionSize: string; runDir: string; json?: boolean;
+}
+
+function registerEstimateSync(program: Command): void {
+  program.command('estimate-sync')
+    .description('how long a full initial sync and a resync of stale data take on a link (seed 3.8)')
+    .option('--size <bytes>', 'device size for the full sync (64G, 2T)')
+    .option('--gmd <name>', 'take size, stale bytes, sync_rate, region_size and resync_rate_limit from this running GMD')
+    .option('--stale <bytes>', 'stale bytes to resync (default with --gmd: its stale regions)')
+    .requiredOption('--bandwidth <bw>', 'link: 100Mbit, 1Gbit (bits/s) or 12MB/s')
+    .option('--rtt <ms>', 'round-trip time of the link in milliseconds', '0')
+    .option('--mtu <bytes>', `geographic network MTU (resync efficiency ${GEOMESSAGE_EFFICIENCY.mtu1500 * 100}% at 1500, ${GEOMESSAGE_EFFICIENCY.mtu9000 * 100}% at 9000)`, '1500')
+    .option('--rate-limit <bw>', 'resync_rate_limit (12MB/s, 100Mbit; 0 = unlimited); default with --gmd: its attribute, else 0')
+    .option('--sync-rate <bytes>', 'sync_rate, bytes per resync request', '256K')
+    .option('--region-size <bytes>', 'state-map region size', '32K')
+    .option('--run-dir <dir>', 'where the GMDs put their control sockets', DEFAULT_RUN_DIR)
+    .option('--json', 'print the estimate as JSON')
+    .action(async (o: EstimateOpts) => {
+      if ((o.size === undefined) === (o.gmd === undefined)) throw new GeormError('GEORM_ERR_USAGE', 'give exactly one of --size SIZE or --gmd NAME');
+      let size: number, stale = o.stale === undefined ? undefined : parseSize(o.stale, '--stale');
+      let syncRate = parseSize(o.syncRate, '--sync-rate'), regionSize = parseSize(o.regionSize, '--region-size');
+      let rateLimit = o.rateLimit === undefined || o.rateLimit === '0' ? 0 : parseBandwidth(o.rateLimit, '--rate-limit');
+      if (o.gmd !== undefined) {
+        const st = await callControl(join(o.runDir, `${o.gmd}.sock`), 'status', {}, 10000) as GmdStatus;
+        size = st.size;
+        if (st.attrs) {
+          regionSize = st.attrs.regionSize;
+          syncRate = st.attrs.syncRate;
+          if (o.rateLimit === undefined) rateLimit = st.attrs.resyncRateLimit;
+        }
+        if (stale === undefined && st.map) stale = Math.min(size, st.map.stale * regionSize);
+      } else size = parseSize(o.size!, '--size');
+      if (!(size > 0)) throw new GeormError('GEORM_ERR_USAGE', 'the size must be more than 0 bytes');
+      const rttMs = Number(o.rtt);
+      if (!Number.isFinite(rttMs) || rttMs < 0) throw new GeormError('GEORM_ERR_USAGE', `--rtt must be a number of milliseconds >= 0, got '${o.rtt}'`);
+      const bandwidth = parseBandwidth(o.bandwidth);
+      const efficiency = efficiencyFor(positiveNumber('--mtu', o.mtu));
+      const e = estimateSync({ size, stale, bandwidth, rttMs, efficiency, rateLimit, syncRate, regionSize });
+      if (o.json) {
+        process.stdout.write(JSON.stringify({ size, stale: stale ?? null, bandwidth, rttMs, efficiency, rateLimit, syncRate, regionSize, ...e }) + '\n');
+        return;
+      }
+      const why = e.limitedBy === 'link' ? `the link (${formatBits(bandwidth)} x ${efficiency * 100}% GeoMessage efficiency, measured by bench:gmd)`
+        : e.limitedBy === 'rtt' ? `the round trip (${formatSize(e.windowBytes)} in flight / ${rttMs} ms)` : `resync_rate_limit (${formatRate(rateLimit)})`;
+      const lines = [
+        `resync rate: ${formatRate(e.rate)}, limited by ${why}`,
+        `full initial sync of ${formatSize(size)}: ${formatSeconds(e.fullSeconds)}`,
+      ];
+      if (e.staleSeconds !== null) lines.push(`resync of ${formatSize(stale!)} stale: ${formatSeconds(e.staleSeconds)}`);
+      if (e.limitedBy === 'resync_rate_limit') lines.push(`without resync_rate_limit the full sync would take ${formatSeconds(e.fullSecondsUnlimited)} (the limit leaves the rest of the link to application writes)`);
+      process.stdout.write(lines.join('\n') + '\n');
+    });
+}
+
 export function register(program: Command): void {
   registerMetrics(program);
   registerSizing(program);
+  registerEstimateSync(program);
 }
