@@ -12,6 +12,8 @@ export interface MetricsServerOptions {
   host: string;
   port: number;
   runDir: string;
+  /** This machine's name in the cluster file (labels GMDs that do not answer). */
+  machine: string;
   /** How long one GMD may take to answer before it counts as not up. */
   probeTimeoutMs: number;
 }
@@ -31,7 +33,7 @@ export async function startMetricsServer(o: MetricsServerOptions): Promise<{ ser
   const scrape = async (): Promise<string> => {
     const t0 = process.hrtime.bigint();
     const probes = await probeAll(o.runDir, o.probeTimeoutMs);
-    metrics.update(probes, Number(process.hrtime.bigint() - t0) / 1e9);
+    metrics.update(probes, Number(process.hrtime.bigint() - t0) / 1e9, o.machine);
     return metrics.registry.metrics();
   };
   const server = createServer((req, res) => {

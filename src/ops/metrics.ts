@@ -33,7 +33,7 @@ export class GeormMetrics {
   }
 
   // ---- the GMD itself -------------------------------------------------------------------------
-  readonly up = this.gauge('georm_gmd_up', '1 when the GMD process answered on its control socket, else 0', ['gmd']);
+  readonly up = this.gauge('georm_gmd_up', '1 when the GMD process answered on its control socket, else 0');
   readonly info = this.gauge('georm_gmd_info', 'Always 1; role and mode of the GMD as labels', [...GMD, 'role', 'mode', 'minor']);
   readonly state = this.gauge('georm_gmd_state', '1 for the GMD\'s current state (DEFINED, STOPPED, STARTING, AVAILABLE), 0 for the others', [...GMD, 'state']);
   readonly size = this.gauge('georm_gmd_size_bytes', 'Size of the mirrored device');
@@ -120,16 +120,16 @@ export class GeormMetrics {
   readonly scrapeDuration = this.gauge('georm_metrics_probe_duration_seconds', 'How long asking all local GMDs took at this scrape', []);
   readonly gmdsFound = this.gauge('georm_metrics_gmds', 'Control sockets found in the run directory', []);
 
-  /** Replaces every value by what the probes say. */
-  update(probes: GmdProbe[], probeSeconds: number): void {
+  /** Replaces every value by what the probes say; `machine` labels GMDs that did not say theirs. */
+  update(probes: GmdProbe[], probeSeconds: number, machine: string): void {
     for (const m of this.all) m.reset();
     this.scrapeDuration.set(probeSeconds);
     this.gmdsFound.set(probes.length);
-    for (const p of probes) this.updateOne(p);
+    for (const p of probes) this.updateOne(p, machine);
   }
 
-  private updateOne(p: GmdProbe): void {
-    this.up.set({ gmd: p.gmd }, p.up ? 1 : 0);
+  private updateOne(p: GmdProbe, machine: string): void {
+    this.up.set({ gmd: p.gmd, machine: p.status?.machine ?? machine }, p.up ? 1 : 0);
     const s = p.status;
     if (!p.up || !s) return;
     const g: Labels = { gmd: p.gmd, machine: s.machine };

@@ -32,8 +32,8 @@ t.test('Prometheus scrapes georm metrics: secondary killed -> stale bytes rise; 
   await c.waitInSync();
 
   const runDir = (m: string) => join(c.dir, 'run', m);
-  const ma = await startGeormMetrics(runDir('alpha')); stops.push(ma.stop);
-  const mb = await startGeormMetrics(runDir('beta')); stops.push(mb.stop);
+  const ma = await startGeormMetrics(runDir('alpha'), 'alpha'); stops.push(ma.stop);
+  const mb = await startGeormMetrics(runDir('beta'), 'beta'); stops.push(mb.stop);
   const prom = await Prometheus.start(dir, { alpha: ma.address, beta: mb.address }, await testAlertRules()); stops.push(() => prom.stop());
 
   const gmd = `gmd="${c.gmd}"`;
@@ -55,7 +55,7 @@ t.test('Prometheus scrapes georm metrics: secondary killed -> stale bytes rise; 
 
   // The secondary dies; the primary keeps writing locally and marks the regions stale.
   await c.kill9('beta');
-  await prom.waitFor(`georm_gmd_up{${gmd}, job="beta"}`, (r) => val(r)[0] === 0, 'beta reported as georm_gmd_up 0', 30000);
+  await prom.waitFor(`georm_gmd_up{${gmd}, machine="beta"}`, (r) => val(r)[0] === 0, 'beta reported as georm_gmd_up 0', 30000);
   t.pass('the killed GMD is reported as georm_gmd_up 0');
   t.same(val(await prom.query('up{job="beta"}')), [1], 'the scrape of the dead GMD\'s machine still succeeds');
   const regions = Array.from({ length: 60 }, (_, i) => i * 8);
@@ -109,8 +109,8 @@ t.test('the divergence alert fires on a staged divergence', { skip }, async (t) 
   await c.run('alpha');
   await c.run('beta');
 
-  const ma = await startGeormMetrics(join(c.dir, 'run', 'alpha')); stops.push(ma.stop);
-  const mb = await startGeormMetrics(join(c.dir, 'run', 'beta')); stops.push(mb.stop);
+  const ma = await startGeormMetrics(join(c.dir, 'run', 'alpha'), 'alpha'); stops.push(ma.stop);
+  const mb = await startGeormMetrics(join(c.dir, 'run', 'beta'), 'beta'); stops.push(mb.stop);
   const prom = await Prometheus.start(dir, { alpha: ma.address, beta: mb.address }, await testAlertRules()); stops.push(() => prom.stop());
   const r = await prom.waitFor(`ALERTS{alertname="GeormDivergence", alertstate="firing", gmd="${c.gmd}"}`, (r) => r.length === 2, 'GeormDivergence firing on both machines', 60000);
   t.same(r.map((x) => `${x.metric.machine}->${x.metric.peer}`).sort(), ['alpha->beta', 'beta->alpha'], 'the alert names both sides');

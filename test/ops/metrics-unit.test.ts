@@ -52,8 +52,8 @@ t.test('georm metrics: a GMD socket that does not answer is georm_gmd_up 0, neve
   const a = await fetch(`http://${m.address}/metrics`);
   t.equal(a.status, 200, 'scrape succeeds');
   const body = await a.text();
-  t.match(body, /^georm_gmd_up\{gmd="dead0gmd"\} 0$/m, 'dead GMD: up 0');
-  t.match(body, /^georm_gmd_up\{gmd="silent0gmd"\} 0$/m, 'hung GMD: up 0');
+  t.match(body, /^georm_gmd_up\{gmd="dead0gmd",machine="testhost"\} 0$/m, 'dead GMD: up 0');
+  t.match(body, /^georm_gmd_up\{gmd="silent0gmd",machine="testhost"\} 0$/m, 'hung GMD: up 0');
   t.match(body, /^georm_metrics_gmds 2$/m);
   t.notMatch(body, /georm_gmd_stale_bytes\{/, 'no made-up values for GMDs that did not answer');
   t.equal((await fetch(`http://${m.address}/nope`)).status, 404);

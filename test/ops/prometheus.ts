@@ -27,8 +27,8 @@ async function stopChild(c: ChildProcess): Promise<void> {
 }
 
 /** `georm metrics --listen 127.0.0.1:0 --run-dir DIR`; resolves with the address it serves on. */
-export async function startGeormMetrics(runDir: string): Promise<{ child: ChildProcess; address: string; stop: () => Promise<void> }> {
-  const child = spawn(process.execPath, [GEORM_BIN, 'metrics', '--listen', '127.0.0.1:0', '--run-dir', runDir, '--probe-timeout', '0.8'], { stdio: ['ignore', 'pipe', 'pipe'] });
+export async function startGeormMetrics(runDir: string, machine = 'testhost'): Promise<{ child: ChildProcess; address: string; stop: () => Promise<void> }> {
+  const child = spawn(process.execPath, [GEORM_BIN, 'metrics', '--listen', '127.0.0.1:0', '--run-dir', runDir, '--machine', machine, '--probe-timeout', '0.8'], { stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   let err = '';
   child.stderr!.on('data', (d: Buffer) => { err += d.toString(); });

@@ -11,6 +11,7 @@ import { plotSvg } from '../../ops/svg-plot.js';
 import { GEOMESSAGE_EFFICIENCY, efficiencyFor, formatBits, formatRate, formatSeconds, parseBandwidth, parseDuration } from '../../ops/units.js';
 import { estimateSync } from '../../ops/estimate-sync.js';
 import { callControl } from '../../gmd/control.js';
+import { defaultMachine } from '../../gmd/runner.js';
 import type { GmdStatus } from '../../gmd/device.js';
 import { parseSize, formatSize } from '../../util/size.js';
 import { join } from 'node:path';
@@ -28,11 +29,12 @@ function registerMetrics(program: Command): void {
     .description('serve a Prometheus scrape endpoint (GET /metrics) for every GMD running on this machine')
     .requiredOption('--listen <host:port>', 'address to serve on, e.g. 127.0.0.1:9942 or [::]:9942')
     .option('--run-dir <dir>', 'where the GMDs put their control sockets (<gmd>.sock)', DEFAULT_RUN_DIR)
+    .option('--machine <name>', 'this machine\'s name in the cluster file, for GMDs that do not answer (default: $GEORM_MACHINE or the host name)')
     .option('--probe-timeout <seconds>', 'how long one GMD may take to answer before it is reported as down (georm_gmd_up 0)', '2')
     .addHelpText('after', '\nThe series and their meaning: README "Monitoring and planning"; alert rules: docs/prometheus-alerts.yml.')
-    .action(async (o: { listen: string; runDir: string; probeTimeout: string }) => {
+    .action(async (o: { listen: string; runDir: string; probeTimeout: string; machine?: string }) => {
       const { host, port } = parseListen(o.listen);
-      const { server, address } = await startMetricsServer({ host, port, runDir: o.runDir, probeTimeoutMs: positiveNumber('--probe-timeout', o.probeTimeout) * 1000 });
+      const { server, address } = await startMetricsServer({ host, port, runDir: o.runDir, machine: defaultMachine(o.machine), probeTimeoutMs: positiveNumber('--probe-timeout', o.probeTimeout) * 1000 });
       process.stdout.write(`georm metrics: serving http://${address}/metrics for the GMDs in ${o.runDir}\n`);
       const stop = () => { server.close(); server.closeAllConnections(); };
       process.once('SIGTERM', stop);
