@@ -25,6 +25,13 @@ PKGS=(
   nbd-server          # reference server for conformance comparisons
   python3             # plays systemd's notify socket in tests (Node has no unix datagram sockets)
   strace              # mark-before-issue ordering checks (test/gmd/mark-order, test/statemap/durability)
+  # HAGEO: the cluster lab (src/hageo/lab) and the rendered configuration's checks (crm_verify, corosync -t)
+  pacemaker           # pacemakerd and its daemons
+  pacemaker-cli-utils # crm_mon, crm_verify, cibadmin, crm_attribute, crm_simulate
+  corosync            # corosync, corosync-cmapctl, corosync-cfgtool, corosync-keygen
+  resource-agents     # ocf-shellfuncs, ocf-tester, ocf:heartbeat:* agents
+  corosync-qnetd      # the witness at a third site (HAGEO part 2)
+  corosync-qdevice    # the nodes' side of the witness
   prometheus          # test/ops: a real Prometheus scrapes `georm metrics`; promtool checks docs/prometheus-alerts.yml
 )
 
@@ -48,6 +55,15 @@ fi
 
 echo "install-deps: installing ${missing[*]}" >&2
 export DEBIAN_FRONTEND=noninteractive
+# The cluster packages ship /etc/init.d scripts; nothing may start on install (a host corosync or
+# pacemaker would hold ports, /dev/shm and the host's CIB). invoke-rc.d asks policy-rc.d: while we
+# install, one that denies every action is in place, unless the machine already has its own.
+policy=/usr/sbin/policy-rc.d
+if [ ! -e "$policy" ]; then
+  printf '#!/bin/sh\n# georm install-deps: no service starts while packages are installed\nexit 101\n' | $SUDO tee "$policy" >/dev/null
+  $SUDO chmod 755 "$policy"
+  trap '$SUDO rm -f "$policy"' EXIT
+fi
 stamp=/var/lib/apt/periodic/georm-update-stamp
 if [ ! -e "$stamp" ] || [ -n "$(find "$stamp" -mmin +720 2>/dev/null)" ]; then
   $SUDO apt-get update -qq >&2 && $SUDO mkdir -p "$(dirname "$stamp")" && $SUDO touch "$stamp"

@@ -14,7 +14,7 @@ import { join, resolve, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Worker, isMainThread, parentPort, workerData } from 'node:worker_threads';
 import { openGeoMessage, type GeoMessage, type GeoMessageOptions } from '../../src/geomessage/index.js';
-import { startWanEmulator, type Impairment } from '../../src/geomessage/wanem.js';
+import { startWanEmulator, type Impairment } from '../../src/tools/wanem.js';
 
 const KEY = Buffer.from('bench-key-0123456789abcdef-0123456789');
 const HOST = '127.0.0.1';

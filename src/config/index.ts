@@ -6,12 +6,13 @@ import type { z } from 'zod';
 import { TomlPositions, type TomlPath } from './positions.js';
 import { ConfigSchema, type RawConfig } from './schema.js';
 import {
-  ConfigError, type ClusterConfig, type ClusterConfigInput, type ConfigIssue, type Gmd, type GmdMachine, type Machine,
+  ConfigError, type ClusterConfig, type ClusterConfigInput, type ConfigIssue, type Gmd, type GmdMachine, type HageoSettings, type Machine,
 } from './types.js';
 import { crossCheck, type RawIssue } from './validate.js';
 
 export * from './types.js';
-export { MODES, ROLES } from './schema.js';
+export { MODES, ROLES, FENCING } from './schema.js';
+export { corosyncLinks, type CorosyncLink } from './cluster-links.js';
 
 /**
  * Parses and validates a cluster file. Relative paths in it (key_file, run_dir, volume, state_map,
@@ -114,6 +115,14 @@ function normalise(c: RawConfig, source: string): ClusterConfig {
     interfaces: m.interface.map((i) => ({ network: i.network, address: i.address, port: i.port })),
   }));
   const runDirOf = new Map(machines.map((m) => [m.name, m.runDir] as const));
+  const h = c.hageo;
+  const hageo: HageoSettings = {
+    clusterName: h?.cluster_name ?? HAGEO_DEFAULTS.clusterName,
+    fencing: h?.fencing ?? HAGEO_DEFAULTS.fencing,
+    fenceTimeout: h?.fence_timeout ?? HAGEO_DEFAULTS.fenceTimeout,
+    token: h?.token ?? HAGEO_DEFAULTS.token,
+    heartbeat: (h?.heartbeat ?? []).map((x) => ({ machine: x.machine, address: x.address })),
+  };
   return {
     source,
     cluster: { name: c.cluster.name, keyFile: abs(c.cluster.key_file) },
@@ -132,8 +141,14 @@ function normalise(c: RawConfig, source: string): ClusterConfig {
         return out;
       }),
     })),
+    hageo,
   };
 }
+
+/** `[hageo]`'s defaults, what a file without the table gets. */
+export const HAGEO_DEFAULTS: Readonly<HageoSettings> = Object.freeze({
+  clusterName: 'georm', fencing: 'resource-only', fenceTimeout: 30, token: 3000, heartbeat: [],
+});
 
 // ---- lookups ---------------------------------------------------------------------------------
 // These throw ConfigError (CONFIG_ERR_UNKNOWN_MACHINE / _GMD, exit code 1) naming what exists, so
@@ -235,5 +250,16 @@ export function renderConfig(cfg: ClusterConfigInput): string {
       if (m.nbdDevice !== undefined) out.push(`  nbd_device = ${q(m.nbdDevice)}`);
     }
   }
+  // [hageo] only with what differs from the defaults: a parsed file always carries the settings,
+  // and the table's presence turns on the Corosync checks (validate.ts), which a loopback demo fails.
+  const h = cfg.hageo ?? {};
+  const d = HAGEO_DEFAULTS;
+  const hageoLines: string[] = [];
+  if (h.clusterName !== undefined && h.clusterName !== d.clusterName) hageoLines.push(`cluster_name = ${q(h.clusterName)}`);
+  if (h.fencing !== undefined && h.fencing !== d.fencing) hageoLines.push(`fencing = ${q(h.fencing)}`);
+  if (h.fenceTimeout !== undefined && h.fenceTimeout !== d.fenceTimeout) hageoLines.push(`fence_timeout = ${h.fenceTimeout}`);
+  if (h.token !== undefined && h.token !== d.token) hageoLines.push(`token = ${h.token}`);
+  for (const hb of h.heartbeat ?? []) hageoLines.push('  [[hageo.heartbeat]]', `  machine = ${q(hb.machine)}`, `  address = ${q(hb.address)}`);
+  if (hageoLines.length) out.push('', '[hageo]', ...hageoLines);
   return `${out.join('\n')}\n`;
 }

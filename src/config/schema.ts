@@ -85,6 +85,31 @@ export const GmdSchema = z.strictObject({
     .min(2, { error: 'a GMD needs at least two [[gmd.machine]] entries (one per site)' }),
 });
 
+export const FENCING = ['resource-only', 'none'] as const;
+export type Fencing = (typeof FENCING)[number];
+
+/** A heartbeat-only knet link (the seed's Geo_Secondary network): one address per machine. */
+export const HageoHeartbeatSchema = z.strictObject({
+  machine: name('machine'),
+  address,
+});
+
+/**
+ * `[hageo]`: what georm needs to render the Pacemaker + Corosync configuration and what the OCF
+ * agent reads at run time. Optional: a cluster file without it gets every default.
+ */
+export const HageoSchema = z.strictObject({
+  cluster_name: name('cluster_name').default('georm'),
+  fencing: z.enum(FENCING, { error: `fencing must be one of ${FENCING.join(', ')}` }).default('resource-only'),
+  fence_timeout: z.number({ error: 'fence_timeout must be a number of seconds' })
+    .int({ error: 'fence_timeout must be whole seconds' }).min(1, { error: 'fence_timeout must be 1–3600 s' })
+    .max(3600, { error: 'fence_timeout must be 1–3600 s' }).default(30),
+  token: z.number({ error: 'token must be a number of milliseconds' })
+    .int({ error: 'token must be whole milliseconds' }).min(500, { error: 'token must be 500–60000 ms' })
+    .max(60000, { error: 'token must be 500–60000 ms' }).default(3000),
+  heartbeat: z.array(HageoHeartbeatSchema, { error: 'heartbeat must be an array of tables ([[hageo.heartbeat]])' }).default([]),
+});
+
 export const ConfigSchema = z.strictObject({
   cluster: z.strictObject({
     name: name('cluster name'),
@@ -98,6 +123,7 @@ export const ConfigSchema = z.strictObject({
   }), { error: 'missing [[network]] tables' }).min(1, { error: 'at least one [[network]] is needed' }),
   machine: z.array(MachineSchema, { error: 'missing [[machine]] tables' }).min(2, { error: 'at least two [[machine]] tables are needed' }),
   gmd: z.array(GmdSchema, { error: 'gmd must be an array of tables ([[gmd]])' }).default([]),
+  hageo: HageoSchema.optional(),
 });
 
 export type RawConfig = z.output<typeof ConfigSchema>;

@@ -1,7 +1,7 @@
 import { GeormError } from '../util/errors.js';
-import type { Mode, Role } from './schema.js';
+import type { Fencing, Mode, Role } from './schema.js';
 
-export type { Mode, Role };
+export type { Fencing, Mode, Role };
 
 export interface Site { name: string }
 export interface Network { name: string; mtu: number }
@@ -34,6 +34,20 @@ export interface Gmd {
   resyncRateLimit: number;
   machines: GmdMachine[];
 }
+/** `[hageo]` with its defaults applied (present even when the file has no `[hageo]` table). */
+export interface HageoSettings {
+  /** Corosync's and Pacemaker's cluster name (default "georm"). */
+  clusterName: string;
+  /** resource-only: a primary that loses its peer records it outdated in the CIB (with quorum)
+   *  before acknowledging writes the peer lacks; none: it does not (default resource-only). */
+  fencing: Fencing;
+  /** Seconds a primary holds writes waiting to record its peer outdated before failing them (default 30). */
+  fenceTimeout: number;
+  /** Corosync totem token, ms (default 3000). */
+  token: number;
+  /** Heartbeat-only knet link: one address per machine, or none at all. */
+  heartbeat: Array<{ machine: string; address: string }>;
+}
 export interface ClusterConfig {
   /** The file it was read from (or the name given to parseConfig). */
   source: string;
@@ -42,6 +56,7 @@ export interface ClusterConfig {
   networks: Network[];
   machines: Machine[];
   gmds: Gmd[];
+  hageo: HageoSettings;
 }
 
 /** What renderConfig takes: a ClusterConfig without `source`, defaults optional. */
@@ -54,6 +69,8 @@ export interface ClusterConfigInput {
     regionSize?: number; syncRate?: number; hwm?: number; resyncRateLimit?: number;
     machines: Array<Omit<GmdMachine, 'nbdListen'> & { nbdListen?: string[] }>;
   }>;
+  /** Written as a `[hageo]` table when given; fields left out keep their defaults. */
+  hageo?: Partial<HageoSettings>;
 }
 
 export interface ConfigIssue { file: string; line: number; col: number; path: string; message: string }

@@ -1,3 +1,4 @@
+import { corosyncLinks } from './cluster-links.js';
 import type { TomlPath } from './positions.js';
 import type { RawConfig } from './schema.js';
 
@@ -101,5 +102,31 @@ export function crossCheck(c: RawConfig): RawIssue[] {
       else files.set(id, `${k} of GMD '${g.name}'`);
     }
   }));
+  if (c.hageo) issues.push(...hageoCheck(c));
   return issues;
+}
+
+/**
+ * With a `[hageo]` table the file describes a Pacemaker + Corosync cluster: the Corosync links it
+ * gives must be usable (a network on every machine, distinct addresses per link, a heartbeat
+ * address for every machine or none). Without the table these are only checked when a `georm hageo`
+ * command renders the configuration.
+ */
+function hageoCheck(c: RawConfig): RawIssue[] {
+  const h = c.hageo!;
+  const { problems } = corosyncLinks({
+    networks: c.network.map((n) => n.name),
+    machines: c.machine.map((m) => ({ name: m.name, interfaces: m.interface })),
+    heartbeat: h.heartbeat,
+  });
+  return problems.map((p): RawIssue => {
+    switch (p.kind) {
+      case 'shared-address': return { path: ['machine', p.machine, 'interface', p.interface, 'address'], message: p.message };
+      case 'heartbeat-unknown-machine':
+      case 'heartbeat-duplicate': return { path: ['hageo', 'heartbeat', p.heartbeat, 'machine'], message: p.message };
+      case 'heartbeat-shared-address': return { path: ['hageo', 'heartbeat', p.heartbeat, 'address'], message: p.message };
+      case 'heartbeat-missing': return { path: ['hageo', 'heartbeat'], message: p.message };
+      default: return { path: ['hageo'], message: p.message };
+    }
+  });
 }

@@ -1,3 +1,4 @@
+/** GeoMessage's error type and its catalogue of codes. */
 import { GeormError } from '../util/errors.js';
 
 /** Stable error codes of the GeoMessage layer (callers match on these, never on text). */

@@ -2,13 +2,11 @@
  * GeoMessage: reliable, authenticated messaging between georm machines over UDP on one or more
  * networks. It knows nothing of blocks; see docs/contracts.md for the API and README for behaviour.
  */
-export {
-  openGeoMessage, GeoMessageTransport,
-  type GeoMessage, type GeoMessageOptions, type GeoMessageEvents, type NetworkEndpoint, type PeerSpec,
-  type Payload, type IncomingMessage, type Handler, type HandlerOptions, type PayloadMemory, type SendOptions,
-} from './transport.js';
+export { openGeoMessage, GeoMessageTransport } from './transport.js';
+export type {
+  GeoMessage, GeoMessageOptions, GeoMessageEvents, NetworkEndpoint, PeerSpec,
+  Payload, IncomingMessage, Handler, HandlerOptions, PayloadMemory, SendOptions,
+} from './api.js';
 export { loadClusterKey, MIN_KEY_BYTES } from './key.js';
 export { GeoMessageError, type GeoMessageErrorCode } from './errors.js';
 export type { GeoMessageStats, MachineStats, NetworkStats, LinkStats, DropStats } from './stats.js';
-export { formatNetStats, serveNetStats, readNetStats, findNetStatSockets, netStatSocketPath, type NetStatSwitches } from './netstat.js';
-export { WanEmulator, startWanEmulator, type Impairment, type WanEmulatorOptions, type RelaySide, type Direction, type DirectionStats } from './wanem.js';

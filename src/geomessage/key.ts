@@ -1,3 +1,4 @@
+/** Loading the cluster key that authenticates every GeoMessage packet, with its refusals. */
 import { open } from 'node:fs/promises';
 import { GeoMessageError } from './errors.js';
 

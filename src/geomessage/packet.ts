@@ -1,5 +1,3 @@
-import { createCipheriv, hkdfSync, randomBytes, timingSafeEqual } from 'node:crypto';
-
 /**
  * GeoMessage wire format (version 2). All integers big-endian.
  *
@@ -46,6 +44,8 @@ import { createCipheriv, hkdfSync, randomBytes, timingSafeEqual } from 'node:cry
  * dropped and counted, never parsed further. Flag ENCRYPTED is reserved so that payload encryption
  * (the same AEAD with the payload as plaintext) can be added without a new header layout.
  */
+import { createCipheriv, hkdfSync, randomBytes, timingSafeEqual } from 'node:crypto';
+
 export const VERSION = 2;
 export const HEADER_BYTES = 64;
 export const TAG_BYTES = 16;

@@ -1,12 +1,3 @@
-import { createSocket, type Socket } from 'node:dgram';
-import { isIP, isIPv6 } from 'node:net';
-import { lookup as dnsLookup, type LookupOneOptions } from 'node:dns';
-import {
-  batchSocketsAvailable, openBatchSocket, RECV_AUTH, RECV_OK, RECV_SHORT, SEND_MAX_PACKETS,
-  type BatchSocket, type BatchTarget, type GsoPolicy,
-} from '../native/udp.js';
-import { authFor, tagKey, TAG_BYTES, type DropReason } from './packet.js';
-
 /**
  * The datagram layer under GeoMessage: one Wire per local network endpoint. The transport writes each
  * packet's body (header, payload, acks) into the buffer a PacketOut hands it; the wire adds the tag
@@ -16,6 +7,15 @@ import { authFor, tagKey, TAG_BYTES, type DropReason } from './packet.js';
  *           runs), arrive by recvmmsg() (GRO runs), and are signed and checked in C.
  *   dgram   Node's dgram, one send per packet, tags in JS: the fallback without the addon.
  */
+import { createSocket, type Socket } from 'node:dgram';
+import { isIP, isIPv6 } from 'node:net';
+import { lookup as dnsLookup, type LookupOneOptions } from 'node:dns';
+import {
+  batchSocketsAvailable, openBatchSocket, RECV_AUTH, RECV_OK, RECV_SHORT, SEND_MAX_PACKETS,
+  type BatchSocket, type BatchTarget, type GsoPolicy,
+} from '../native/udp.js';
+import { authFor, tagKey, TAG_BYTES, type DropReason } from './packet.js';
+
 export type WireKind = 'native' | 'dgram';
 /** Which wire to use: 'auto' = native when the addon has batch sockets, else dgram. */
 export type WireChoice = WireKind | 'auto';

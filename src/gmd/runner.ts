@@ -8,7 +8,7 @@ import {
   type ClusterConfig, type MachineFacts,
 } from './cluster-config.js';
 import { openGeoMessage, loadClusterKey, type GeoMessage, type PeerSpec } from '../geomessage/index.js';
-import { serveNetStats, netStatSocketPath } from '../geomessage/netstat.js';
+import { serveNetStats, netStatSocketPath } from '../tools/netstat.js';
 import { StateMap, StateMapError } from '../statemap/index.js';
 import { systemd } from '../native/systemd.js';
 import { nativeFileExtensions } from '../native/extensions.js';

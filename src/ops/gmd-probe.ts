@@ -9,7 +9,7 @@ import { createConnection } from 'node:net';
 import { join } from 'node:path';
 import { callControl } from '../gmd/control.js';
 import type { GmdStatus } from '../gmd/device.js';
-import { netStatSocketPath } from '../geomessage/netstat.js';
+import { netStatSocketPath } from '../tools/netstat.js';
 import type { GeoMessageStats } from '../geomessage/stats.js';
 
 export interface GmdProbe {

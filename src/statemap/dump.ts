@@ -1,9 +1,3 @@
-import { createHash } from 'node:crypto';
-import {
-  CELL_CLEAN, CELL_INFLIGHT_MAX, CELL_STALE, MAX_REGIONS, StateMapError, packCells, regionCountFor, validateIdentity,
-  type StateMapIdentity,
-} from './format.js';
-
 /**
  * The machine-readable mapfile (`gmd_show_state -D -M FILE`, `georm show-state --dump`): identity,
  * generation and the non-clean cells as runs, plus a SHA-256 of all cells so a damaged or edited
@@ -23,6 +17,11 @@ import {
  *
  * The JSON form carries the same fields (`runs: [[first, count, value], …]`).
  */
+import { createHash } from 'node:crypto';
+import {
+  CELL_CLEAN, CELL_INFLIGHT_MAX, CELL_STALE, MAX_REGIONS, StateMapError, packCells, regionCountFor, validateIdentity,
+  type StateMapIdentity,
+} from './format.js';
 
 export interface DumpSource {
   identity: StateMapIdentity;

@@ -1,6 +1,3 @@
-import { createHash, randomBytes } from 'node:crypto';
-import { GeormError } from '../util/errors.js';
-
 /**
  * On-disk layout of a state map file (all integers little-endian):
  *
@@ -17,6 +14,8 @@ import { GeormError } from '../util/errors.js';
  * whose change had not yet been acknowledged as durable, and every mix is a safe state (see
  * statemap.ts). Values 0x8–0xe are not defined and make the file corrupt.
  */
+import { createHash, randomBytes } from 'node:crypto';
+import { GeormError } from '../util/errors.js';
 
 export const MAGIC = Buffer.from('GEORMMAP', 'latin1');
 export const FORMAT_VERSION = 1;

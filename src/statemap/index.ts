@@ -1,3 +1,4 @@
+/** The state map's public surface: the file format's constants, the running map, dumps and the show-state display. */
 export {
   CELL_CLEAN, CELL_STALE, CELL_INFLIGHT_MAX, DEFAULT_REGION_SIZE, MAX_REGIONS, StateMapError,
   type StateMapErrorCode, type StateMapIdentity,

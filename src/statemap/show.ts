@@ -1,5 +1,3 @@
-import { CELL_CLEAN, CELL_STALE } from './format.js';
-
 /**
  * The seed's `gmd_show_state` display: one line per cell (or per group of cells) with its value,
  * lines equal to the one above collapsed into a single `*` (as od(1) does), and the number of cells
@@ -18,6 +16,8 @@ import { CELL_CLEAN, CELL_STALE } from './format.js';
  *   *
  *   1048576
  */
+import { CELL_CLEAN, CELL_STALE } from './format.js';
+
 export interface ShowStateOptions {
   /** "Point of View" machine. */
   machine?: string;

@@ -1,11 +1,19 @@
-import { open as openFile, readFile, rename, unlink, type FileHandle } from 'node:fs/promises';
-import { openSync, closeSync, readFileSync, writeSync } from 'node:fs';
-import { dirname } from 'node:path';
+/**
+ * A running state map: the in-memory cells of one GMD's map with their counts, the write protocol
+ * (beginWrite/endWrite and the cell changes of resync, dirty/clean, unify and load), and open/close.
+ * Its parts: the activity log (activity-log.ts), the group-commit writer (writer.ts) and the file
+ * operations (files.ts).
+ */
+import { open as openFile, type FileHandle } from 'node:fs/promises';
+import { releasePidLock } from '../util/pidlock.js';
+import { ActivityLog } from './activity-log.js';
+import { createMapFile, ioError, lockMap, readMap } from './files.js';
 import {
-  CELLS_OFFSET, CELL_BITS, CELL_CLEAN, CELL_INFLIGHT_MAX, CELL_STALE, FLAG_OPEN, FORMAT_VERSION, PAGE_SIZE, SLOT_SIZE,
-  StateMapError, cellBytesFor, checkIdentity, encodeHeader, newGenerationId, packCells, pickHeader, regionCountFor, unpackCells,
-  validateIdentity, type StateMapHeader, type StateMapIdentity,
+  CELL_CLEAN, CELL_INFLIGHT_MAX, CELL_STALE, FLAG_OPEN, StateMapError, newGenerationId, type StateMapHeader, type StateMapIdentity,
 } from './format.js';
+import { CommitWriter, type Batch } from './writer.js';
+
+export { readStateMapFile, resizeStateMap, type StateMapSnapshot } from './files.js';
 
 export interface StateMapCounts { regions: number; clean: number; inconsistent: number; stale: number }
 
@@ -38,24 +46,9 @@ export interface StateMapStats {
   inflightRegions: number;
 }
 
-interface Batch {
-  id: number;
-  regions: number[];
-  promise: Promise<void>;
-  resolve: () => void;
-  reject: (err: Error) => void;
-  callbacks: Array<(err?: Error) => void>;
-}
-
 const RESOLVED: Promise<void> = Promise.resolve();
 /** Default activity log: 1 GiB of device (DRBD's default covers ≈ 4.8 GiB). */
 const DEFAULT_AL_BYTES = 1024 ** 3;
-/** meta bits: in-flight count (6 bits; all ones = see overflow), in activity log, referenced. */
-const INFLIGHT_MASK = 0x3f;
-const IN_AL = 0x40;
-const REF = 0x80;
-/** fdatasyncs allowed in flight at once (each on a thread-pool thread). */
-const MAX_SYNCS = 2;
 
 /**
  * The state map of one GMD on one machine: a 4-bit cell per region saying whether the peer holds
@@ -86,8 +79,6 @@ export class StateMap {
   /** The last run did not close the map cleanly (crash, kill -9, power loss). */
   readonly crashed: boolean;
 
-  private header: StateMapHeader;
-  private slot: 0 | 1;
   private readonly fh: FileHandle;
   private readonly lockPath: string;
   private readonly mem: Uint8Array;
@@ -95,41 +86,14 @@ export class StateMap {
   private readonly words: Uint32Array;
   private nStale = 0;
   private nInconsistent = 0;
-  private readonly disk: Buffer;
-  /**
-   * Per region: bits 0–5 writes in flight (63 = the count is in `overflow`), bit 6 in the activity
-   * log, bit 7 referenced since the clock hand or the idle timer last passed. Typed arrays instead
-   * of Maps keep the per-write path free of allocation.
-   */
-  private readonly meta: Uint8Array;
-  private readonly overflow = new Map<number, number>();
-  private inflightRegions = 0;
-  /**
-   * Activity log as a CLOCK ring (an LRU approximation): regions marked on disk that went idle.
-   * Entries that became active or stale are dropped lazily when the hand or the timer meets them.
-   */
-  private ring: Int32Array;
-  private ringAge: Uint16Array;
-  private ringLen = 0;
-  private hand = 0;
-  private readonly unsynced = new Map<number, Batch>();
-  private readonly dirtyPages = new Set<number>();
+  /** In-flight counts and the activity log of idle regions still marked on disk. */
+  private readonly al: ActivityLog;
+  /** The disk image, header and group-commit writer. */
+  private readonly w: CommitWriter;
   private readonly alCapacity: number;
   /** Cleaned-but-unwritten regions that trigger a write: max(64, activity log / 8). */
   private readonly cleanBatch: number;
-  private readonly idleTicks: number;
-  private next: Batch | null = null;
-  private batchIds = 0;
-  private committing = false;
-  private scheduled = false;
-  private lazyWanted = false;
-  private headerDirty = false;
-  private failed: StateMapError | null = null;
-  private syncTail: Promise<void> = RESOLVED;
-  private syncsInFlight = 0;
   private closed = false;
-  /** Regions zeroed in the image whose page has not been written since: bounded (see evict). */
-  private pendingCleans = 0;
   private readonly timer: NodeJS.Timeout;
   private readonly st = { fastPath: 0, marks: 0, commits: 0, lazyWrites: 0, evictions: 0 };
 
@@ -138,50 +102,32 @@ export class StateMap {
     this.path = path;
     this.fh = fh;
     this.lockPath = lockPath;
-    this.header = header;
-    this.slot = slot;
     this.identity = Object.freeze({ gmdName: header.gmdName, minor: header.minor, deviceSize: header.deviceSize, regionSize: header.regionSize });
     this.regionCount = header.regionCount;
     this.crashed = (header.flags & FLAG_OPEN) !== 0;
-    this.disk = disk;
     this.mem = mem;
     this.words = new Uint32Array(mem.buffer, mem.byteOffset, mem.length >> 2);
-    this.meta = new Uint8Array(mem.length);
-    this.ring = new Int32Array(Math.min(mem.length, 1024));
-    this.ringAge = new Uint16Array(this.ring.length);
     this.recount();
     this.alCapacity = Math.max(0, Math.floor(opts.activityLogRegions ?? Math.min(header.regionCount, Math.ceil(DEFAULT_AL_BYTES / header.regionSize))));
     this.cleanBatch = Math.max(64, Math.ceil(this.alCapacity / 8));
     const tickMs = Math.max(10, opts.lazyFlushMs ?? 1000);
-    this.idleTicks = Math.max(1, Math.ceil((opts.idleCleanMs ?? 5000) / tickMs));
+    const idleTicks = Math.max(1, Math.ceil((opts.idleCleanMs ?? 5000) / tickMs));
+    this.w = new CommitWriter(path, fh, header, slot, disk, this.alCapacity, this.st);
+    this.al = new ActivityLog(mem, idleTicks, {
+      markingUnsynced: (r) => this.w.unsynced.has(r),
+      cleanOnDisk: (r) => {
+        this.w.setNib(r, CELL_CLEAN);
+        this.st.evictions++;
+        this.w.pendingCleans++;
+      },
+    });
     this.timer = setInterval(() => this.tick(), tickMs);
     this.timer.unref();
   }
 
   /** Creates a new, all-clean map file (refuses to overwrite one: STATEMAP_ERR_EXISTS) and opens it. */
   static async create(path: string, id: StateMapIdentity, opts: StateMapOptions = {}): Promise<StateMap> {
-    validateIdentity(id);
-    const regionCount = regionCountFor(id.deviceSize, id.regionSize);
-    let fh: FileHandle;
-    try {
-      fh = await openFile(path, 'wx', 0o600);
-    } catch (e) {
-      throw ioError(e, path, 'create');
-    }
-    try {
-      const now = Date.now();
-      const header: StateMapHeader = {
-        gmdName: id.gmdName, minor: id.minor, deviceSize: id.deviceSize, regionSize: id.regionSize,
-        version: FORMAT_VERSION, cellBits: CELL_BITS, flags: 0, seq: 1n, generation: newGenerationId(), regionCount,
-        cellsOffset: CELLS_OFFSET, alCapacity: 0, createdMs: now, updatedMs: now,
-      };
-      await fh.truncate(CELLS_OFFSET + cellBytesFor(regionCount));
-      await fh.write(encodeHeader(header), 0, SLOT_SIZE, 0);
-      await fh.datasync();
-    } finally {
-      await fh.close();
-    }
-    await syncDir(dirname(path));
+    await createMapFile(path, id);
     return StateMap.open(path, id, opts);
   }
 
@@ -192,8 +138,7 @@ export class StateMap {
    * reached one side only.
    */
   static async open(path: string, expect?: Partial<StateMapIdentity>, opts: StateMapOptions = {}): Promise<StateMap> {
-    const lockPath = `${path}.lock`;
-    await acquireLock(path, lockPath);
+    const lockPath = await lockMap(path);
     let fh: FileHandle | undefined;
     try {
       try {
@@ -207,8 +152,7 @@ export class StateMap {
         if (v !== CELL_CLEAN && v !== CELL_STALE) cells[r] = CELL_STALE;
       }
       const map = new StateMap(path, fh, lockPath, header, slot, packed, cells, opts);
-      map.header = { ...header, flags: header.flags | FLAG_OPEN };
-      map.headerDirty = true;
+      map.w.setHeader({ ...header, flags: header.flags | FLAG_OPEN });
       try {
         await map.durable();
       } catch (e) {
@@ -218,12 +162,12 @@ export class StateMap {
       return map;
     } catch (e) {
       await fh?.close().catch(() => undefined);
-      await unlink(lockPath).catch(() => undefined);
+      await releasePidLock(lockPath);
       throw e;
     }
   }
 
-  get generation(): bigint { return this.header.generation; }
+  get generation(): bigint { return this.w.header.generation; }
 
   /** First and last region (inclusive) touched by a byte range. */
   regionRange(offset: number, length: number): [first: number, last: number] {
@@ -284,19 +228,19 @@ export class StateMap {
     this.checkRegion(first, last);
     const mem = this.mem;
     for (let r = first; r <= last; r++) {
-      const n = this.decInflight(r);
+      const n = this.al.decInflight(r);
       if (outcome === 'local-only') {
         this.setMem(r, CELL_STALE);
-        if (this.nib(r) !== CELL_STALE) this.setNib(r, CELL_STALE);
+        if (this.w.nib(r) !== CELL_STALE) this.w.setNib(r, CELL_STALE);
       } else if (mem[r] !== CELL_STALE) {
         if (n > 0) this.setMem(r, n > CELL_INFLIGHT_MAX ? CELL_INFLIGHT_MAX : n);
         else {
           this.setMem(r, CELL_CLEAN);
-          this.alAdd(r);
+          this.al.add(r);
         }
       }
     }
-    if (this.ringLen > this.alCapacity) this.evict(this.alCapacity);
+    if (this.al.length > this.alCapacity) this.evict(this.alCapacity);
   }
 
   /** Marks regions stale (peer lacks them), durably. */
@@ -305,7 +249,7 @@ export class StateMap {
     this.checkRegion(first, last);
     for (let r = first; r <= last; r++) {
       this.setMem(r, CELL_STALE);
-      if (this.nib(r) !== CELL_STALE) this.setNib(r, CELL_STALE);
+      if (this.w.nib(r) !== CELL_STALE) this.w.setNib(r, CELL_STALE);
     }
     await this.durable();
   }
@@ -337,14 +281,14 @@ export class StateMap {
   cleanRegion(region: number): void {
     this.checkRegion(region, region);
     if (this.mem[region] === CELL_CLEAN) return;
-    const n = this.inflightOf(region);
+    const n = this.al.inflightOf(region);
     if (n > 0) {
       this.setMem(region, n > CELL_INFLIGHT_MAX ? CELL_INFLIGHT_MAX : n);
     } else {
       this.setMem(region, CELL_CLEAN);
-      if (this.nib(region) !== CELL_CLEAN) this.alAdd(region);
+      if (this.w.nib(region) !== CELL_CLEAN) this.al.add(region);
     }
-    if (this.ringLen > this.alCapacity) this.evict(this.alCapacity);
+    if (this.al.length > this.alCapacity) this.evict(this.alCapacity);
   }
 
   /** gmddirty (0xf) / gmdclean (0x0): every cell, durably. Refused while writes are in flight. */
@@ -353,15 +297,13 @@ export class StateMap {
     if (cell !== CELL_CLEAN && cell !== CELL_STALE) {
       throw new StateMapError('STATEMAP_ERR_INVALID', `setAll accepts 0x0 (clean) or 0xf (stale), not 0x${cell.toString(16)}`);
     }
-    if (this.inflightRegions > 0) {
-      throw new StateMapError('STATEMAP_ERR_BUSY', `state map ${this.path}: ${this.inflightRegions} regions have writes in flight; stop the GMD first`);
+    if (this.al.inflightRegions > 0) {
+      throw new StateMapError('STATEMAP_ERR_BUSY', `state map ${this.path}: ${this.al.inflightRegions} regions have writes in flight; stop the GMD first`);
     }
     this.mem.fill(cell);
     this.recount();
-    this.disk.fill(cell | (cell << 4));
-    if (this.regionCount & 1) this.disk[this.disk.length - 1] = cell;
-    this.alClear();
-    for (let p = 0; p * PAGE_SIZE < this.disk.length; p++) this.dirtyPages.add(p);
+    this.w.fill(cell, this.regionCount);
+    this.al.clear();
     await this.durable();
   }
 
@@ -395,7 +337,7 @@ export class StateMap {
     for (let r = 0; r < cells.length; r++) {
       if (cells[r] === CELL_CLEAN) continue;
       this.setMem(r, CELL_STALE);
-      if (this.nib(r) !== CELL_STALE) this.setNib(r, CELL_STALE);
+      if (this.w.nib(r) !== CELL_STALE) this.w.setNib(r, CELL_STALE);
     }
     await this.durable();
   }
@@ -409,8 +351,8 @@ export class StateMap {
     if (cells.length !== this.regionCount) {
       throw new StateMapError('STATEMAP_ERR_MISMATCH', `cannot load ${cells.length} cells into state map ${this.path} of ${this.regionCount} regions`);
     }
-    if (this.inflightRegions > 0) {
-      throw new StateMapError('STATEMAP_ERR_BUSY', `state map ${this.path}: ${this.inflightRegions} regions have writes in flight; stop the GMD first`);
+    if (this.al.inflightRegions > 0) {
+      throw new StateMapError('STATEMAP_ERR_BUSY', `state map ${this.path}: ${this.al.inflightRegions} regions have writes in flight; stop the GMD first`);
     }
     for (let r = 0; r < cells.length; r++) {
       const v = cells[r]!;
@@ -418,11 +360,11 @@ export class StateMap {
         throw new StateMapError('STATEMAP_ERR_INVALID', `cannot load: region ${r} has undefined cell value 0x${v.toString(16)}`);
       }
     }
-    this.alClear();
+    this.al.clear();
     for (let r = 0; r < cells.length; r++) {
       const v = cells[r] === CELL_CLEAN ? CELL_CLEAN : CELL_STALE;
       this.setMem(r, v);
-      if (this.nib(r) !== v) this.setNib(r, v);
+      if (this.w.nib(r) !== v) this.w.setNib(r, v);
     }
     await this.durable();
   }
@@ -435,10 +377,9 @@ export class StateMap {
   /** Starts a new generation (epoch) id, durably; returns it. */
   async newGeneration(): Promise<bigint> {
     this.checkUsable();
-    this.header = { ...this.header, generation: newGenerationId() };
-    this.headerDirty = true;
+    this.w.setHeader({ ...this.w.header, generation: newGenerationId() });
     await this.durable();
-    return this.header.generation;
+    return this.w.header.generation;
   }
 
   /** Persists lazy cleaning now: idle regions leave the activity log, the file matches memory. */
@@ -452,23 +393,22 @@ export class StateMap {
   async close(): Promise<void> {
     if (this.closed) return;
     try {
-      if (!this.failed) {
+      if (!this.w.failed) {
         this.evict(0);
         await this.durable();
-        this.header = { ...this.header, flags: this.header.flags & ~FLAG_OPEN };
-        this.headerDirty = true;
+        this.w.setHeader({ ...this.w.header, flags: this.w.header.flags & ~FLAG_OPEN });
         await this.durable();
       }
     } finally {
       this.closed = true;
       clearInterval(this.timer);
       await this.fh.close().catch(() => undefined);
-      await unlink(this.lockPath).catch(() => undefined);
+      await releasePidLock(this.lockPath);
     }
   }
 
   stats(): StateMapStats {
-    return { ...this.st, activityLog: this.ringLen, inflightRegions: this.inflightRegions };
+    return { ...this.st, activityLog: this.al.length, inflightRegions: this.al.inflightRegions };
   }
 
   // ---- internals ---------------------------------------------------------------------------
@@ -480,17 +420,17 @@ export class StateMap {
     let wait: Batch | null = null;
     const mem = this.mem;
     for (let r = first; r <= last; r++) {
-      const n = this.incInflight(r);
+      const n = this.al.incInflight(r);
       if (mem[r] !== CELL_STALE) this.setMem(r, n > CELL_INFLIGHT_MAX ? CELL_INFLIGHT_MAX : n);
-      if (this.nib(r) === CELL_CLEAN) {
-        this.setNib(r, 0x1);
-        const b = this.collecting();
+      if (this.w.nib(r) === CELL_CLEAN) {
+        this.w.setNib(r, 0x1);
+        const b = this.w.collecting();
         b.regions.push(r);
-        this.unsynced.set(r, b);
+        this.w.unsynced.set(r, b);
         this.st.marks++;
         wait = b;
       } else {
-        const u = this.unsynced.get(r);
+        const u = this.w.unsynced.get(r);
         if (u !== undefined && (wait === null || u.id > wait.id)) wait = u;
       }
     }
@@ -518,271 +458,26 @@ export class StateMap {
     this.nInconsistent = m.length - clean - stale;
   }
 
-  private nib(r: number): number {
-    const b = this.disk[r >> 1]!;
-    return r & 1 ? b >> 4 : b & 0xf;
-  }
-
-  private setNib(r: number, v: number): void {
-    const i = r >> 1;
-    const b = this.disk[i]!;
-    this.disk[i] = r & 1 ? (b & 0x0f) | (v << 4) : (b & 0xf0) | v;
-    this.dirtyPages.add((i / PAGE_SIZE) | 0);
-  }
-
-  // ---- in-flight counts and the activity log ---------------------------------------------------
-
-  private incInflight(r: number): number {
-    const m = this.meta[r]!;
-    const c = m & INFLIGHT_MASK;
-    if (c === 0) this.inflightRegions++;
-    if (c < INFLIGHT_MASK - 1) { this.meta[r] = m + 1; return c + 1; }
-    if (c === INFLIGHT_MASK - 1) { this.meta[r] = m + 1; this.overflow.set(r, INFLIGHT_MASK); return INFLIGHT_MASK; }
-    const n = this.overflow.get(r)! + 1;
-    this.overflow.set(r, n);
-    return n;
-  }
-
-  /** One write of region r ended; returns the writes still in flight (0 if none were counted). */
-  private decInflight(r: number): number {
-    const m = this.meta[r]!;
-    const c = m & INFLIGHT_MASK;
-    if (c === 0) return 0;
-    if (c === INFLIGHT_MASK) {
-      const n = this.overflow.get(r)! - 1;
-      if (n >= INFLIGHT_MASK) { this.overflow.set(r, n); return n; }
-      this.overflow.delete(r);
-      this.meta[r] = m - 1;
-      return n;
-    }
-    this.meta[r] = m - 1;
-    if (c === 1) this.inflightRegions--;
-    return c - 1;
-  }
-
-  private inflightOf(r: number): number {
-    const c = this.meta[r]! & INFLIGHT_MASK;
-    return c === INFLIGHT_MASK ? this.overflow.get(r)! : c;
-  }
-
-  /** Region r went idle, clean in memory and still marked on disk: (re)enter the activity log. */
-  private alAdd(r: number): void {
-    const m = this.meta[r]!;
-    if (m & IN_AL) { this.meta[r] = m | REF; return; }
-    if (this.ringLen === this.ring.length) {
-      const size = Math.min(this.mem.length, this.ring.length * 2);
-      const ring = new Int32Array(size); ring.set(this.ring);
-      const age = new Uint16Array(size); age.set(this.ringAge);
-      this.ring = ring;
-      this.ringAge = age;
-    }
-    this.meta[r] = m | IN_AL | REF;
-    this.ring[this.ringLen] = r;
-    this.ringAge[this.ringLen] = 0;
-    this.ringLen++;
-  }
-
-  private alRemoveAt(i: number): void {
-    const r = this.ring[i]!;
-    this.meta[r] = this.meta[r]! & ~(IN_AL | REF);
-    this.ringLen--;
-    if (i !== this.ringLen) {
-      this.ring[i] = this.ring[this.ringLen]!;
-      this.ringAge[i] = this.ringAge[this.ringLen]!;
-    }
-  }
-
-  private alClear(): void {
-    for (let i = 0; i < this.ringLen; i++) this.meta[this.ring[i]!] = this.meta[this.ring[i]!]! & ~(IN_AL | REF);
-    this.ringLen = 0;
-    this.hand = 0;
-  }
-
-  /**
-   * What to do with ring entry i whose region has no second chance left: 'drop' it (became active or
-   * stale: its mark is needed, it re-enters when idle again), 'keep' it (its marking is still being
-   * committed), or clean it on disk (lazily) and remove it.
-   */
-  private retire(i: number): 'dropped' | 'kept' | 'cleaned' {
-    const r = this.ring[i]!;
-    if (this.mem[r] !== CELL_CLEAN || (this.meta[r]! & INFLIGHT_MASK) !== 0) { this.alRemoveAt(i); return 'dropped'; }
-    if (this.unsynced.has(r)) return 'kept';
-    this.alRemoveAt(i);
-    this.setNib(r, CELL_CLEAN);
-    this.st.evictions++;
-    this.pendingCleans++;
-    return 'cleaned';
-  }
-
-  /** Cleans idle activity-log regions on disk (lazily), CLOCK order, until at most `keep` remain. */
+  /** Cleans idle activity-log regions on disk (lazily) until at most `keep` remain. */
   private evict(keep: number): void {
-    // Two passes clear every second chance; a third finds victims (or only unevictable entries remain).
-    for (let budget = 3 * this.ringLen; this.ringLen > keep && budget > 0; budget--) {
-      if (this.hand >= this.ringLen) this.hand = 0;
-      const r = this.ring[this.hand]!;
-      const m = this.meta[r]!;
-      if (keep > 0 && (m & REF) && this.mem[r] === CELL_CLEAN) {
-        this.meta[r] = m & ~REF;
-        this.hand++;
-        continue;
-      }
-      if (this.retire(this.hand) === 'kept') this.hand++;
-    }
+    this.al.evict(keep);
     // Bound the regions cleaned in memory but still marked on disk: write them out soon.
-    if (this.pendingCleans > this.cleanBatch && !this.failed && !this.closed) {
-      this.lazyWanted = true;
-      this.kick();
-    }
+    if (this.w.pendingCleans > this.cleanBatch && !this.w.failed && !this.closed) this.w.lazyWrite();
   }
 
   private tick(): void {
-    // Regions idle for idleTicks leave the activity log: a quiet device converges to a truthful map.
-    for (let i = 0; i < this.ringLen;) {
-      const r = this.ring[i]!;
-      const m = this.meta[r]!;
-      if (m & REF) {
-        this.meta[r] = m & ~REF;
-        this.ringAge[i] = 0;
-        i++;
-        continue;
-      }
-      const age = this.ringAge[i]! + 1;
-      this.ringAge[i] = Math.min(age, 0xffff);
-      if (age < this.idleTicks) { i++; continue; }
-      // retire() swaps the last entry into i, which is then looked at in turn.
-      if (this.retire(i) === 'kept') i++;
-    }
-    if (this.dirtyPages.size > 0 && !this.failed && !this.closed) {
-      this.lazyWanted = true;
-      this.kick();
-    }
-  }
-
-  private collecting(): Batch {
-    if (this.next) return this.next;
-    let resolve!: () => void;
-    let reject!: (err: Error) => void;
-    const promise = new Promise<void>((res, rej) => { resolve = res; reject = rej; });
-    promise.catch(() => undefined); // waiters may all be callbacks; the rejection is still delivered to them
-    const b: Batch = { id: ++this.batchIds, regions: [], promise, resolve, reject, callbacks: [] };
-    this.next = b;
-    this.kick();
-    return b;
+    // Regions idle for a while leave the activity log: a quiet device converges to a truthful map.
+    this.al.tick();
+    if (this.w.hasDirtyPages && !this.w.failed && !this.closed) this.w.lazyWrite();
   }
 
   /** A durable commit of everything pending (cells and header). */
   private durable(): Promise<void> {
-    return this.collecting().promise;
-  }
-
-  private kick(): void {
-    if (this.committing || this.scheduled) return;
-    this.scheduled = true;
-    // setImmediate: every request that arrived in the same I/O phase joins this commit.
-    setImmediate(() => { this.scheduled = false; void this.commitLoop(); });
-  }
-
-  /**
-   * The single writer. Page and header writes are strictly serial (so images of one page never race);
-   * the fdatasync of a batch runs in the background while the next batch's pages are written, up to
-   * MAX_SYNCS at once, and batches are resolved strictly in order (a batch is durable only when every
-   * earlier one is).
-   */
-  private async commitLoop(): Promise<void> {
-    if (this.committing) return;
-    this.committing = true;
-    let batch: Batch | null = null;
-    try {
-      while (this.next !== null || this.lazyWanted) {
-        if (this.syncsInFlight >= MAX_SYNCS) {
-          await this.syncTail;
-          continue;
-        }
-        batch = this.next;
-        this.next = null;
-        this.lazyWanted = false;
-        await this.writePages();
-        if (batch !== null) {
-          if (this.headerDirty) {
-            this.headerDirty = false;
-            const seq = this.header.seq + 1n;
-            const slot: 0 | 1 = this.slot === 0 ? 1 : 0;
-            this.header = { ...this.header, seq, updatedMs: Date.now(), alCapacity: this.alCapacity };
-            await this.fh.write(encodeHeader(this.header), 0, SLOT_SIZE, slot * SLOT_SIZE);
-            this.slot = slot;
-          }
-          const b = batch;
-          batch = null;
-          this.startSync(b);
-        } else {
-          this.st.lazyWrites++;
-        }
-      }
-    } catch (e) {
-      this.fail(e, batch);
-    } finally {
-      this.committing = false;
-    }
-  }
-
-  private startSync(b: Batch): void {
-    const prev = this.syncTail;
-    this.syncsInFlight++;
-    this.syncTail = this.fh.datasync().then(() => prev).then(() => {
-      this.syncsInFlight--;
-      if (this.failed) {
-        b.reject(this.failed);
-        for (const cb of b.callbacks) cb(this.failed);
-        return;
-      }
-      this.st.commits++;
-      for (const r of b.regions) if (this.unsynced.get(r) === b) this.unsynced.delete(r);
-      b.resolve();
-      for (const cb of b.callbacks) cb();
-    }, (e: unknown) => {
-      this.syncsInFlight--;
-      this.fail(e, b);
-    });
-  }
-
-  /** Writes every dirty page, adjacent pages coalesced, from a copy taken now (memory keeps changing). */
-  private async writePages(): Promise<void> {
-    if (this.dirtyPages.size === 0) return;
-    const pages = [...this.dirtyPages].sort((a, b) => a - b);
-    this.dirtyPages.clear();
-    this.pendingCleans = 0;
-    const runs: Array<{ pos: number; buf: Buffer }> = [];
-    for (let i = 0; i < pages.length;) {
-      let j = i;
-      while (j + 1 < pages.length && pages[j + 1] === pages[j]! + 1) j++;
-      const start = pages[i]! * PAGE_SIZE;
-      const end = Math.min(this.disk.length, (pages[j]! + 1) * PAGE_SIZE);
-      runs.push({ pos: CELLS_OFFSET + start, buf: Buffer.from(this.disk.subarray(start, end)) });
-      i = j + 1;
-    }
-    for (const { pos, buf } of runs) {
-      let done = 0;
-      while (done < buf.length) {
-        const { bytesWritten } = await this.fh.write(buf, done, buf.length - done, pos + done);
-        done += bytesWritten;
-      }
-    }
-  }
-
-  private fail(e: unknown, inFlight: Batch | null): void {
-    const err = new StateMapError('STATEMAP_ERR_IO', `state map ${this.path} cannot be written: ${(e as Error).message}; the GMD must stop (writes are refused)`, { cause: e });
-    if (this.failed) return;
-    this.failed = err;
-    for (const b of [inFlight, this.next]) {
-      if (!b) continue;
-      b.reject(err);
-      for (const cb of b.callbacks) cb(err);
-    }
-    this.next = null;
+    return this.w.durable();
   }
 
   private checkUsable(): void {
-    if (this.failed) throw this.failed;
+    if (this.w.failed) throw this.w.failed;
     if (this.closed) throw new StateMapError('STATEMAP_ERR_CLOSED', `state map ${this.path} is closed`);
   }
 
@@ -801,174 +496,4 @@ export class StateMap {
 export async function mergeAndClear(into: StateMap, from: StateMap): Promise<void> {
   await into.orWith(from);
   await from.setAll(CELL_CLEAN);
-}
-
-/**
- * Size follows the device: rewrites a closed map for a new device size (seed §6.5.4, growing a
- * volume). Existing cells keep their values; regions beyond the old end get `newRegions` — 'stale'
- * on the side whose data the other must receive (the primary), 'clean' on the other side, or the
- * two maps diverge. Shrinking drops the cells past the new end. The file is replaced atomically
- * (write beside, fsync, rename), under the map's lock.
- */
-export async function resizeStateMap(path: string, deviceSize: number, newRegions: 'stale' | 'clean'): Promise<void> {
-  const lockPath = `${path}.lock`;
-  await acquireLock(path, lockPath);
-  try {
-    let fh: FileHandle;
-    try {
-      fh = await openFile(path, 'r');
-    } catch (e) {
-      throw ioError(e, path, 'open');
-    }
-    let header: StateMapHeader;
-    let cells: Uint8Array;
-    try {
-      ({ header, cells } = await readMap(path, fh, undefined));
-    } finally {
-      await fh.close();
-    }
-    const id = { gmdName: header.gmdName, minor: header.minor, regionSize: header.regionSize, deviceSize };
-    validateIdentity(id);
-    const count = regionCountFor(deviceSize, header.regionSize);
-    const next = new Uint8Array(count).fill(newRegions === 'stale' ? CELL_STALE : CELL_CLEAN, Math.min(count, cells.length));
-    next.set(cells.subarray(0, Math.min(count, cells.length)));
-    // The old last region may have been partial; if it grew, its new part is as unknown as the rest.
-    if (count > cells.length && header.deviceSize % header.regionSize !== 0 && newRegions === 'stale') next[cells.length - 1] = CELL_STALE;
-    const out: StateMapHeader = { ...header, deviceSize, regionCount: count, seq: header.seq + 1n, updatedMs: Date.now() };
-    const tmp = `${path}.resize`;
-    const w = await openFile(tmp, 'w', 0o600);
-    try {
-      await w.write(encodeHeader(out), 0, SLOT_SIZE, 0);
-      await w.write(Buffer.alloc(SLOT_SIZE), 0, SLOT_SIZE, SLOT_SIZE);
-      const packed = packCells(next);
-      await w.write(packed, 0, packed.length, CELLS_OFFSET);
-      await w.truncate(CELLS_OFFSET + packed.length);
-      await w.datasync();
-    } finally {
-      await w.close();
-    }
-    await rename(tmp, path);
-    await syncDir(dirname(path));
-  } finally {
-    await unlink(lockPath).catch(() => undefined);
-  }
-}
-
-/** A read-only view of a map file (for show-state / dump while the GMD is not running). Takes no lock. */
-export interface StateMapSnapshot {
-  path: string;
-  identity: StateMapIdentity;
-  generation: bigint;
-  /** The file was not closed cleanly (or its GMD is running now). */
-  open: boolean;
-  /** Raw cells as on disk, one byte per region. */
-  cells: Uint8Array;
-}
-
-export async function readStateMapFile(path: string, expect?: Partial<StateMapIdentity>): Promise<StateMapSnapshot> {
-  let fh: FileHandle;
-  try {
-    fh = await openFile(path, 'r');
-  } catch (e) {
-    throw ioError(e, path, 'open');
-  }
-  try {
-    const { header, cells } = await readMap(path, fh, expect);
-    return {
-      path,
-      identity: { gmdName: header.gmdName, minor: header.minor, deviceSize: header.deviceSize, regionSize: header.regionSize },
-      generation: header.generation,
-      open: (header.flags & FLAG_OPEN) !== 0,
-      cells,
-    };
-  } finally {
-    await fh.close();
-  }
-}
-
-async function readMap(path: string, fh: FileHandle, expect: Partial<StateMapIdentity> | undefined) {
-  const size = (await fh.stat()).size;
-  if (size < CELLS_OFFSET) {
-    throw new StateMapError('STATEMAP_ERR_CORRUPT', `state map ${path} is truncated (${size} bytes, the header alone needs ${CELLS_OFFSET}); refusing to use it`);
-  }
-  const head = Buffer.alloc(CELLS_OFFSET);
-  await fh.read(head, 0, CELLS_OFFSET, 0);
-  const { header, slot } = pickHeader(path, head.subarray(0, SLOT_SIZE), head.subarray(SLOT_SIZE));
-  checkIdentity(path, header, expect);
-  const bytes = cellBytesFor(header.regionCount);
-  if (size < CELLS_OFFSET + bytes) {
-    throw new StateMapError('STATEMAP_ERR_CORRUPT', `state map ${path} is truncated: ${header.regionCount} regions need ${CELLS_OFFSET + bytes} bytes, the file has ${size}; refusing to use it`);
-  }
-  const packed = Buffer.alloc(bytes);
-  let done = 0;
-  while (done < bytes) {
-    const { bytesRead } = await fh.read(packed, done, bytes - done, CELLS_OFFSET + done);
-    if (bytesRead === 0) break;
-    done += bytesRead;
-  }
-  const cells = unpackCells(path, packed, header.regionCount);
-  return { header, slot, packed, cells };
-}
-
-function ioError(e: unknown, path: string, what: string): StateMapError {
-  const code = (e as NodeJS.ErrnoException).code;
-  if (code === 'ENOENT' && what === 'create') return new StateMapError('STATEMAP_ERR_NOT_FOUND', `cannot create state map ${path}: directory ${dirname(path)} does not exist`, { cause: e });
-  if (code === 'ENOENT') return new StateMapError('STATEMAP_ERR_NOT_FOUND', `state map ${path} does not exist (create it with 'georm configure')`, { cause: e });
-  if (code === 'EEXIST') return new StateMapError('STATEMAP_ERR_EXISTS', `state map ${path} already exists; refusing to overwrite it`, { cause: e });
-  return new StateMapError('STATEMAP_ERR_IO', `cannot ${what} state map ${path}: ${(e as Error).message}`, { cause: e });
-}
-
-async function syncDir(dir: string): Promise<void> {
-  try {
-    const d = await openFile(dir, 'r');
-    try { await d.sync(); } finally { await d.close(); }
-  } catch {
-    // Some filesystems refuse fsync on directories; the file itself is synced.
-  }
-}
-
-/**
- * One writer per map file: `<path>.lock` holds the owner's pid. A lock left by a dead process
- * (kill -9) is taken over; one held by a live process is refused.
- */
-async function acquireLock(path: string, lockPath: string): Promise<void> {
-  for (let attempt = 0; attempt < 3; attempt++) {
-    try {
-      const fd = openSync(lockPath, 'wx', 0o600);
-      writeSync(fd, `${process.pid} ${processStartTime(process.pid) ?? ''}\n`);
-      closeSync(fd);
-      return;
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw ioError(e, path, 'lock');
-    }
-    const [pidText, startText] = (await readFile(lockPath, 'utf8').catch(() => '')).trim().split(/\s+/);
-    const pid = Number.parseInt(pidText ?? '', 10);
-    // Same pid but another start time: the owner died and its pid was reused; the lock is stale.
-    const sameProcess = !startText || processStartTime(pid) === null || processStartTime(pid) === startText;
-    if (Number.isInteger(pid) && pid > 0 && pidAlive(pid) && sameProcess) {
-      throw new StateMapError('STATEMAP_ERR_LOCKED', `state map ${path} is in use by process ${pid} (lock ${lockPath})`);
-    }
-    await unlink(lockPath).catch(() => undefined);
-  }
-  throw new StateMapError('STATEMAP_ERR_LOCKED', `cannot take the lock ${lockPath} of state map ${path}`);
-}
-
-/** Start time of a process in clock ticks since boot (/proc/PID/stat field 22), or null if unknown. */
-function processStartTime(pid: number): string | null {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    // The command name (field 2) may contain spaces and parentheses: count fields after the last ')'.
-    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19] ?? null;
-  } catch {
-    return null;
-  }
-}
-
-function pidAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM';
-  }
 }

@@ -1,6 +1,6 @@
 import { createSocket } from 'node:dgram';
 import { openGeoMessage, type GeoMessage, type GeoMessageOptions, type NetworkEndpoint } from '../../src/geomessage/index.js';
-import { startWanEmulator, type WanEmulator } from '../../src/geomessage/wanem.js';
+import { startWanEmulator, type WanEmulator } from '../../src/tools/wanem.js';
 
 export const KEY = Buffer.from('0123456789abcdef0123456789abcdef');
 

@@ -1,7 +1,7 @@
 import t from 'tap';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { formatNetStats, netStatSocketPath, serveNetStats, readNetStats } from '../../src/geomessage/index.js';
+import { formatNetStats, netStatSocketPath, serveNetStats, readNetStats } from '../../src/tools/netstat.js';
 import { GEORM_BIN, tempDir } from '../helpers/env.js';
 import { runCmd, Procs, watchOutput } from '../helpers/proc.js';
 import { freePorts, loopbackPair, openPair, payloadFor } from './fixtures.js';

@@ -1,5 +1,5 @@
 import t from 'tap';
-import type { WanEmulator } from '../../src/geomessage/wanem.js';
+import type { WanEmulator } from '../../src/tools/wanem.js';
 import type { GeoMessage } from '../../src/geomessage/index.js';
 import { emulatedPair, payloadFor, waitFor } from './fixtures.js';
 

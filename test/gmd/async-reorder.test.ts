@@ -6,14 +6,14 @@ import { TestCluster } from './cluster.js';
 import { missingTools } from '../helpers/env.js';
 import { newHistory, readLog, settledSeqs, checkPrefix, startWriter, waitForLog } from './seqlog.js';
 import { loadConfig, findGmd, findMachine, endpointsOf } from '../../src/gmd/cluster-config.js';
-import { startWanEmulator } from '../../src/geomessage/wanem.js';
+import { startWanEmulator } from '../../src/tools/wanem.js';
 import { stopProcess } from '../../src/util/process.js';
 
 /**
  * DESIGN §4 rule 1, async: the secondary holds a prefix of the primary's write order. On loopback
  * nothing reorders, so a GMD that sent its mirrored writes unordered, or a GeoMessage that
  * dispatched ordered messages as they completed, passed the loopback crash test. Here the primary
- * reaches the secondary through the WAN emulator (src/geomessage/wanem.ts), which holds a fifth of
+ * reaches the secondary through the WAN emulator (src/tools/wanem.ts), which holds a fifth of
  * the packets back so that later ones overtake them. At the primary's kill -9 the emulator's
  * primary-to-secondary direction is cut first, dropping what it still holds: the secondary then
  * has later messages whose predecessors never arrive, and may apply none of them.

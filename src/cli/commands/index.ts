@@ -7,6 +7,7 @@ import { register as registerInstallUnits } from './install-units.js';
 import { register as registerGmd } from './gmd.js';
 import { register as registerAix } from './aix.js';
 import { register as registerDemo } from './demo.js';
+import { register as registerHageo } from './hageo.js';
 import { register as registerOps } from './ops.js';
 
 /**
@@ -21,5 +22,6 @@ export function registerCommands(program: Command): void {
   registerGmd(program);
   registerAix(program);
   registerDemo(program);
+  registerHageo(program);
   registerOps(program);
 }

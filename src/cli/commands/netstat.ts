@@ -1,7 +1,7 @@
 import { readFile } from 'node:fs/promises';
 import { Command, Option } from 'commander';
 import { GeormError } from '../../util/errors.js';
-import { findNetStatSockets, formatNetStats, readNetStats } from '../../geomessage/netstat.js';
+import { findNetStatSockets, formatNetStats, readNetStats } from '../../tools/netstat.js';
 import type { GeoMessageStats } from '../../geomessage/stats.js';
 
 const DEFAULT_RUN_DIR = process.env.GEORM_RUN_DIR ?? '/run/georm';

@@ -2,7 +2,7 @@ import type { Command } from 'commander';
 import { createInterface } from 'node:readline';
 import { GeormError } from '../../util/errors.js';
 import { parseSize } from '../../util/size.js';
-import { startWanEmulator, type Direction, type Impairment } from '../../geomessage/wanem.js';
+import { startWanEmulator, type Direction, type Impairment } from '../../tools/wanem.js';
 
 function hostPort(s: string, what: string): { address: string; port: number } {
   const m = /^(.*):(\d+)$/.exec(s);

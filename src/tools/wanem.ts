@@ -1,3 +1,4 @@
+/** The WAN emulator behind `georm wanem` (a UDP relay with impairments); details below. */
 import { createSocket, type Socket } from 'node:dgram';
 import { isIPv6 } from 'node:net';
 import { performance } from 'node:perf_hooks';

@@ -1,8 +1,13 @@
+/**
+ * `georm netstat` / `krpcstat`: the report formatter over GeoMessage statistics snapshots, and the
+ * unix socket a daemon serves its snapshot on (one JSON line per connection) with the client that
+ * finds and reads those sockets. A tool beside the transport: the transport only produces stats().
+ */
 import { createConnection, createServer, type Server } from 'node:net';
 import { readFile, readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { GeormError } from '../util/errors.js';
-import { totalDrops, type GeoMessageStats, type MachineStats, type NetworkStats } from './stats.js';
+import { totalDrops, type GeoMessageStats, type MachineStats, type NetworkStats } from '../geomessage/stats.js';
 
 /** Switches of `georm netstat` / `krpcstat` that shape the report. */
 export interface NetStatSwitches {
