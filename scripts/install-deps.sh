@@ -68,22 +68,14 @@ stamp=/var/lib/apt/periodic/georm-update-stamp
 if [ ! -e "$stamp" ] || [ -n "$(find "$stamp" -mmin +720 2>/dev/null)" ]; then
   $SUDO apt-get update -qq >&2 && $SUDO mkdir -p "$(dirname "$stamp")" && $SUDO touch "$stamp"
 fi
-# Packages with a daemon (prometheus) must not start it: the tests run their own instance on loopback.
-# A policy-rc.d answering 101 tells the maintainer scripts not to start services; it is put in place
-# only for this install, and only when the system has none of its own.
-policy=/usr/sbin/policy-rc.d
-own_policy=""
-if [ ! -e "$policy" ]; then
-  printf '#!/bin/sh\nexit 101\n' | $SUDO tee "$policy" >/dev/null && $SUDO chmod 755 "$policy" && own_policy=1
-fi
 # Install one by one on failure so that one unavailable package does not block the rest.
 if ! $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2; then
   for p in "${missing[@]}"; do
     $SUDO apt-get install -y -qq --no-install-recommends "$p" >&2 || echo "install-deps: could not install $p" >&2
   done
 fi
-[ -n "$own_policy" ] && $SUDO rm -f "$policy"
-# Belt and braces where systemd runs: the packaged Prometheus stays disabled and stopped.
+# prometheus is kept from starting by the policy-rc.d above (the tests run their own on loopback);
+# where systemd runs, the packaged service is also disabled so it does not start at the next boot.
 if printf '%s\n' "${missing[@]}" | grep -qx prometheus && [ -d /run/systemd/system ]; then
   $SUDO systemctl disable --now prometheus.service >/dev/null 2>&1 || true
 fi
