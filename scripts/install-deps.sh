@@ -34,6 +34,7 @@ PKGS=(
   corosync-qnetd      # the witness at a third site (HAGEO part 2)
   corosync-qdevice    # the nodes' side of the witness
   libxml2-utils       # xmllint: ocf-tester validates the agent's meta-data with it
+  prometheus          # test/ops: a real Prometheus scrapes `georm metrics`; promtool checks docs/prometheus-alerts.yml
 )
 
 missing=()
@@ -74,5 +75,10 @@ if ! $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2; t
   for p in "${missing[@]}"; do
     $SUDO apt-get install -y -qq --no-install-recommends "$p" >&2 || echo "install-deps: could not install $p" >&2
   done
+fi
+# prometheus is kept from starting by the policy-rc.d above (the tests run their own on loopback);
+# where systemd runs, the packaged service is also disabled so it does not start at the next boot.
+if printf '%s\n' "${missing[@]}" | grep -qx prometheus && [ -d /run/systemd/system ]; then
+  $SUDO systemctl disable --now prometheus.service >/dev/null 2>&1 || true
 fi
 exit 0

@@ -13,7 +13,7 @@ t.test('georm install-units --prefix writes a unit that systemd-analyze verify a
   t.equal(r.code, 0, r.stderr);
   const out = JSON.parse(r.stdout) as { files: string[]; unitDir: string };
   const unit = join(dir, 'etc/systemd/system/georm@.service');
-  t.same(out.files, [unit]);
+  t.same(out.files, [unit, join(dir, 'etc/systemd/system/georm-metrics.service')], 'the GMD template and the metrics unit (test/ops/metrics-unit.test)');
   t.equal(statSync(unit).mode & 0o777, 0o644);
   const text = readFileSync(unit, 'utf8');
   t.match(text, /^Type=notify$/m);

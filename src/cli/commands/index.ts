@@ -9,6 +9,7 @@ import { register as registerAix } from './aix.js';
 import { register as registerDemo } from './demo.js';
 import { register as registerHageo } from './hageo.js';
 import { register as registerOcf } from './ocf.js';
+import { register as registerOps } from './ops.js';
 
 /**
  * Every CLI verb lives in its own module under ./commands and registers itself here, one line each.
@@ -25,4 +26,5 @@ export function registerCommands(program: Command): void {
   registerHageo(program);
   // After hageo.ts, which creates the `hageo` command: ocf.ts adds its verbs to it.
   registerOcf(program);
+  registerOps(program);
 }
