@@ -89,32 +89,45 @@ export interface GmdStatus {
   events: GmdEvent[];
 }
 
-/** How a WriteOp's writes go: no peer (local only, marked stale), async, sync (remote first), mwc (both at once). */
-const HOW_LOCAL = 0;
-const HOW_ASYNC = 1;
-const HOW_SYNC = 2;
-const HOW_MWC = 3;
 /** Idle WriteOps kept for reuse (more than the NBD layer lets be in flight per connection). */
 const OP_POOL_MAX = 512;
 
-/** One application write on the callback path (GeoMirrorDevice.writeCb); pooled and reused. */
-interface WriteOp {
+/** A write-like request's claim on its regions: range lock, on-demand pull, durable mark. */
+interface RangeClaim {
   res: GmdResources | null;
   offset: number; end: number; first: number; last: number;
-  data: Buffer; fua: boolean; keepStale: boolean;
-  cb: ((err: Error | null) => void) | null;
-  peer: string | null; how: number;
-  /** mwc: writes (local, remote) still outstanding; ok: the peer has it; lerr: the local write's error. */
-  left: number; ok: boolean; lerr: Error | null;
-  // Callbacks made once per op (newOp), bound to it.
+  /** A region was stale already when marked: it stays stale whatever the outcome. */
+  keepStale: boolean;
+  // Made once per claim, bound to it.
   readonly granted: () => void;
   readonly pulled: () => void;
   readonly pullFailed: (e: unknown) => void;
   readonly marked: (err?: Error) => void;
+}
+
+/** One application write (GeoMirrorDevice.writeCb); pooled and reused. */
+interface WriteOp extends RangeClaim {
+  data: Buffer; fua: boolean;
+  cb: ((err: Error | null) => void) | null;
+  /** The peer and the write mode current when the regions were marked: the op ends with them. */
+  peer: string | null; how: WriteMode | null;
+  /** mwc: writes (local, remote) still outstanding; ok: the peer has it; localError: the local write's. */
+  left: number; ok: boolean; localError: Error | null;
+  // Callbacks made once per op (newOp), bound to it.
   readonly localDone: (e: Error | null) => void;
   readonly remoteDone: (err: unknown) => void;
   readonly admitted: () => void;
 }
+
+/** How a marked write goes (no peer, async, sync, mwc): what it issues and what each of its events does. */
+interface WriteMode {
+  issue(op: WriteOp): void;
+  localDone(op: WriteOp, e: Error | null): void;
+  remoteDone(op: WriteOp, err: unknown): void;
+}
+
+type LocalWriteCb = (offset: number, data: Buffer, fua: boolean, cb: (err: Error | null) => void) => void;
+const noLocalWrite: LocalWriteCb = (_o, _d, _f, cb) => cb(new Error('no volume'));
 
 /** An errno-carrying error for the NBD server. */
 function ioError(code: 'EPERM' | 'EIO' | 'ENOTSUP', errno: number, message: string): Error {
@@ -172,6 +185,11 @@ export class GeoMirrorDevice implements Backend {
   /** A follow-up resync is queued for this turn (resyncStale). */
   private restaleQueued = false;
   private readonly opPool: WriteOp[] = [];
+  private readonly modes = this.makeWriteModes();
+  /** How the next marked write goes; chosen by chooseWriteMode when the mode or the active peer changes. */
+  private writeMode: WriteMode = this.modes.local;
+  /** The volume's callback write (or an adapter for a volume without one); chosen with writeMode. */
+  private writeLocal: LocalWriteCb = noLocalWrite;
   /** MWC ops whose local write waits for this turn's batch to be sent (deferLocal). */
   private localQ: WriteOp[] = [];
   private localScheduled = false;
@@ -225,6 +243,7 @@ export class GeoMirrorDevice implements Backend {
       throw new GeormError('GMD_ERR_BAD_REQUEST', `${this.name}: an async GMD needs role primary or secondary, not none (change the role or the mode with set, in DEFINED state)`);
     }
     this.res = res;
+    this.chooseWriteMode();
     this.devSize = res.local.size();
     this.stateValue = 'STOPPED';
     if (res.map.crashed) this.event('warn', `state map was not closed cleanly; ${res.map.counts().inconsistent} region(s) in flight at the crash will be resynchronised`);
@@ -237,6 +256,7 @@ export class GeoMirrorDevice implements Backend {
     if (this.stateValue === 'DEFINED') return;
     const res = this.res!;
     this.res = null;
+    this.chooseWriteMode();
     this.stateValue = 'DEFINED';
     await res.map.close();
     await res.local.close?.();
@@ -369,6 +389,7 @@ export class GeoMirrorDevice implements Backend {
     await this.gate.drain();
     const peer = this.activePeer;
     this.activePeer = null;
+    this.chooseWriteMode();
     this.activePeerInfo = null;
     if (peer) await this.control(peer, { op: 'leave' }, 3000).catch(() => undefined);
     this.stateValue = 'STOPPED';
@@ -500,69 +521,20 @@ export class GeoMirrorDevice implements Backend {
     } finally { this.done(); }
   }
 
-  async write(offset: number, data: Buffer, opts: WriteOptions): Promise<void> {
-    const res = this.admit();
-    const end = offset + data.length;
-    await this.lock.lock(offset, end);
-    let locked = true;
-    try {
-      const [first, last] = res.map.regionRange(offset, data.length);
-      if (this.resyncEngine?.pulling) await this.resyncEngine.pullOnDemand(first, last);
-      const keepStale = this.anyStale(res.map, first, last);
-      await res.map.beginWrite(first, last);
-      this.stats.localWrites++; this.stats.localWriteBytes += data.length;
-      const peer = this.activePeer;
-      if (!peer) {
-        await this.localWrite(res, first, last, () => res.local.write(offset, data, opts));
-        this.markLocalOnly(res.map, first, last);
-        return;
-      }
-      const flags = opts.fua ? FLAG_FUA : 0;
-      const mode = res.attrs.mode;
-      if (mode === 'async') {
-        await this.localWrite(res, first, last, () => res.local.write(offset, data, opts));
-        // The batcher copies the data as it queues it: the NBD server may reuse its buffer once we resolve.
-        const remote = this.asyncRemote(res, peer, first, last, offset, data, flags, keepStale);
-        // Release before waiting: later overlapping writes queue behind in send order, which is
-        // what keeps the secondary a prefix of our write order.
-        this.lock.release(offset, end); locked = false;
-        void remote;
-        if (this.asyncInflight > res.attrs.hwm) await new Promise<void>((r) => this.hwmWait(r));
-        return;
-      }
-      let ok: boolean;
-      if (mode === 'sync') {
-        ok = await this.remote(peer, KIND_APP, offset, data, flags);
-        await this.localWrite(res, first, last, () => res.local.write(offset, data, opts));
-      } else {
-        const [, r] = await Promise.all([
-          this.localWrite(res, first, last, () => res.local.write(offset, data, opts)),
-          this.remote(peer, KIND_APP, offset, data, flags),
-        ]);
-        ok = r;
-      }
-      if (ok && !keepStale) this.gate.done(first, last); else this.markLocalOnly(res.map, first, last);
-    } finally {
-      if (locked) this.lock.release(offset, end);
-      this.done();
-    }
+  /** Promise form of writeCb: the same single write path. */
+  write(offset: number, data: Buffer, opts: WriteOptions): Promise<void> {
+    return new Promise((resolve, reject) => this.writeCb(offset, data, opts.fua, (e) => { if (e) reject(e); else resolve(); }));
   }
 
   /**
-   * NBD fast path (Backend.writeCb): the same steps as write() with callbacks — range lock, durable
-   * mark (statemap beginWriteCb), local and remote writes. Each write's state lives in a pooled
-   * WriteOp whose callbacks are made once per op, so a write allocates no promise and no closure
-   * (at 20k writes/s per-write closures were a steady stream of young garbage). The server reuses
-   * `data` after `cb`; the batcher copies it as it queues the remote write, so async (which
-   * acknowledges before the remote copy is done) needs no copy of its own.
+   * NBD fast path (Backend.writeCb), and the only write path: range lock, durable mark (statemap
+   * beginWriteCb), local and remote writes as the current write mode orders them. Each write's state
+   * lives in a pooled WriteOp whose callbacks are made once per op, so a write allocates no promise
+   * and no closure (at 20k writes/s per-write closures were a steady stream of young garbage). The
+   * server reuses `data` after `cb`; the batcher copies it as it queues the remote write, so async
+   * (which acknowledges before the remote copy is done) needs no copy of its own.
    */
   writeCb(offset: number, data: Buffer, fua: boolean, cb: (err: Error | null) => void): void {
-    const r0 = this.res;
-    if (!r0 || !r0.local.writeCb) {
-      // Backends without the callback form take the promise path.
-      this.write(offset, data, { fua }).then(() => cb(null), (e: unknown) => cb(e as Error));
-      return;
-    }
     let res: GmdResources;
     try { res = this.admit(); } catch (e) { cb(e as Error); return; }
     const op = this.opPool.pop() ?? this.newOp();
@@ -570,43 +542,113 @@ export class GeoMirrorDevice implements Backend {
     this.lock.acquire(offset, op.end, op.granted);
   }
 
-  /** The lock is held: pull the regions if resync still has to, then mark them. */
-  private opGranted(op: WriteOp): void {
-    const range = op.res!.map.regionRange(op.offset, op.data.length);
-    op.first = range[0]; op.last = range[1];
-    // Checked with the lock held (as write() does): a region not yet pulled from the peer is
-    // pulled before it is overwritten, or the pull would later bring back older data.
+  /** The range lock is held: pull the regions if resync still has to, then mark them (claimMark). */
+  private claimGranted(c: RangeClaim): void {
+    const range = c.res!.map.regionRange(c.offset, c.end - c.offset);
+    c.first = range[0]; c.last = range[1];
+    // Checked with the lock held: a region not yet pulled from the peer is pulled before it is
+    // overwritten, or the pull would later bring back older data.
     const engine = this.resyncEngine;
-    if (engine?.pulling) engine.pullOnDemand(op.first, op.last).then(op.pulled, op.pullFailed);
-    else this.opMark(op);
+    if (engine?.pulling) engine.pullOnDemand(c.first, c.last).then(c.pulled, c.pullFailed);
+    else this.claimMark(c);
   }
 
-  private opMark(op: WriteOp): void {
-    const map = op.res!.map;
-    op.keepStale = this.anyStale(map, op.first, op.last);
-    if (map.beginWriteCb(op.first, op.last, op.marked)) this.opMarked(op);
+  /** Notes whether a region was stale already (it then stays stale), then durably marks the regions. */
+  private claimMark(c: RangeClaim): void {
+    const map = c.res!.map;
+    c.keepStale = this.anyStale(map, c.first, c.last);
+    if (map.beginWriteCb(c.first, c.last, c.marked)) c.marked();
   }
 
-  /** The regions are durably marked (or marking failed): issue the local and remote writes. Exactly one endWrite per beginWrite. */
+  /** Promise form of a claim for the cold paths (zero, trim): resolves once the regions are marked, lock held. */
+  private claimRange(res: GmdResources, offset: number, end: number): Promise<RangeClaim> {
+    return new Promise((resolve, reject) => {
+      const c: RangeClaim = {
+        res, offset, end, first: 0, last: 0, keepStale: false,
+        granted: () => this.claimGranted(c),
+        pulled: () => this.claimMark(c),
+        pullFailed: (e: unknown) => reject(e as Error),
+        marked: (err?: Error) => { if (err) reject(err); else resolve(c); },
+      };
+      this.lock.acquire(offset, end, c.granted);
+    });
+  }
+
+  /**
+   * Records a marked range's outcome, exactly once per beginWrite: regions both sides hold wait for
+   * the clean gate, others (the peer lacks it, or a region was stale already) stay marked.
+   */
+  private settle(map: MapPort, first: number, last: number, bothHaveIt: boolean, keepStale: boolean): void {
+    if (bothHaveIt && !keepStale) this.gate.done(first, last); else this.markLocalOnly(map, first, last);
+  }
+
+  /** The regions are durably marked (or marking failed): the current write mode issues the writes. */
   private opMarked(op: WriteOp, err?: Error): void {
     if (err) { this.lock.release(op.offset, op.end); this.done(); this.opEnd(op, err); return; }
-    const res = op.res!;
-    const data = op.data;
-    this.stats.localWrites++; this.stats.localWriteBytes += data.length;
+    this.stats.localWrites++; this.stats.localWriteBytes += op.data.length;
+    op.peer = this.activePeer;
+    op.ok = false; op.localError = null;
+    const how = this.writeMode;
+    op.how = how;
+    how.issue(op);
+  }
+
+  /** Chooses how writes go from now on; called whenever the mode or the active peer changes. */
+  private chooseWriteMode(): void {
+    const res = this.res;
+    if (!res) { this.writeMode = this.modes.local; this.writeLocal = noLocalWrite; return; }
     const local = res.local;
-    const peer = this.activePeer;
-    op.peer = peer;
-    op.ok = false; op.lerr = null;
-    if (!peer) { op.how = HOW_LOCAL; local.writeCb!(op.offset, data, op.fua, op.localDone); return; }
-    const mode = res.attrs.mode;
-    if (mode === 'async') { op.how = HOW_ASYNC; local.writeCb!(op.offset, data, op.fua, op.localDone); return; }
-    if (mode === 'sync') { op.how = HOW_SYNC; this.opRemote(op); return; }
-    op.how = HOW_MWC;
-    op.left = 2;
-    // Remote first, local once the batch has left: the peer's half of the round trip then runs
-    // while this side writes, instead of after every local write of the turn (MWC's point).
-    this.opRemote(op);
-    this.deferLocal(op);
+    this.writeLocal = local.writeCb ? local.writeCb.bind(local)
+      : (offset, data, fua, cb) => { local.write(offset, data, { fua }).then(() => cb(null), (e: unknown) => cb(e as Error)); };
+    if (!this.activePeer) this.writeMode = this.modes.local;
+    else this.writeMode = this.modes[res.attrs.mode];
+  }
+
+  /** The four ways a marked write goes; each names what happens on the events of its write. */
+  private makeWriteModes(): Record<'local' | GmdMode, WriteMode> {
+    return {
+      // No peer: local only, the regions stay marked (stale marking).
+      local: {
+        issue: (op) => this.writeLocal(op.offset, op.data, op.fua, op.localDone),
+        localDone: (op, e) => this.opFinish(op, e, false),
+        remoteDone: () => undefined,
+      },
+      // Local first; the remote copy is queued once it succeeded and the write is acknowledged within the HWM.
+      async: {
+        issue: (op) => this.writeLocal(op.offset, op.data, op.fua, op.localDone),
+        localDone: (op, e) => {
+          if (e) { this.opFinish(op, e, false); return; }
+          const res = op.res!;
+          // Queued as a copy (the batcher's): the server reuses `data` once we call back.
+          this.asyncRemote(res, op.peer!, op.first, op.last, op.offset, op.data, op.fua ? FLAG_FUA : 0, op.keepStale);
+          // Release now: later overlapping writes queue behind in send order (secondary = prefix).
+          this.lock.release(op.offset, op.end);
+          if (this.asyncInflight > res.attrs.hwm) this.hwmWait(op.admitted); else this.opAdmitted(op);
+        },
+        remoteDone: () => undefined,
+      },
+      // Remote first; the local write is issued only once the peer has the data.
+      sync: {
+        issue: (op) => this.opRemote(op),
+        localDone: (op, e) => this.opFinish(op, e, op.ok),
+        remoteDone: (op, err) => {
+          op.ok = err === null;
+          if (!op.ok) this.peerFailed(op.peer!, err);
+          this.writeLocal(op.offset, op.data, op.fua, op.localDone);
+        },
+      },
+      // Both at once: remote first, local once the batch has left (the peer's half of the round trip
+      // then runs while this side writes, instead of after every local write of the turn).
+      mwc: {
+        issue: (op) => { op.left = 2; this.opRemote(op); this.deferLocal(op); },
+        localDone: (op, e) => { op.localError = e; if (--op.left === 0) this.opFinish(op, op.localError, op.ok); },
+        remoteDone: (op, err) => {
+          op.ok = err === null;
+          if (!op.ok) this.peerFailed(op.peer!, err);
+          if (--op.left === 0) this.opFinish(op, op.localError, op.ok);
+        },
+      },
+    };
   }
 
   /**
@@ -623,46 +665,13 @@ export class GeoMirrorDevice implements Backend {
     this.localScheduled = false;
     const q = this.localQ;
     this.localQ = [];
-    for (const op of q) op.res!.local.writeCb!(op.offset, op.data, op.fua, op.localDone);
+    for (const op of q) this.writeLocal(op.offset, op.data, op.fua, op.localDone);
   };
 
   /** Queues the mirrored copy of an op's write (batched per event-loop turn). */
   private opRemote(op: WriteOp): void {
-    const peer = op.peer!;
     this.stats.remoteWrites++; this.stats.remoteWriteBytes += op.data.length;
-    this.batcherFor(peer).add(KIND_APP, op.fua ? FLAG_FUA : 0, op.offset, op.data, op.remoteDone);
-  }
-
-  private opLocalDone(op: WriteOp, e: Error | null): void {
-    switch (op.how) {
-      case HOW_ASYNC: {
-        if (e) { this.opFinish(op, e, false); return; }
-        const res = op.res!;
-        // Queued as a copy (the batcher's): the server reuses `data` once we call back.
-        this.asyncRemoteCb(res, op.peer!, op.first, op.last, op.offset, op.data, op.fua ? FLAG_FUA : 0, op.keepStale);
-        // Release now: later overlapping writes queue behind in send order (secondary = prefix).
-        this.lock.release(op.offset, op.end);
-        if (this.asyncInflight > res.attrs.hwm) this.hwmWait(op.admitted); else this.opAdmitted(op);
-        return;
-      }
-      case HOW_MWC:
-        op.lerr = e;
-        if (--op.left === 0) this.opFinish(op, op.lerr, op.ok);
-        return;
-      case HOW_SYNC:
-        this.opFinish(op, e, op.ok);
-        return;
-      default:
-        this.opFinish(op, e, false);
-    }
-  }
-
-  private opRemoteDone(op: WriteOp, err: unknown): void {
-    op.ok = err === null;
-    if (!op.ok) this.peerFailed(op.peer!, err);
-    // sync: the local write is issued only once the peer has the data.
-    if (op.how === HOW_SYNC) op.res!.local.writeCb!(op.offset, op.data, op.fua, op.localDone);
-    else if (--op.left === 0) this.opFinish(op, op.lerr, op.ok);
+    this.batcherFor(op.peer!).add(KIND_APP, op.fua ? FLAG_FUA : 0, op.offset, op.data, op.remoteDone);
   }
 
   /** Records the outcome in the map, releases the lock and answers the client. */
@@ -671,8 +680,7 @@ export class GeoMirrorDevice implements Backend {
     if (err) {
       this.markLocalOnly(map, op.first, op.last);
       this.event('error', `local volume write failed: ${err.message}`);
-    } else if (ok && !op.keepStale) this.gate.done(op.first, op.last);
-    else this.markLocalOnly(map, op.first, op.last);
+    } else this.settle(map, op.first, op.last, ok, op.keepStale);
     this.lock.release(op.offset, op.end);
     this.done();
     this.opEnd(op, err);
@@ -687,7 +695,7 @@ export class GeoMirrorDevice implements Backend {
   /** Returns the op to the pool (dropping its references), then calls the client back. */
   private opEnd(op: WriteOp, err: Error | null): void {
     const cb = op.cb!;
-    op.res = null; op.data = EMPTY; op.cb = null; op.peer = null; op.lerr = null;
+    op.res = null; op.data = EMPTY; op.cb = null; op.peer = null; op.localError = null; op.how = null;
     if (this.opPool.length < OP_POOL_MAX) this.opPool.push(op);
     cb(err);
   }
@@ -695,13 +703,13 @@ export class GeoMirrorDevice implements Backend {
   private newOp(): WriteOp {
     const op: WriteOp = {
       res: null, offset: 0, end: 0, first: 0, last: 0, data: EMPTY, fua: false, keepStale: false, cb: null,
-      peer: null, how: HOW_LOCAL, left: 0, ok: false, lerr: null,
-      granted: () => this.opGranted(op),
-      pulled: () => this.opMark(op),
+      peer: null, how: null, left: 0, ok: false, localError: null,
+      granted: () => this.claimGranted(op),
+      pulled: () => this.claimMark(op),
       pullFailed: (e: unknown) => this.opMarked(op, e as Error),
       marked: (err?: Error) => this.opMarked(op, err),
-      localDone: (e: Error | null) => this.opLocalDone(op, e),
-      remoteDone: (err: unknown) => this.opRemoteDone(op, err),
+      localDone: (e: Error | null) => op.how!.localDone(op, e),
+      remoteDone: (err: unknown) => op.how!.remoteDone(op, err),
       admitted: () => this.opAdmitted(op),
     };
     return op;
@@ -767,25 +775,22 @@ export class GeoMirrorDevice implements Backend {
   }
 
   /**
-   * Zeroes [offset, offset+length) on both sides: range lock, durable mark, the local operation and
-   * SVC_ZERO to the peer (together; with `localFirst`, the peer only after the local one succeeded).
-   * The lock is held until both sides are done, so later overlapping writes follow on both.
+   * Zeroes [offset, offset+length) on both sides: the same claim as a write (range lock, pull,
+   * durable mark), then the local operation and SVC_ZERO to the peer (together; with `localFirst`,
+   * the peer only after the local one succeeded). The lock is held until both sides are done, so
+   * later overlapping writes follow on both.
    */
   private async zeroLike(offset: number, length: number, flags: number, localFirst: boolean, op: (res: GmdResources) => Promise<void>): Promise<void> {
     const res = this.admit();
     const end = offset + length;
-    await this.lock.lock(offset, end);
     try {
-      const [first, last] = res.map.regionRange(offset, length);
-      if (this.resyncEngine?.pulling) await this.resyncEngine.pullOnDemand(first, last);
-      const keepStale = this.anyStale(res.map, first, last);
-      await res.map.beginWrite(first, last);
+      const { first, last, keepStale } = await this.claimRange(res, offset, end);
       let peer = this.activePeer;
       if (localFirst) {
         try { await op(res); } catch (e) {
           if ((e as { errno?: unknown }).errno === 95) {
             // FAST_ZERO refused here and nothing was sent: neither volume changed.
-            if (peer && !keepStale) this.gate.done(first, last); else this.markLocalOnly(res.map, first, last);
+            this.settle(res.map, first, last, peer !== null, keepStale);
           } else {
             this.markLocalOnly(res.map, first, last);
             this.event('error', `local volume zero failed: ${(e as Error).message}`);
@@ -795,13 +800,14 @@ export class GeoMirrorDevice implements Backend {
         peer = this.activePeer;
       }
       const remote = peer ? this.remoteZero(res, peer, flags, offset, length) : Promise.resolve(false);
-      const local = localFirst ? Promise.resolve() : this.localWrite(res, first, last, () => op(res));
+      const local = localFirst ? Promise.resolve() : this.localZero(res, first, last, () => op(res));
       // Both settle before the lock is released: a failed local zero must not let a later write
       // overtake the zero still travelling to the peer.
       const [l, r] = await Promise.allSettled([local, remote]);
-      if (l.status === 'rejected') throw l.reason; // localWrite left the regions marked
-      if (r.status === 'fulfilled' && r.value && !keepStale) this.gate.done(first, last); else this.markLocalOnly(res.map, first, last);
+      if (l.status === 'rejected') throw l.reason; // localZero left the regions marked
+      this.settle(res.map, first, last, r.status === 'fulfilled' && r.value, keepStale);
     } finally {
+      // The claim fails only with the lock held (a failed pull or mark), so it is always released.
       this.lock.release(offset, end);
       this.done();
     }
@@ -827,8 +833,8 @@ export class GeoMirrorDevice implements Backend {
     return false;
   }
 
-  /** Local write; on failure the region is left marked (the peer may hold the new data) and EIO goes back. */
-  private async localWrite(res: GmdResources, first: number, last: number, op: () => Promise<void>): Promise<void> {
+  /** Local zero; on failure the region is left marked (the peer may hold the new data) and EIO goes back. */
+  private async localZero(res: GmdResources, first: number, last: number, op: () => Promise<void>): Promise<void> {
     try { await op(); } catch (e) {
       this.markLocalOnly(res.map, first, last);
       this.event('error', `local volume write failed: ${(e as Error).message}`);
@@ -851,41 +857,20 @@ export class GeoMirrorDevice implements Backend {
     return this.batcher;
   }
 
-  /** Callback form of remote() for the I/O path. */
-  private remoteCb(peer: string, kind: number, offset: number, data: Buffer, flags: number, done: (ok: boolean) => void): void {
-    this.stats.remoteWrites++; this.stats.remoteWriteBytes += data.length;
-    this.batcherFor(peer).add(kind, flags, offset, data, (err) => {
-      if (err === null) { done(true); return; }
-      this.peerFailed(peer, err);
-      done(false);
-    });
-  }
-
-  /** One mirrored application write (batched per event-loop turn); false (and the peer dropped) on failure. */
-  private remote(peer: string, kind: number, offset: number, data: Buffer, flags: number): Promise<boolean> {
-    this.stats.remoteWrites++; this.stats.remoteWriteBytes += data.length;
-    return this.batcherFor(peer).write(kind, flags, offset, data).then((r) => {
-      if (r === true) return true;
-      this.peerFailed(peer, r);
-      return false;
-    });
-  }
-
-  private asyncRemote(res: GmdResources, peer: string, first: number, last: number, offset: number, data: Buffer, flags: number, keepStale: boolean): Promise<void> {
-    return new Promise((resolve) => this.asyncRemoteCb(res, peer, first, last, offset, data, flags, keepStale, resolve));
-  }
-
   /**
-   * Queues the remote copy of an async write (in write order, pipelined) and counts its bytes in flight.
-   * `data` is copied into the batch before this returns.
+   * Queues the remote copy of an async write (in write order, pipelined) and counts its bytes in
+   * flight. `data` is copied into the batch before this returns. The one closure per write carries
+   * what its landing needs: the op itself has been answered and reused by then.
    */
-  private asyncRemoteCb(res: GmdResources, peer: string, first: number, last: number, offset: number, data: Buffer, flags: number, keepStale: boolean, cb?: () => void): void {
+  private asyncRemote(res: GmdResources, peer: string, first: number, last: number, offset: number, data: Buffer, flags: number, keepStale: boolean): void {
     const len = data.length;
     this.asyncInflight += len;
     this.stats.asyncInflightBytes = this.asyncInflight;
     if (this.asyncInflight > this.stats.asyncInflightMax) this.stats.asyncInflightMax = this.asyncInflight;
-    this.remoteCb(peer, KIND_APP, offset, data, flags, (ok) => {
-      if (ok && !keepStale) this.gate.done(first, last); else this.markLocalOnly(res.map, first, last);
+    this.stats.remoteWrites++; this.stats.remoteWriteBytes += len;
+    this.batcherFor(peer).add(KIND_APP, flags, offset, data, (err) => {
+      if (err !== null) this.peerFailed(peer, err);
+      this.settle(res.map, first, last, err === null, keepStale);
       this.asyncInflight -= len;
       this.stats.asyncInflightBytes = this.asyncInflight;
       if (this.hwmWaiters.length > 0 && this.asyncInflight <= res.attrs.hwm) {
@@ -896,7 +881,6 @@ export class GeoMirrorDevice implements Backend {
       }
       if (this.hwmMode && this.hwmWaiters.length === 0) { this.hwmMode = false; this.stats.hwmCatchUps++; }
       if (this.asyncInflight === 0) for (const w of this.asyncDrained.splice(0)) w();
-      if (cb) cb();
     });
   }
 
@@ -926,6 +910,7 @@ export class GeoMirrorDevice implements Backend {
   private dropPeer(peer: string, why: string): void {
     if (this.activePeer !== peer) return;
     this.activePeer = null;
+    this.chooseWriteMode();
     this.activePeerInfo = null;
     // Writes it acknowledged but never flushed may die with its page cache: stale, so they travel again.
     this.gate.peerLost();
@@ -941,6 +926,7 @@ export class GeoMirrorDevice implements Backend {
       this.downGiven.add(previous);
     }
     this.activePeer = peer;
+    this.chooseWriteMode();
     this.activePeerInfo = info;
     this.downGiven.delete(peer);
     this.event('info', `mirroring to ${peer}`);
