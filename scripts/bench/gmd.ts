@@ -27,7 +27,7 @@ import type { GmdMode } from '../../src/gmd/protocol.js';
 import { machineCpuTicks, processCpuSeconds } from './lib/cpu.js';
 import { stopProcess } from '../../src/util/process.js';
 import { callControl } from '../../src/gmd/control.js';
-import type { GmdStatus } from '../../src/gmd/device.js';
+import type { GmdStatus } from '../../src/gmd/device/index.js';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
 const GEORM = join(ROOT, 'bin', 'georm.js');

@@ -1,7 +1,9 @@
 import { basename } from 'node:path';
-import { Command, CommanderError } from 'commander';
-import { GeormError } from '../util/errors.js';
+import { Command } from 'commander';
 import { registerCommands } from './commands/index.js';
+import { reportError } from './report-error.js';
+
+export { reportError };
 
 /**
  * Runs the CLI and resolves to the process exit code. Invoked as `georm <verb> …`, or through a
@@ -26,16 +28,3 @@ export async function run(argv: string[]): Promise<number> {
   }
 }
 
-/** Maps an error to a message on stderr and an exit code; never prints a stack for expected errors. */
-export function reportError(err: unknown): number {
-  if (err instanceof CommanderError) {
-    // help and version exit 0; usage errors exit 1 (the seed's "bad switches" code).
-    return err.exitCode === 0 ? 0 : 1;
-  }
-  if (err instanceof GeormError) {
-    process.stderr.write(`georm: ${err.message}\n`);
-    return err.exitCode ?? 1;
-  }
-  process.stderr.write(`georm: internal error: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
-  return 70; // EX_SOFTWARE
-}

@@ -2,7 +2,7 @@ import { writeFile, readFile } from 'node:fs/promises';
 import { loadConfig, findMachine, type ClusterConfig } from './cluster-config.js';
 import { GeormError } from '../util/errors.js';
 import { callControl } from './control.js';
-import type { GmdStats, GmdStatus } from './device.js';
+import type { GmdStats, GmdStatus } from './device/index.js';
 import { formatGmdstat, formatStatus, type StatSample } from './format.js';
 import { controlSocketPath, defaultMachine } from './runner.js';
 

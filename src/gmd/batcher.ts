@@ -1,4 +1,4 @@
-import { SVC_WRITEV, HEADER_BYTES, writeHeader } from './protocol.js';
+import { SVC_WRITEV, HEADER_BYTES, WRITEV_FIRST_ENTRY, putBatchCount, writeHeader } from './protocol.js';
 import type { PeerTransport } from './ports.js';
 import { getPooledBuffer, releaseBuffer } from '../../nbd/protocol/buffer-pool.js';
 
@@ -37,16 +37,16 @@ export class WriteBatcher {
   add(kind: number, flags: number, offset: number, data: Buffer, done: MirrorDone): void {
     const need = HEADER_BYTES + data.length;
     // A batch holds up to maxBytes of entries (a larger write gets a batch of its own).
-    if (this.count > 0 && this.pos - 4 + need > this.maxBytes) this.flush();
+    if (this.count > 0 && this.pos - WRITEV_FIRST_ENTRY + need > this.maxBytes) this.flush();
     let msg = this.msg;
-    if (!msg) { msg = this.msg = getPooledBuffer(Math.max(4 + need, this.expect)); this.pos = 4; }
+    if (!msg) { msg = this.msg = getPooledBuffer(Math.max(WRITEV_FIRST_ENTRY + need, this.expect)); this.pos = WRITEV_FIRST_ENTRY; }
     else if (this.pos + need > msg.length) msg = this.grow(this.pos + need);
     writeHeader(msg, this.pos, kind, flags, offset, data.length);
     data.copy(msg, this.pos + HEADER_BYTES);
     this.pos += need;
     this.count++;
     this.dones.push(done);
-    if (this.pos - 4 >= this.maxBytes) this.flush();
+    if (this.pos - WRITEV_FIRST_ENTRY >= this.maxBytes) this.flush();
     else if (!this.scheduled) { this.scheduled = true; setImmediate(this.flushNow); }
   }
 
@@ -57,7 +57,7 @@ export class WriteBatcher {
    */
   private grow(min: number): Buffer {
     const old = this.msg!;
-    const b = getPooledBuffer(Math.max(min, Math.min(2 * old.length, 4 + this.maxBytes)));
+    const b = getPooledBuffer(Math.max(min, Math.min(2 * old.length, WRITEV_FIRST_ENTRY + this.maxBytes)));
     old.copy(b, 0, 0, this.pos);
     releaseBuffer(old);
     return (this.msg = b);
@@ -75,8 +75,8 @@ export class WriteBatcher {
     const dones = this.dones;
     const len = this.pos;
     this.msg = null; this.pos = 0; this.count = 0; this.dones = [];
-    this.expect = Math.min(len, 4 + this.maxBytes);
-    whole.writeUInt32BE(n, 0);
+    this.expect = Math.min(len, WRITEV_FIRST_ENTRY + this.maxBytes);
+    putBatchCount(whole, n);
     this.net.request(this.peer, SVC_WRITEV, whole.subarray(0, len), { ordered: this.ordered }).then(
       () => { releaseBuffer(whole); for (let i = 0; i < n; i++) dones[i]!(null); },
       (err: unknown) => {

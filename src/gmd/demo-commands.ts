@@ -8,7 +8,7 @@ import { parseSize } from '../util/size.js';
 import { callControl } from './control.js';
 import type { Impairment } from '../tools/wanem.js';
 import type { DemoNetwork, DemoRehearsal, DemoSide } from './demo.js';
-import type { GmdStatus } from './device.js';
+import type { GmdStatus } from './device/index.js';
 
 export type DemoCommand =
   | { op: 'kill' | 'restart'; side: DemoSide }

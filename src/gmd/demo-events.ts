@@ -6,7 +6,7 @@
  */
 import { callControl } from './control.js';
 import type { DemoRehearsal, DemoSide } from './demo.js';
-import type { GmdStatus } from './device.js';
+import type { GmdStatus } from './device/index.js';
 
 interface Seen {
   pid: number | null;

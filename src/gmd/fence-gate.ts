@@ -12,7 +12,7 @@
  */
 import type { Backend, BackendFlags, WriteOptions, ZeroOptions } from '../../nbd/backend.js';
 import { nbdError } from '../../nbd/index.js';
-import type { GeoMirrorDevice } from './device.js';
+import type { GeoMirrorDevice } from './device/index.js';
 
 const EIO = 5;
 

@@ -1,5 +1,5 @@
 import { formatSize } from '../util/size.js';
-import type { GmdStats, GmdStatus } from './device.js';
+import type { GmdStats, GmdStatus } from './device/index.js';
 import type { ResyncProgress } from './resync.js';
 
 /** "0:01:05" */

@@ -16,7 +16,7 @@ import { transmissionFlags } from '../../nbd/index.js';
 import { attachExport, DEFAULT_ATTACH_TIMEOUT_SEC, type Attached } from '../native/attach.js';
 import { GeormError } from '../util/errors.js';
 import type { Logger } from '../util/log.js';
-import type { GeoMirrorDevice } from './device.js';
+import type { GeoMirrorDevice } from './device/index.js';
 import type { GmdMode, GmdRole, PeerInfo } from './protocol.js';
 import { FenceGate, type FenceGateOptions } from './fence-gate.js';
 

@@ -11,8 +11,8 @@ export const SVC_WRITE = 0x21;     // mirror or resync write: header + data
 export const SVC_READ = 0x22;      // resync pull: header (offset, length) -> data
 export const SVC_FLUSH = 0x23;     // flush the peer's volume
 export const SVC_ZERO = 0x24;      // zero / trim a range on the peer
-export const SVC_CONTROL = 0x25;
-export const SVC_WRITEV = 0x26;    // several mirror writes in one message: u32 count, then (header + data) each   // JSON: hello, join, leave, down, cells, or-map, clear-map, clean-regions, info
+export const SVC_CONTROL = 0x25;   // JSON, ControlMessage below: hello, join, leave, down, cells, or-map, clear-map, clean-regions, resync-done, zero-runs, facts
+export const SVC_WRITEV = 0x26;    // several mirror writes in one message: u32 count, then (header + data) each (encodeBatch*/checkWriteBatch)
 
 export const KIND_APP = 0;         // application write being mirrored
 export const KIND_RESYNC = 1;      // resync copy (counted separately in statistics)
@@ -42,11 +42,50 @@ export interface DataHeader { kind: number; flags: number; offset: number; lengt
 /** Parses and range-checks a header; `size` is the device size. Returns null for malformed input. */
 export function decodeHeader(p: Buffer, size: number): DataHeader | null {
   if (p.length < HEADER_BYTES) return null;
-  const length = getU32(p, 4);
-  const offset = getU32(p, 8) * 0x100000000 + getU32(p, 12);
+  const length = headerLength(p, 0);
+  const offset = headerOffset(p, 0);
   if (offset + length > size || length === 0) return null;
-  return { kind: p[0]!, flags: p[1]!, offset, length };
+  return { kind: p[0]!, flags: headerFlags(p, 0), offset, length };
 }
+
+// Field readers of the header at `at` (the write path reads batches with these: no object per entry).
+export function headerFlags(p: Buffer, at: number): number { return p[at + 1]!; }
+export function headerLength(p: Buffer, at: number): number { return getU32(p, at + 4); }
+export function headerOffset(p: Buffer, at: number): number { return getU32(p, at + 8) * 0x100000000 + getU32(p, at + 12); }
+
+/**
+ * SVC_WRITEV, a batch of mirrored writes: a u32 entry count, then each entry's header and data.
+ * The sender (batcher.ts) fills a buffer in place: entries from WRITEV_FIRST_ENTRY on, the count
+ * last (putBatchCount).
+ */
+export const WRITEV_COUNT_BYTES = 4;
+export const WRITEV_FIRST_ENTRY = WRITEV_COUNT_BYTES;
+
+export function putBatchCount(b: Buffer, count: number): void { putU32(b, 0, count); }
+
+/**
+ * Checks a whole write batch before any of it is applied (bad input changes no data): every entry
+ * complete, non-empty, inside a device of `size` bytes, nothing after the last. Returns the entry
+ * count, or -1 for a malformed batch. Walk the entries with `at = nextEntry(p, at)` from WRITEV_FIRST_ENTRY.
+ */
+export function checkWriteBatch(p: Buffer, size: number): number {
+  if (p.length < WRITEV_COUNT_BYTES) return -1;
+  const n = getU32(p, 0);
+  let at = WRITEV_FIRST_ENTRY;
+  for (let i = 0; i < n; i++) {
+    if (at + HEADER_BYTES > p.length) return -1;
+    const length = headerLength(p, at);
+    if (length === 0 || headerOffset(p, at) + length > size || at + HEADER_BYTES + length > p.length) return -1;
+    at = nextEntry(p, at);
+  }
+  return at === p.length ? n : -1;
+}
+
+/** Where the entry after the one at `at` begins. */
+export function nextEntry(p: Buffer, at: number): number { return at + HEADER_BYTES + headerLength(p, at); }
+
+/** The data of the entry at `at` (a view into the message, no copy). */
+export function entryData(p: Buffer, at: number): Buffer { return p.subarray(at + HEADER_BYTES, at + HEADER_BYTES + headerLength(p, at)); }
 
 /** Device states as the seed names them. */
 export type GmdState = 'DEFINED' | 'STOPPED' | 'STARTING' | 'AVAILABLE';

@@ -16,7 +16,7 @@ import { attachExport, DEFAULT_ATTACH_TIMEOUT_SEC, type Attached } from '../nati
 import { GeormError } from '../util/errors.js';
 import { createLogger, type Logger } from '../util/log.js';
 import { serveControl } from './control.js';
-import { GeoMirrorDevice, type GmdAttributes, type GmdResources } from './device.js';
+import { GeoMirrorDevice, type GmdAttributes, type GmdResources } from './device/index.js';
 import { ClusterRole, startManaged } from './promotion.js';
 import { recordOutdatedAsync } from '../hageo/agent/outdated.js';
 

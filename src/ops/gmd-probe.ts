@@ -8,7 +8,7 @@ import { readdir } from 'node:fs/promises';
 import { createConnection } from 'node:net';
 import { join } from 'node:path';
 import { callControl } from '../gmd/control.js';
-import type { GmdStatus } from '../gmd/device.js';
+import type { GmdStatus } from '../gmd/device/index.js';
 import { netStatSocketPath } from '../tools/netstat.js';
 import type { GeoMessageStats } from '../geomessage/stats.js';
 

@@ -60,7 +60,7 @@ export class GeormMetrics {
   readonly resyncEta = this.gauge('georm_gmd_resync_eta_seconds', 'Estimated seconds until the running resync completes', [...GMD, 'peer']);
 
   // ---- I/O counters (GmdStats) ----------------------------------------------------------------
-  private readonly statCounters: Array<[keyof import('../gmd/device.js').GmdStats, Counter<string>]> = [
+  private readonly statCounters: Array<[keyof import('../gmd/device/index.js').GmdStats, Counter<string>]> = [
     ['reads', this.counter('georm_gmd_reads_total', 'Application reads')],
     ['readBytes', this.counter('georm_gmd_read_bytes_total', 'Bytes read by the application')],
     ['localWrites', this.counter('georm_gmd_local_writes_total', 'Writes to the local volume')],

@@ -8,7 +8,7 @@
 import { readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { callControl } from '../gmd/control.js';
-import type { GmdStats } from '../gmd/device.js';
+import type { GmdStats } from '../gmd/device/index.js';
 import { GeormError } from '../util/errors.js';
 import { formatBits, formatRate, formatSeconds } from './units.js';
 

@@ -10,7 +10,7 @@
 import t from 'tap';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { GeoMirrorDevice, type GmdResources } from '../../src/gmd/device.js';
+import { GeoMirrorDevice, type GmdResources } from '../../src/gmd/device/index.js';
 import type { NetHandler, NetMessage, NetPayload, PeerTransport } from '../../src/gmd/ports.js';
 import { SVC_CONTROL, SVC_FLUSH, SVC_WRITE, SVC_WRITEV, SVC_ZERO, KIND_APP, encodeHeader, type PeerInfo } from '../../src/gmd/protocol.js';
 import { StateMap } from '../../src/statemap/index.js';

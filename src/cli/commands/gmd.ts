@@ -2,7 +2,7 @@ import type { Command } from 'commander';
 import { gmdAdmin, type AdminTarget } from '../../gmd/admin.js';
 import { runGmd } from '../../gmd/runner.js';
 import { GeormError } from '../../util/errors.js';
-import { reportError } from '../main.js';
+import { reportError } from '../report-error.js';
 
 /**
  * `georm gmd run` (one process per GMD) and the admin verbs that talk to a running GMD through

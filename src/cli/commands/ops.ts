@@ -12,7 +12,7 @@ import { GEOMESSAGE_EFFICIENCY, efficiencyFor, formatBits, formatRate, formatSec
 import { estimateSync } from '../../ops/estimate-sync.js';
 import { callControl } from '../../gmd/control.js';
 import { defaultMachine } from '../../gmd/runner.js';
-import type { GmdStatus } from '../../gmd/device.js';
+import type { GmdStatus } from '../../gmd/device/index.js';
 import { parseSize, formatSize } from '../../util/size.js';
 import { join } from 'node:path';
 
