@@ -152,7 +152,8 @@ export class NbdConnection {
     this.structured = p.structured;
     this.baseAllocation = p.baseAllocation;
     this.minBlock = blockSizesOf(this.backend, this.ctx.maxPayload).minimum;
-    this.ctx.log.debug({ peer: this.peer, export: p.exp.name, structured: p.structured }, 'nbd transmission');
+    // `reads` says which receive path serves the connection (tests check the reused buffer really engaged).
+    this.ctx.log.debug({ peer: this.peer, export: p.exp.name, structured: p.structured, reads: this.transient ? 'onread' : 'data' }, 'nbd transmission');
   }
 
   /** Ends this connection only, after a protocol violation, with a log line. */

@@ -55,6 +55,7 @@ export class NbdServer {
   private readonly conns = new Set<NbdConnection>();
   private closing = false;
   private readonly userBufferReads: boolean;
+  private warnedNoUserBuffer = false;
 
   constructor(opts: NbdServerOptions) {
     this.userBufferReads = opts.userBufferReads ?? process.env.GEORM_NBD_ONREAD !== '0';
@@ -93,6 +94,11 @@ export class NbdServer {
   private accept(socket: net.Socket): void {
     if (this.closing) { socket.destroy(); return; }
     const adopted = this.userBufferReads ? adoptWithUserBuffer(socket) : undefined;
+    if (this.userBufferReads && !adopted && !this.warnedNoUserBuffer) {
+      // Net's internals changed under us (a new Node): the data path still works, only slower; say so once.
+      this.warnedNoUserBuffer = true;
+      this.ctx.log.warn({ node: process.version }, "nbd: this Node's sockets cannot be read into a reused buffer (onread); using 'data' events");
+    }
     if (adopted) {
       const c = new NbdConnection(adopted.socket, this.ctx, (x) => this.conns.delete(x), undefined, true);
       adopted.deliver(c);

@@ -7,7 +7,7 @@ import { writeFileSync, existsSync, statSync } from 'node:fs';
 import { GEORM_BIN, tempDir, missingTools, nbdshEnv } from '../helpers/env.js';
 import { Procs, runCmd, watchOutput } from '../helpers/proc.js';
 
-const georm = (args: string[]) => runCmd('node', [GEORM_BIN, ...args], { timeoutMs: 30000 });
+const georm = (args: string[]) => runCmd(process.execPath, [GEORM_BIN, ...args], { timeoutMs: 30000 });
 
 t.test('errors', async (t) => {
   const { dir, cleanup } = tempDir();
@@ -54,7 +54,7 @@ t.test('serves, prints the URI, stops cleanly on SIGTERM and SIGINT', { skip: mi
   const img = join(dir, 'disk.img');
   const sock = join(dir, 's.sock');
   for (const sig of ['SIGTERM', 'SIGINT'] as const) {
-    const p = procs.spawn('node', [GEORM_BIN, 'export', img, '--size', '8M', '--listen', 'tcp://127.0.0.1:0', '--listen', `unix:${sock}`,
+    const p = procs.spawn(process.execPath, [GEORM_BIN, 'export', img, '--size', '8M', '--listen', 'tcp://127.0.0.1:0', '--listen', `unix:${sock}`,
       '--name', 'demo', '--read-only', '--json', '--description', 'demo disk']);
     const out = watchOutput(p);
     const [line] = await out.wait(/\{.*\}\n/);
@@ -76,7 +76,7 @@ t.test('serves, prints the URI, stops cleanly on SIGTERM and SIGINT', { skip: mi
     t.equal(code, 0, `${sig}: exit 0`);
     t.notOk(existsSync(sock), 'unix socket removed');
   }
-  const plain = procs.spawn('node', [GEORM_BIN, 'export', img, '--listen', `unix:${sock}`]);
+  const plain = procs.spawn(process.execPath, [GEORM_BIN, 'export', img, '--listen', `unix:${sock}`]);
   const [uri] = await watchOutput(plain).wait(/nbd\+unix:\S+/);
   t.equal(uri, `nbd+unix:///disk.img?socket=${sock}`, 'plain URI line, name defaults to the file name');
   // The file is sparse: with the native addon (SEEK_DATA) the map shows holes, otherwise all data.

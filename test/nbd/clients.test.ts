@@ -72,4 +72,8 @@ for (const userBufferReads of [true, false]) t.test(`fio verify=crc32c over ioen
     t.equal(j.jobs[0]!.error, 0, 'no fio error');
     t.ok(j.jobs[0]!.write.io_bytes > 0, 'fio wrote data');
   }
+  // The reused buffer relies on Node internals (_handle); a Node that changed them falls back silently
+  // to 'data' events, so the mode each connection really used is checked, on every runtime CI runs.
+  const modes = new Set(h.logs.filter((l) => l.msg === 'nbd transmission').map((l) => (l.obj as { reads?: string }).reads));
+  t.same([...modes], [userBufferReads ? 'onread' : 'data'], `every connection read through ${userBufferReads ? 'the reused buffer' : "'data' events"} (${process.version})`);
 });
