@@ -1,0 +1,193 @@
+/**
+ * Runs the fixed CI mutant set (scripts/mutate/ci-mutants.ts): for each mutant, applies its edits to
+ * a temporary copy of the compiled tree, runs the tests named for it against that copy and requires
+ * one of them to fail. The working tree is never changed: the copy lives under the system's temp
+ * directory and is removed at the end, also on failure.
+ *
+ * Outcomes per mutant:
+ *   KILLED    a named test reported a failed assertion (or hung past the time limit)
+ *   SURVIVED  every named test passed with the mutant in: the tests no longer catch that bug
+ *   STALE     an edit's code is not found (or found more than once) under dist/src: "mutant no
+ *             longer applies, update it" in ci-mutants.ts
+ *   PENDING   its killing test is not on this branch yet (edits still checked to apply)
+ * The last line is the machine-readable summary `.ci/run` adds to its totals:
+ *   # ci-mutants: { total: T, pass: KILLED, fail: SURVIVED+STALE, skip: PENDING }
+ * Exit code 0 only when nothing survived and nothing is stale.
+ *
+ * npm run mutate:ci [-- ID…]   (after `npm run build`; `--list` prints the set)
+ */
+import { spawn } from 'node:child_process';
+import { cpSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync, existsSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join, relative, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { CI_MUTANTS, type CiMutant, type KillingTest, type MutantEdit } from './ci-mutants.js';
+
+/** Repository root (this file runs as dist/scripts/mutate/ci.js). */
+const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
+/** Per test file: longer than any of the named tests takes on a loaded 2-core machine. */
+const TEST_TIMEOUT_MS = Number(process.env.GEORM_MUTANT_TEST_TIMEOUT_MS ?? 600_000);
+
+type Outcome = 'KILLED' | 'SURVIVED' | 'STALE' | 'PENDING';
+interface Result { id: string; outcome: Outcome; detail: string; seconds: number }
+
+/** A regular expression for `find` that ignores whitespace (tsc re-flows statements). */
+function looseRegExp(find: string): RegExp {
+  const chars = [...find.replace(/\s+/g, '')];
+  return new RegExp(chars.map((c) => c.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')).join('\\s*'), 'g');
+}
+
+function jsFiles(dir: string): string[] {
+  const out: string[] = [];
+  for (const e of readdirSync(dir, { withFileTypes: true })) {
+    const p = join(dir, e.name);
+    if (e.isDirectory()) out.push(...jsFiles(p));
+    else if (e.name.endsWith('.js')) out.push(p);
+  }
+  return out;
+}
+
+interface Located { file: string; start: number; end: number; edit: MutantEdit }
+
+/** Finds every edit of a mutant in the compiled sources under `srcDir`; throws a STALE reason. */
+function locate(m: CiMutant, srcDir: string, read: (f: string) => string): Located[] {
+  const files = jsFiles(srcDir);
+  return m.edits.map((edit) => {
+    const re = looseRegExp(edit.find);
+    const hits: Array<{ file: string; start: number; end: number }> = [];
+    for (const file of files) {
+      for (const h of read(file).matchAll(re)) hits.push({ file, start: h.index, end: h.index + h[0].length });
+    }
+    if (hits.length !== 1) {
+      const where = hits.length === 0 ? 'not found' : `found ${hits.length} times (${hits.map((h) => relative(srcDir, h.file)).join(', ')})`;
+      throw new Error(`mutant no longer applies, update it in scripts/mutate/ci-mutants.ts: the code \`${edit.find}\` is ${where} under dist/src`);
+    }
+    return { ...hits[0]!, edit };
+  });
+}
+
+/** Applies the located edits (back to front within a file); returns the original texts to restore. */
+function apply(located: Located[], read: (f: string) => string): Map<string, string> {
+  const originals = new Map<string, string>();
+  const byFile = new Map<string, Located[]>();
+  for (const l of located) byFile.set(l.file, [...(byFile.get(l.file) ?? []), l]);
+  for (const [file, ls] of byFile) {
+    const text = read(file);
+    originals.set(file, text);
+    let out = text;
+    for (const l of [...ls].sort((a, b) => b.start - a.start)) out = out.slice(0, l.start) + l.edit.replace + out.slice(l.end);
+    writeFileSync(file, out);
+  }
+  return originals;
+}
+
+/**
+ * A copy of the tree the tests run from: dist/ copied (it gets mutated), bin/ and package.json
+ * copied (bin/georm.js imports ../dist, which must be the copy), everything else only read by the
+ * tests linked. Tests find the root from their own location (test/helpers/env.ts), so they and the
+ * daemons they start all run the copy.
+ */
+function makeCopy(): string {
+  const dir = mkdtempSync(join(tmpdir(), 'georm-ci-mutants-'));
+  cpSync(join(ROOT, 'dist'), join(dir, 'dist'), { recursive: true });
+  cpSync(join(ROOT, 'bin'), join(dir, 'bin'), { recursive: true });
+  cpSync(join(ROOT, 'package.json'), join(dir, 'package.json'));
+  for (const name of ['node_modules', 'build', 'test', 'scripts', 'nbd', 'native-bindings']) {
+    if (existsSync(join(ROOT, name))) symlinkSync(join(ROOT, name), join(dir, name));
+  }
+  return dir;
+}
+
+interface TestRun { failed: string[]; timedOut: boolean; exitCode: number | null; tail: string }
+
+/** Runs one compiled test file as `node FILE` (tap prints TAP); kills its process group on timeout. */
+function runTest(copy: string, t: KillingTest): Promise<TestRun> {
+  return new Promise((resolveRun) => {
+    const env: NodeJS.ProcessEnv = { ...process.env, TAP_TIMEOUT: String(Math.ceil(TEST_TIMEOUT_MS / 1000)) };
+    if (t.grep?.length) env.TAP_GREP = t.grep.join('\n');
+    const child = spawn(process.execPath, [join(copy, t.file)], { cwd: copy, env, detached: true, stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    child.stdout.on('data', (b: Buffer) => { out += b.toString(); });
+    child.stderr.on('data', (b: Buffer) => { out += b.toString(); });
+    let timedOut = false;
+    const timer = setTimeout(() => {
+      timedOut = true;
+      try { process.kill(-child.pid!, 'SIGKILL'); } catch { /* already gone */ }
+    }, TEST_TIMEOUT_MS);
+    child.on('close', (code) => {
+      clearTimeout(timer);
+      // Failed assertions at any depth: tap indents subtests by four spaces.
+      const failed = out.split('\n').filter((l) => /^\s*not ok \d+/.test(l)).map((l) => l.trim());
+      resolveRun({ failed, timedOut, exitCode: code, tail: out.split('\n').slice(-15).join('\n') });
+    });
+  });
+}
+
+async function runMutant(m: CiMutant, copy: string): Promise<Result> {
+  const started = Date.now();
+  const secs = () => Math.round((Date.now() - started) / 100) / 10;
+  const srcDir = join(copy, 'dist', 'src');
+  const read = (f: string) => readFileSync(f, 'utf8');
+  let located: Located[];
+  try {
+    located = locate(m, srcDir, read);
+  } catch (e) {
+    return { id: m.id, outcome: 'STALE', detail: (e as Error).message, seconds: secs() };
+  }
+  if (m.pending) return { id: m.id, outcome: 'PENDING', detail: `applies; not run: ${m.pending}`, seconds: secs() };
+  if (m.tests.length === 0) return { id: m.id, outcome: 'SURVIVED', detail: 'no killing test named', seconds: secs() };
+  const originals = apply(located, read);
+  try {
+    const passed: string[] = [];
+    for (const t of m.tests) {
+      const r = await runTest(copy, t);
+      const name = `${t.file.replace(/^dist\//, '')}${t.grep ? ` (${t.grep.join(', ')})` : ''}`;
+      if (r.failed.length > 0) return { id: m.id, outcome: 'KILLED', detail: `by ${name}: ${r.failed.slice(0, 3).map((l) => (l.length > 200 ? `${l.slice(0, 200)}…` : l)).join(' | ')}`, seconds: secs() };
+      if (r.timedOut) return { id: m.id, outcome: 'KILLED', detail: `by ${name}: timed out after ${TEST_TIMEOUT_MS / 1000} s`, seconds: secs() };
+      if (r.exitCode !== 0) {
+        // A non-zero exit without a failed assertion: the file crashed. Counted as caught (the
+        // unmutated file passes in `npm test` before this runs), with the output to judge it.
+        return { id: m.id, outcome: 'KILLED', detail: `by ${name}: exit ${r.exitCode} without a failed assertion:\n${r.tail}`, seconds: secs() };
+      }
+      passed.push(name);
+    }
+    return { id: m.id, outcome: 'SURVIVED', detail: `passed with the mutant in: ${passed.join('; ')}`, seconds: secs() };
+  } finally {
+    for (const [file, text] of originals) writeFileSync(file, text);
+  }
+}
+
+async function main(): Promise<number> {
+  const args = process.argv.slice(2);
+  if (args.includes('--list')) {
+    for (const m of CI_MUTANTS) console.log(`${m.id}${m.pending ? ' (pending)' : ''}\n    ${m.what}\n    ${m.rule}\n    tests: ${m.tests.map((t) => t.file).join(', ') || '-'}`);
+    return 0;
+  }
+  const unknown = args.filter((a) => !CI_MUTANTS.some((m) => m.id === a));
+  if (unknown.length) { console.error(`unknown mutant(s): ${unknown.join(', ')}`); return 2; }
+  const chosen = args.length ? CI_MUTANTS.filter((m) => args.includes(m.id)) : CI_MUTANTS;
+  if (!existsSync(join(ROOT, 'dist', 'src'))) { console.error('dist/src missing: run `npm run build` first'); return 2; }
+
+  const copy = makeCopy();
+  const results: Result[] = [];
+  const cleanup = () => rmSync(copy, { recursive: true, force: true });
+  process.on('SIGINT', () => { cleanup(); process.exit(130); });
+  process.on('SIGTERM', () => { cleanup(); process.exit(143); });
+  try {
+    console.log(`# CI mutant set: ${chosen.length} mutants, tests run from a mutated copy in ${copy}`);
+    for (const m of chosen) {
+      const r = await runMutant(m, copy);
+      results.push(r);
+      console.log(`${r.outcome.padEnd(8)} ${r.id} (${r.seconds} s): ${r.detail}`);
+    }
+  } finally {
+    cleanup();
+  }
+  const count = (o: Outcome) => results.filter((r) => r.outcome === o).length;
+  const bad = count('SURVIVED') + count('STALE');
+  if (count('PENDING')) console.log(`# ${count('PENDING')} mutant(s) PENDING: not yet checked by any test (see ci-mutants.ts)`);
+  console.log(`# ci-mutants: { total: ${results.length}, pass: ${count('KILLED')}, fail: ${bad}, skip: ${count('PENDING')} }`);
+  return bad === 0 ? 0 : 1;
+}
+
+process.exitCode = await main();
