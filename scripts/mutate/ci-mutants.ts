@@ -57,8 +57,7 @@ export const CI_MUTANTS: CiMutant[] = [
         replace: "if (mode === 'sync') { op.how = HOW_SYNC; op.ok = true; this.batcherFor(peer).add(KIND_APP, op.fua ? FLAG_FUA : 0, op.offset, data, (err) => { if (err) this.peerFailed(peer, err); }); local.writeCb(op.offset, data, op.fua, op.localDone); return; }",
       },
     ],
-    tests: [],
-    pending: HOLES_PENDING,
+    tests: [{ file: 'dist/test/gmd/frozen-peer.test.js', grep: ['^sync: no write is acknowledged while the secondary is frozen'] }],
   },
   {
     id: 'hole2-write-before-mark-durable',
@@ -79,8 +78,7 @@ export const CI_MUTANTS: CiMutant[] = [
       find: 'if (await remote) this.gate.covered(mark);',
       replace: 'this.gate.covered(mark); await remote;',
     }],
-    tests: [],
-    pending: HOLES_PENDING,
+    tests: [{ file: 'dist/test/gmd/frozen-peer.test.js', grep: ['^sync: a FLUSH the frozen secondary never confirms cleans nothing'] }],
   },
   {
     id: 'hole4a-ordered-dispatch-unordered',

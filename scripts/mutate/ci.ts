@@ -98,7 +98,7 @@ function makeCopy(): string {
   return dir;
 }
 
-interface TestRun { failed: string[]; timedOut: boolean; exitCode: number | null; tail: string }
+interface TestRun { failed: string[]; skipped: string[]; timedOut: boolean; exitCode: number | null; tail: string }
 
 /** Runs one compiled test file as `node FILE` (tap prints TAP); kills its process group on timeout. */
 function runTest(copy: string, t: KillingTest): Promise<TestRun> {
@@ -118,7 +118,9 @@ function runTest(copy: string, t: KillingTest): Promise<TestRun> {
       clearTimeout(timer);
       // Failed assertions at any depth: tap indents subtests by four spaces.
       const failed = out.split('\n').filter((l) => /^\s*not ok \d+/.test(l)).map((l) => l.trim());
-      resolveRun({ failed, timedOut, exitCode: code, tail: out.split('\n').slice(-15).join('\n') });
+      // Skipped tests (a missing tool, not root): a mutant they should kill then survives, and says why.
+      const skipped = out.split('\n').filter((l) => /^\s*ok \d+ .*# SKIP(?! filter)/.test(l)).map((l) => l.trim());
+      resolveRun({ failed, skipped, timedOut, exitCode: code, tail: out.split('\n').slice(-15).join('\n') });
     });
   });
 }
@@ -139,6 +141,7 @@ async function runMutant(m: CiMutant, copy: string): Promise<Result> {
   const originals = apply(located, read);
   try {
     const passed: string[] = [];
+    const skipped: string[] = [];
     for (const t of m.tests) {
       const r = await runTest(copy, t);
       const name = `${t.file.replace(/^dist\//, '')}${t.grep ? ` (${t.grep.join(', ')})` : ''}`;
@@ -150,8 +153,10 @@ async function runMutant(m: CiMutant, copy: string): Promise<Result> {
         return { id: m.id, outcome: 'KILLED', detail: `by ${name}: exit ${r.exitCode} without a failed assertion:\n${r.tail}`, seconds: secs() };
       }
       passed.push(name);
+      skipped.push(...r.skipped);
     }
-    return { id: m.id, outcome: 'SURVIVED', detail: `passed with the mutant in: ${passed.join('; ')}`, seconds: secs() };
+    const why = skipped.length ? ` (skipped there: ${skipped.join(' | ')})` : '';
+    return { id: m.id, outcome: 'SURVIVED', detail: `passed with the mutant in: ${passed.join('; ')}${why}`, seconds: secs() };
   } finally {
     for (const [file, text] of originals) writeFileSync(file, text);
   }
