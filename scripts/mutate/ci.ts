@@ -16,12 +16,13 @@
  *
  * npm run mutate:ci [-- ID…]   (after `npm run build`; `--list` prints the set)
  */
-import { spawn } from 'node:child_process';
-import { cpSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync, existsSync } from 'node:fs';
+import { spawn, spawnSync } from 'node:child_process';
+import { cpSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { dirname, join, relative, resolve } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { CI_MUTANTS, type CiMutant, type KillingTest, type MutantEdit } from './ci-mutants.js';
+import { CI_MUTANTS, type CiMutant, type KillingTest } from './ci-mutants.js';
+import { applyEdits, locateEdits, type Located } from './apply.js';
 
 /** Repository root (this file runs as dist/scripts/mutate/ci.js). */
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
@@ -30,56 +31,6 @@ const TEST_TIMEOUT_MS = Number(process.env.GEORM_MUTANT_TEST_TIMEOUT_MS ?? 600_0
 
 type Outcome = 'KILLED' | 'SURVIVED' | 'STALE' | 'PENDING';
 interface Result { id: string; outcome: Outcome; detail: string; seconds: number }
-
-/** A regular expression for `find` that ignores whitespace (tsc re-flows statements). */
-function looseRegExp(find: string): RegExp {
-  const chars = [...find.replace(/\s+/g, '')];
-  return new RegExp(chars.map((c) => c.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')).join('\\s*'), 'g');
-}
-
-function jsFiles(dir: string): string[] {
-  const out: string[] = [];
-  for (const e of readdirSync(dir, { withFileTypes: true })) {
-    const p = join(dir, e.name);
-    if (e.isDirectory()) out.push(...jsFiles(p));
-    else if (e.name.endsWith('.js')) out.push(p);
-  }
-  return out;
-}
-
-interface Located { file: string; start: number; end: number; edit: MutantEdit }
-
-/** Finds every edit of a mutant in the compiled sources under `srcDir`; throws a STALE reason. */
-function locate(m: CiMutant, srcDir: string, read: (f: string) => string): Located[] {
-  const files = jsFiles(srcDir);
-  return m.edits.map((edit) => {
-    const re = looseRegExp(edit.find);
-    const hits: Array<{ file: string; start: number; end: number }> = [];
-    for (const file of files) {
-      for (const h of read(file).matchAll(re)) hits.push({ file, start: h.index, end: h.index + h[0].length });
-    }
-    if (hits.length !== 1) {
-      const where = hits.length === 0 ? 'not found' : `found ${hits.length} times (${hits.map((h) => relative(srcDir, h.file)).join(', ')})`;
-      throw new Error(`mutant no longer applies, update it in scripts/mutate/ci-mutants.ts: the code \`${edit.find}\` is ${where} under dist/src`);
-    }
-    return { ...hits[0]!, edit };
-  });
-}
-
-/** Applies the located edits (back to front within a file); returns the original texts to restore. */
-function apply(located: Located[], read: (f: string) => string): Map<string, string> {
-  const originals = new Map<string, string>();
-  const byFile = new Map<string, Located[]>();
-  for (const l of located) byFile.set(l.file, [...(byFile.get(l.file) ?? []), l]);
-  for (const [file, ls] of byFile) {
-    const text = read(file);
-    originals.set(file, text);
-    let out = text;
-    for (const l of [...ls].sort((a, b) => b.start - a.start)) out = out.slice(0, l.start) + l.edit.replace + out.slice(l.end);
-    writeFileSync(file, out);
-  }
-  return originals;
-}
 
 /**
  * A copy of the tree the tests run from: dist/ copied (it gets mutated), bin/ and package.json
@@ -132,14 +83,19 @@ async function runMutant(m: CiMutant, copy: string): Promise<Result> {
   const read = (f: string) => readFileSync(f, 'utf8');
   let located: Located[];
   try {
-    located = locate(m, srcDir, read);
+    located = locateEdits(m.edits, srcDir, read);
   } catch (e) {
     return { id: m.id, outcome: 'STALE', detail: (e as Error).message, seconds: secs() };
   }
   if (m.pending) return { id: m.id, outcome: 'PENDING', detail: `applies; not run: ${m.pending}`, seconds: secs() };
   if (m.tests.length === 0) return { id: m.id, outcome: 'SURVIVED', detail: 'no killing test named', seconds: secs() };
-  const originals = apply(located, read);
+  const originals = applyEdits(located, read);
   try {
+    // A replacement that does not parse would "kill" the mutant by crashing the test file.
+    for (const file of originals.keys()) {
+      const check = spawnSync(process.execPath, ['--check', file], { encoding: 'utf8' });
+      if (check.status !== 0) return { id: m.id, outcome: 'STALE', detail: `the mutated code does not parse, fix its replace: ${check.stderr.trim().split('\n').slice(0, 4).join(' ')}`, seconds: secs() };
+    }
     const passed: string[] = [];
     const skipped: string[] = [];
     for (const t of m.tests) {
