@@ -24,6 +24,7 @@ PKGS=(
   systemd             # systemd-analyze verify for unit files
   nbd-server          # reference server for conformance comparisons
   python3             # plays systemd's notify socket in tests (Node has no unix datagram sockets)
+  strace              # mark-before-issue ordering checks (test/gmd/mark-order, test/statemap/durability)
 )
 
 missing=()
