@@ -67,8 +67,7 @@ export const CI_MUTANTS: CiMutant[] = [
       find: 'if (map.beginWriteCb(op.first, op.last, op.marked)) this.opMarked(op);',
       replace: 'map.beginWriteCb(op.first, op.last, () => { }); this.opMarked(op);',
     }],
-    tests: [],
-    pending: HOLES_PENDING,
+    tests: [{ file: 'dist/test/gmd/mark-order.test.js' }],
   },
   {
     id: 'hole3-flush-clean-gate-skipped',
@@ -132,9 +131,15 @@ export const CI_MUTANTS: CiMutant[] = [
   {
     id: 'statemap-mark-not-awaited',
     rule: 'rule 1: a region is durably marked before a write to it is issued',
-    what: "the state map tells its caller a region's mark is durable before its fdatasync",
-    edits: [{ find: 'if (wait === null) return true; wait.callbacks.push(cb); return false;', replace: 'return true;' }],
-    tests: [{ file: 'dist/test/statemap/durability.test.js' }, { file: 'dist/test/statemap/crash.test.js' }],
+    what: "the state map tells its callers a region's mark is durable before its fdatasync (beginWrite and beginWriteCb)",
+    edits: [
+      { find: 'return wait === null ? RESOLVED : wait.promise;', replace: 'return RESOLVED;' },
+      { find: 'if (wait === null) return true; wait.callbacks.push(cb); return false;', replace: 'return true;' },
+    ],
+    tests: [
+      { file: 'dist/test/statemap/durability.test.js' },
+      { file: 'dist/test/gmd/mark-order.test.js', grep: ['^async: every volume write of a running gmd follows'] },
+    ],
   },
   {
     id: 'statemap-local-only-kept-clean',
