@@ -119,6 +119,16 @@ export const CI_MUTANTS: CiMutant[] = [
     tests: [{ file: 'dist/test/gmd/divergence.test.js', grep: ['^divergence staged'] }],
   },
   {
+    id: 'start-local-stale-check-removed',
+    rule: 'rule 4: start refuses when the peer is AVAILABLE and the local map is dirty (the data would flow the wrong way)',
+    what: 'start goes on with a dirty local map while the peer is AVAILABLE and no gmddown was given',
+    edits: [{
+      find: "if (localDirty && !this.downGiven.has(peer)) throw refuse('LOCAL_STALE',",
+      replace: "if (false) throw refuse('LOCAL_STALE',",
+    }],
+    tests: [{ file: 'dist/test/gmd/startrules.test.js', grep: ['^start rules \\(two machines\\)'] }],
+  },
+  {
     id: 'async-hwm-wait-removed',
     rule: 'rule 1 (async): the lag is bounded by HWM',
     what: 'an async write is acknowledged at once however much data is still in flight to the peer',
