@@ -28,8 +28,8 @@ export default {
   concurrency: Number(process.env.GEORM_MUTATE_CONCURRENCY ?? 2),
   timeoutMS: 30000,
   timeoutFactor: 2,
-  // Not copied to the sandboxes: build output (rebuilt there) and earlier reports.
-  ignorePatterns: ['/dist', '/artifacts', '/.tap', '/coverage'],
+  // Not copied to the sandboxes: build output (rebuilt there), earlier reports, other runs' sandboxes.
+  ignorePatterns: ['/dist', '/artifacts', '/.tap', '/coverage', '/.stryker-tmp*'],
   tempDirName: '.stryker-tmp',
   cleanTempDir: 'always',
   reporters: ['json', 'html', 'clear-text', 'progress-append-only'],
