@@ -1,5 +1,6 @@
 import { createSocket } from 'node:dgram';
 import { openGeoMessage, type GeoMessage, type GeoMessageOptions, type NetworkEndpoint } from '../../src/geomessage/index.js';
+import { startWanEmulator, type WanEmulator } from '../../src/geomessage/wanem.js';
 
 export const KEY = Buffer.from('0123456789abcdef0123456789abcdef');
 
@@ -39,6 +40,34 @@ export async function loopbackPair(o: PairOptions = {}): Promise<{ a: GeoMessage
   const ep = (port: number): NetworkEndpoint[] => [{ network: 'n1', address: '127.0.0.1', port: port!, ...(o.mtu ? { mtu: o.mtu } : {}) }];
   const { a, b } = await openPair(ep(pa!), ep(pb!), ep(pb!), ep(pa!), o);
   return { a, b, ports: [pa!, pb!] };
+}
+
+/**
+ * a ⇄ emulator ⇄ b on loopback. Each network i gets its own emulator; a sends to the emulator's
+ * side-a port, b to its side-b port.
+ */
+export async function emulatedPair(nets: number, imp: Parameters<typeof startWanEmulator>[0]['a2b'], extra: { pftMs?: number; mtu?: number; keepaliveMs?: number } = {}) {
+  const ports = await freePorts(2 * nets);
+  const ems: WanEmulator[] = [];
+  const aEps: NetworkEndpoint[] = [], bEps: NetworkEndpoint[] = [], aSeesB: NetworkEndpoint[] = [], bSeesA: NetworkEndpoint[] = [];
+  for (let i = 0; i < nets; i++) {
+    const network = `n${i + 1}`;
+    const pa = ports[2 * i]!, pb = ports[2 * i + 1]!;
+    const em = await startWanEmulator({
+      a: { listen: { address: '127.0.0.1', port: 0 }, target: { address: '127.0.0.1', port: pa } },
+      b: { listen: { address: '127.0.0.1', port: 0 }, target: { address: '127.0.0.1', port: pb } },
+      a2b: imp, b2a: imp, seed: 1234 + i,
+    });
+    ems.push(em);
+    const rp = em.ports();
+    const mtu = extra.mtu ? { mtu: extra.mtu } : {};
+    aEps.push({ network, address: '127.0.0.1', port: pa, ...mtu });
+    bEps.push({ network, address: '127.0.0.1', port: pb, ...mtu });
+    aSeesB.push({ network, address: '127.0.0.1', port: rp.a, ...mtu });
+    bSeesA.push({ network, address: '127.0.0.1', port: rp.b, ...mtu });
+  }
+  const { a, b } = await openPair(aEps, bEps, aSeesB, bSeesA, { keepaliveMs: extra.keepaliveMs ?? 100, ...(extra.pftMs ? { pftMs: extra.pftMs } : {}) });
+  return { a, b, ems };
 }
 
 /** Deterministic payload for message i (so the receiver can check it is intact). */

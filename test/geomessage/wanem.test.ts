@@ -1,35 +1,7 @@
 import t from 'tap';
-import { startWanEmulator, type WanEmulator } from '../../src/geomessage/wanem.js';
-import type { GeoMessage, NetworkEndpoint } from '../../src/geomessage/index.js';
-import { freePorts, openPair, payloadFor, waitFor } from './fixtures.js';
-
-/**
- * a ⇄ emulator ⇄ b on loopback. Each network i gets its own emulator; a sends to the emulator's
- * side-a port, b to its side-b port.
- */
-async function emulatedPair(nets: number, imp: Parameters<typeof startWanEmulator>[0]['a2b'], extra: { pftMs?: number; mtu?: number; keepaliveMs?: number } = {}) {
-  const ports = await freePorts(2 * nets);
-  const ems: WanEmulator[] = [];
-  const aEps: NetworkEndpoint[] = [], bEps: NetworkEndpoint[] = [], aSeesB: NetworkEndpoint[] = [], bSeesA: NetworkEndpoint[] = [];
-  for (let i = 0; i < nets; i++) {
-    const network = `n${i + 1}`;
-    const pa = ports[2 * i]!, pb = ports[2 * i + 1]!;
-    const em = await startWanEmulator({
-      a: { listen: { address: '127.0.0.1', port: 0 }, target: { address: '127.0.0.1', port: pa } },
-      b: { listen: { address: '127.0.0.1', port: 0 }, target: { address: '127.0.0.1', port: pb } },
-      a2b: imp, b2a: imp, seed: 1234 + i,
-    });
-    ems.push(em);
-    const rp = em.ports();
-    const mtu = extra.mtu ? { mtu: extra.mtu } : {};
-    aEps.push({ network, address: '127.0.0.1', port: pa, ...mtu });
-    bEps.push({ network, address: '127.0.0.1', port: pb, ...mtu });
-    aSeesB.push({ network, address: '127.0.0.1', port: rp.a, ...mtu });
-    bSeesA.push({ network, address: '127.0.0.1', port: rp.b, ...mtu });
-  }
-  const { a, b } = await openPair(aEps, bEps, aSeesB, bSeesA, { keepaliveMs: extra.keepaliveMs ?? 100, ...(extra.pftMs ? { pftMs: extra.pftMs } : {}) });
-  return { a, b, ems };
-}
+import type { WanEmulator } from '../../src/geomessage/wanem.js';
+import type { GeoMessage } from '../../src/geomessage/index.js';
+import { emulatedPair, payloadFor, waitFor } from './fixtures.js';
 
 async function closeAll(gms: GeoMessage[], ems: WanEmulator[]): Promise<void> {
   await Promise.all(gms.map((g) => g.close()));
