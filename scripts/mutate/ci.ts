@@ -14,7 +14,9 @@
  *   # ci-mutants: { total: T, pass: KILLED, fail: SURVIVED+STALE, skip: PENDING }
  * Exit code 0 only when nothing survived and nothing is stale.
  *
- * npm run mutate:ci [-- ID…]   (after `npm run build`; `--list` prints the set)
+ * npm run mutate:ci [-- ID…]   (`--list` prints the set; `--from FILE.json` runs the mutants in
+ *                               that file instead: a JSON array of CiMutant, for trying a survivor
+ *                               of the full run against a new test the same way)
  */
 import { spawn, spawnSync } from 'node:child_process';
 import { cpSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync, existsSync } from 'node:fs';
@@ -119,14 +121,20 @@ async function runMutant(m: CiMutant, copy: string): Promise<Result> {
 }
 
 async function main(): Promise<number> {
-  const args = process.argv.slice(2);
+  let args = process.argv.slice(2);
+  let set = CI_MUTANTS;
+  const from = args.indexOf('--from');
+  if (from >= 0) {
+    set = JSON.parse(readFileSync(args[from + 1]!, 'utf8')) as CiMutant[];
+    args = args.filter((_, i) => i !== from && i !== from + 1);
+  }
   if (args.includes('--list')) {
-    for (const m of CI_MUTANTS) console.log(`${m.id}${m.pending ? ' (pending)' : ''}\n    ${m.what}\n    ${m.rule}\n    tests: ${m.tests.map((t) => t.file).join(', ') || '-'}`);
+    for (const m of set) console.log(`${m.id}${m.pending ? ' (pending)' : ''}\n    ${m.what}\n    ${m.rule}\n    tests: ${m.tests.map((t) => t.file).join(', ') || '-'}`);
     return 0;
   }
-  const unknown = args.filter((a) => !CI_MUTANTS.some((m) => m.id === a));
+  const unknown = args.filter((a) => !set.some((m) => m.id === a));
   if (unknown.length) { console.error(`unknown mutant(s): ${unknown.join(', ')}`); return 2; }
-  const chosen = args.length ? CI_MUTANTS.filter((m) => args.includes(m.id)) : CI_MUTANTS;
+  const chosen = args.length ? set.filter((m) => args.includes(m.id)) : set;
   if (!existsSync(join(ROOT, 'dist', 'src'))) { console.error('dist/src missing: run `npm run build` first'); return 2; }
 
   const copy = makeCopy();
