@@ -32,6 +32,9 @@ export default {
   ignorePatterns: ['/dist', '/artifacts', '/.tap', '/coverage', '/.stryker-tmp*'],
   tempDirName: '.stryker-tmp',
   cleanTempDir: 'always',
+  // Incremental: a later run reuses the results of mutants whose code and covering tests are unchanged.
+  incremental: true,
+  incrementalFile: `${out}/${group.name}.incremental.json`,
   reporters: ['json', 'html', 'clear-text', 'progress-append-only'],
   jsonReporter: { fileName: `${out}/${group.name}.json` },
   htmlReporter: { fileName: `${out}/${group.name}.html` },

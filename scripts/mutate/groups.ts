@@ -65,6 +65,7 @@ export const GROUPS: MutateGroup[] = [
     tests: [
       'dist/test/gmd/batcher.test.js', 'dist/test/gmd/clean-gate.test.js',
       'dist/test/gmd/rangelock.test.js', 'dist/test/gmd/zero-runs.test.js',
+      'dist/test/gmd/batcher-edges.test.js', 'dist/test/gmd/clean-gate-edges.test.js', 'dist/test/gmd/rangelock-edges.test.js',
       'dist/test/gmd/stop-drain.test.js', 'dist/test/gmd/join-window.test.js',
     ],
   },
