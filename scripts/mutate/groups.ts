@@ -51,6 +51,7 @@ export const GROUPS: MutateGroup[] = [
     tests: [
       'dist/test/geomessage/packet.test.js', 'dist/test/geomessage/transport.test.js',
       'dist/test/geomessage/inflight.test.js', 'dist/test/geomessage/wanem.test.js',
+      'dist/test/geomessage/wire.test.js',
     ],
   },
   {
