@@ -4,7 +4,7 @@ import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { TestCluster } from './cluster.js';
 import { missingTools } from '../helpers/env.js';
-import { newHistory, readLog, settledSeqs, checkPrefix, startWriter } from './seqlog.js';
+import { newHistory, readLog, settledSeqs, checkPrefix, startWriter, waitForLog } from './seqlog.js';
 import { loadConfig, findGmd, findMachine, endpointsOf } from '../../src/gmd/cluster-config.js';
 import { startWanEmulator } from '../../src/geomessage/wanem.js';
 import { stopProcess } from '../../src/util/process.js';
@@ -19,7 +19,6 @@ import { stopProcess } from '../../src/util/process.js';
  * has later messages whose predecessors never arrive, and may apply none of them.
  */
 const SIZE = 8 * 1024 * 1024;
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 t.test('async: through a link that reorders packets, the secondary at the primary\'s kill -9 holds exactly a prefix of the write order', {
   skip: missingTools('python3'),
@@ -53,7 +52,8 @@ t.test('async: through a link that reorders packets, the secondary at the primar
   const log = join(c.dir, 'writer.log');
   const writer = startWriter(c.uri, log, h, 1000000, 5);
   t.teardown(() => stopProcess(writer));
-  await sleep(2500);
+  // Enough writes for reordered messages to be in flight whenever the cut comes.
+  await waitForLog(log, 'A', 1500);
   em.cut('a2b'); // what the emulator still holds back never reaches the secondary
   await c.kill9('alpha');
   if (writer.exitCode === null && writer.signalCode === null) await once(writer, 'exit');

@@ -35,6 +35,21 @@ export async function readLog(path: string, h: History): Promise<void> {
   }
 }
 
+/** How many lines of `kind` the writer's log holds: 'W' writes issued, 'A' writes acknowledged. */
+export async function countLog(path: string, kind: 'W' | 'A'): Promise<number> {
+  return (await readFile(path, 'utf8').catch(() => '')).split('\n').filter((l) => l.startsWith(`${kind} `)).length;
+}
+
+/** Waits (up to timeoutMs) until the writer's log holds `n` lines of `kind`; returns the count reached. */
+export async function waitForLog(path: string, kind: 'W' | 'A', n: number, timeoutMs = 30000): Promise<number> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const count = await countLog(path, kind);
+    if (count >= n || Date.now() > deadline) return count;
+    await sleep(50);
+  }
+}
+
 /** Sequence number found in each block of the seq-writer area of a volume. */
 export async function seqs(volume: string): Promise<number[]> {
   const fh = await open(volume, 'r');
