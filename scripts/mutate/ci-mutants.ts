@@ -47,12 +47,10 @@ export const CI_MUTANTS: CiMutant[] = [
     what: 'sync acknowledges a write once the local copy is done and sends the remote copy in the background',
     edits: [
       {
-        find: "ok = await this.remote(peer, KIND_APP, offset, data, flags);",
-        replace: "ok = true; void this.remote(peer, KIND_APP, offset, data, flags);",
-      },
-      {
-        find: "if (mode === 'sync') { op.how = HOW_SYNC; this.opRemote(op); return; }",
-        replace: "if (mode === 'sync') { op.how = HOW_SYNC; op.ok = true; this.batcherFor(peer).add(KIND_APP, op.fua ? FLAG_FUA : 0, op.offset, data, (err) => { if (err) this.peerFailed(peer, err); }); local.writeCb(op.offset, data, op.fua, op.localDone); return; }",
+        // The sync write mode (src/gmd/device/write-path.ts): issue the local write at once and the
+        // remote copy in the background; the peer's answer no longer gates the acknowledgement.
+        find: "sync: { issue: (op) => this.remote(op), localDone: (op, e) => this.finish(op, e, op.ok), remoteDone: (op, err) => { op.ok = err === null; if (!op.ok) this.membership.peerFailed(op.peer, err); this.writeLocal(op.offset, op.data, op.fua, op.localDone); }, },",
+        replace: "sync: { issue: (op) => { op.ok = true; this.remote(op); this.writeLocal(op.offset, op.data, op.fua, op.localDone); }, localDone: (op, e) => this.finish(op, e, op.ok), remoteDone: (op, err) => { if (err !== null) this.membership.peerFailed(op.peer, err); }, },",
       },
     ],
     tests: [{ file: 'dist/test/gmd/frozen-peer.test.js', grep: ['^sync: no write is acknowledged while the secondary is frozen'] }],
@@ -62,8 +60,8 @@ export const CI_MUTANTS: CiMutant[] = [
     rule: 'rule 1: a region is durably marked before a write to it is issued',
     what: 'the device issues a write without waiting for the state map to make its mark durable',
     edits: [{
-      find: 'if (map.beginWriteCb(op.first, op.last, op.marked)) this.opMarked(op);',
-      replace: 'map.beginWriteCb(op.first, op.last, () => { }); this.opMarked(op);',
+      find: 'if (map.beginWriteCb(c.first, c.last, c.marked)) c.marked();',
+      replace: 'map.beginWriteCb(c.first, c.last, () => { }); c.marked();',
     }],
     tests: [{ file: 'dist/test/gmd/mark-order.test.js' }],
   },
@@ -92,8 +90,8 @@ export const CI_MUTANTS: CiMutant[] = [
     rule: 'rule 1 (async): the secondary holds a prefix of the write order',
     what: "the async write batcher sends its batches on GeoMessage's unordered channel",
     edits: [{
-      find: "new WriteBatcher(this.net, peer, this.res?.attrs.mode === 'async', BATCH_BYTES)",
-      replace: 'new WriteBatcher(this.net, peer, false, BATCH_BYTES)',
+      find: "new WriteBatcher(this.ctx.net, peer, this.ctx.res?.attrs.mode === 'async', BATCH_BYTES)",
+      replace: 'new WriteBatcher(this.ctx.net, peer, false, BATCH_BYTES)',
     }],
     tests: [{ file: 'dist/test/gmd/async-reorder.test.js' }],
   },
@@ -113,8 +111,8 @@ export const CI_MUTANTS: CiMutant[] = [
     rule: 'rule 4/7: start refuses when both maps are dirty (divergence)',
     what: 'start no longer refuses when the local and the peer state maps are both dirty',
     edits: [{
-      find: "if (localDirty && info.mapDirty) throw refuse('DIVERGENCE',",
-      replace: "if (false) throw refuse('DIVERGENCE',",
+      find: "if (f.localDirty && info.mapDirty) return refuse({ rule: 'DIVERGENCE', peer: p });",
+      replace: "if (false) return refuse({ rule: 'DIVERGENCE', peer: p });",
     }],
     tests: [{ file: 'dist/test/gmd/divergence.test.js', grep: ['^divergence staged'] }],
   },
@@ -123,8 +121,8 @@ export const CI_MUTANTS: CiMutant[] = [
     rule: 'rule 4: start refuses when the peer is AVAILABLE and the local map is dirty (the data would flow the wrong way)',
     what: 'start goes on with a dirty local map while the peer is AVAILABLE and no gmddown was given',
     edits: [{
-      find: "if (localDirty && !this.downGiven.has(peer)) throw refuse('LOCAL_STALE',",
-      replace: "if (false) throw refuse('LOCAL_STALE',",
+      find: "if (f.localDirty && !f.downGiven.has(peer)) return refuse({ rule: 'LOCAL_STALE', peer, dirtyRegions: f.dirtyRegions });",
+      replace: "if (false) return refuse({ rule: 'LOCAL_STALE', peer, dirtyRegions: f.dirtyRegions });",
     }],
     tests: [{ file: 'dist/test/gmd/startrules.test.js', grep: ['^start rules \\(two machines\\)'] }],
   },
@@ -133,8 +131,8 @@ export const CI_MUTANTS: CiMutant[] = [
     rule: 'rule 1 (async): the lag is bounded by HWM',
     what: 'an async write is acknowledged at once however much data is still in flight to the peer',
     edits: [{
-      find: 'if (this.asyncInflight > res.attrs.hwm) this.hwmWait(op.admitted); else this.opAdmitted(op);',
-      replace: 'this.opAdmitted(op);',
+      find: 'if (this.hwm.over(res.attrs.hwm)) this.hwm.wait(op.admitted); else this.admitted(op);',
+      replace: 'this.admitted(op);',
     }],
     tests: [{ file: 'dist/test/gmd/safety-rules.test.js', grep: ['^rule 1 \\(async\\)'] }],
   },
@@ -173,8 +171,8 @@ export const CI_MUTANTS: CiMutant[] = [
     rule: 'rule 9: GeoMessage drops replayed packets',
     what: 'the transport accepts a packet number it has already seen (a replayed packet)',
     edits: [{
-      find: "if (!peer.replay.check(p.pseq)) { c.duplicates++; return this.drop(net, 'replay'); }",
-      replace: 'peer.replay.check(p.pseq);',
+      find: "if (!recv.replay.check(p.pseq)) { c.duplicates++; return drop(net, 'replay'); }",
+      replace: 'recv.replay.check(p.pseq);',
     }],
     tests: [{ file: 'dist/test/geomessage/transport.test.js', grep: ['^forged, truncated, replayed and random packets'] }],
   },
@@ -190,7 +188,7 @@ export const CI_MUTANTS: CiMutant[] = [
     rule: 'rule 1: a message is delivered once (a retransmitted write is not applied twice)',
     what: 'the transport delivers a message again when a retransmitted copy arrives',
     edits: [{
-      find: 'if (p.msgId < peer.deliveredBelow || peer.delivered.has(p.msgId)) { net.c.duplicates++; return; }',
+      find: 'if (p.msgId < recv.deliveredBelow || recv.delivered.has(p.msgId)) { net.counters.duplicates++; return; }',
       replace: '',
     }],
     // wanem.test first: its duplicating link always shows a second delivery; transport.test only sometimes.
