@@ -7,7 +7,8 @@
  */
 import { execFileSync, spawn } from 'node:child_process';
 import { chmodSync, chownSync, closeSync, mkdirSync, openSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { must, run, type RunResult } from './exec.js';
 import { nsInode } from './procs.js';
 import type { LabNodeState } from './registry.js';
@@ -23,6 +24,18 @@ export const NODE_BINDS: ReadonlyArray<readonly [string, string]> = [
 ];
 
 export interface ExtraBind { source: string; target: string }
+
+/** This checkout's root (this file runs from dist/src/hageo/lab/): georm, its node_modules and tap's loaders. */
+const PACKAGE_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', '..', '..');
+
+/**
+ * Host paths a node must still see although they lie below a directory it mounts its own copy of:
+ * a checkout under /tmp (a CI clone, say) would otherwise vanish inside every node, and with it the
+ * georm the agents and `georm hageo` run.
+ */
+function keptPaths(): string[] {
+  return [PACKAGE_ROOT].filter((p) => NODE_BINDS.some(([, target]) => p.startsWith(`${target}/`)));
+}
 
 /** The environment the daemons start with: not the test's (tap's NODE_OPTIONS must not reach agents). */
 export function daemonEnv(extra: Record<string, string> = {}): NodeJS.ProcessEnv {
@@ -68,6 +81,7 @@ export async function createNodeNamespaces(n: LabNodeState, stateDir: string, bi
   await must('unshare', [`--mount=${n.mntPin}`, `--uts=${n.utsPin}`, '--propagation', 'slave', 'true']);
   n.inodes = { net: nsInode(`/run/netns/${n.netns}`)!, mnt: nsInode(n.mntPin)!, uts: nsInode(n.utsPin)! };
   const q = (s: string) => `'${s.replace(/'/g, "'\\''")}'`;
+  const keep = keptPaths();
   const script = [
     'set -e',
     `hostname ${q(n.name)}`,
@@ -76,7 +90,10 @@ export async function createNodeNamespaces(n: LabNodeState, stateDir: string, bi
     "awk '{ for (i = 7; i <= NF; i++) if ($i == \"-\") break; t = $(i + 1); s = $(i + 2);"
       + " if (t == \"nsfs\" || t ~ /^fuse/ || s ~ /^\\/dev\\/(loop|nbd)/) print $5 }' /proc/self/mountinfo"
       + ' | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done',
+    // Kept paths are bound aside first (the state dir is not shadowed), then back over the node's copy.
+    ...keep.map((p, i) => `mkdir -p ${q(join(stateDir, `keep${i}`))} && mount --bind ${q(p)} ${q(join(stateDir, `keep${i}`))}`),
     ...NODE_BINDS.map(([d, target]) => `mkdir -p ${q(target)} && mount --bind ${q(join(stateDir, d))} ${q(target)}`),
+    ...keep.map((p, i) => `mkdir -p ${q(p)} && mount --bind ${q(join(stateDir, `keep${i}`))} ${q(p)}`),
     'mount -t tmpfs -o mode=1777,size=256m tmpfs /dev/shm',
     'mount -t sysfs sysfs /sys',
     ...binds.map((b) => `mkdir -p ${q(b.target)} && mount --bind ${q(b.source)} ${q(b.target)}`),
