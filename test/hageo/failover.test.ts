@@ -147,13 +147,16 @@ for (const mode of ['mwc', 'sync', 'async'] as const) {
   });
 }
 
-// Known failure on main (issue 15, open): after the GMD restructure merged, a sync or MWC site failure
-// in this lab leaves node2 unpromoted (the wait below times out after 120 s, in 2 of 2 fresh-clone runs
-// on 2026-12-08), while async still fails over (16.5 s, nothing lost). Before the merge all three
-// passed. Until that is found, the sync and MWC cases run only with GEORM_HAGEO_SITE_FAILURE=all, so a
-// CI run does not spend 5 minutes on a known failure; they are reported as skipped with this reason.
+// Known intermittent failure on main (issue 15, open): under load, a sync or MWC site failure in this
+// lab can leave node2 unpromoted past the 120 s wait below. Fresh-clone runs on 2026-12-08 at load
+// 10-20: sync failed 2 times and passed once (promoted 11.1 s after the failure, nothing lost); mwc
+// failed 2 of 2. Async passed 2 of 2 (16.5 s, nothing lost), and before the restructure merged all
+// three passed. The suspect is promote racing the peer's drop (promotion refuses while the active
+// peer neither answers nor has been dropped), and the recovery that follows is slower than the wait.
+// Until that is fixed, the sync and MWC cases run only with GEORM_HAGEO_SITE_FAILURE=all, and a CI
+// run reports them as skipped with this reason.
 const knownSiteFailure = (mode: string) => mode !== 'async' && process.env.GEORM_HAGEO_SITE_FAILURE !== 'all'
-  ? 'sync/MWC site failure leaves node2 unpromoted on main since the restructure merge (issue 15); run with GEORM_HAGEO_SITE_FAILURE=all'
+  ? 'sync/MWC site failure intermittently leaves node2 unpromoted under load (issue 15); run with GEORM_HAGEO_SITE_FAILURE=all'
   : false;
 
 for (const mode of ['mwc', 'sync', 'async'] as const) {
