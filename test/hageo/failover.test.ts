@@ -150,7 +150,7 @@ for (const mode of ['mwc', 'sync', 'async'] as const) {
 // Known intermittent failure on main (issue 15, open): under load, a site failure in this lab can
 // leave node2 unpromoted past the 120 s wait below, in every mode. Fresh-clone runs on 2026-12-08 at
 // load 10-20 (3 runs): sync passed 2 of 3 (promoted 11.1 s after the failure, nothing lost), async
-// 1 of 2 (16.5 s, nothing lost), mwc 0 of 3. Every run that promoted lost no acknowledged record
+// 1 of 3 (16.5 s, nothing lost), mwc 0 of 2. Every run that promoted lost no acknowledged record
 // (async: a prefix). Before the restructure merged, all three passed once each. The suspect is promote
 // racing the peer's drop (promotion refuses while the active peer neither answers nor has been
 // dropped), with a recovery slower than the wait. Until that is fixed, the site-failure cases run only
